@@ -1,0 +1,49 @@
+"""Codec settings: what the encoder may choose. The decoder needs none of them (records say it all)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Reference = Literal["key", "previous", "auto"]
+
+
+@dataclass(frozen=True, slots=True)
+class CodecSettings:
+    """How frames are keyed and coded.
+
+    Defaults were picked by measurement on the public footage (``docs/benchmarks.md``).
+    """
+
+    threshold: float = 0.5
+    """A frame whose SSIM to the current key falls below this becomes a new key (the seed's rule)."""
+    max_key_interval_frames: int = 120
+    """Force a key after this many frames in one group (bounds what one lost record can take with it)."""
+    max_key_interval_s: float = 600.0
+    """Force a key when the group's key is older than this (capture time); 0 disables."""
+    reference: Reference = "previous"
+    """Members reference the group's key (the seed's choice), the previous frame (chained), or pick per frame."""
+    tolerance: int = 0
+    """0 = lossless. T > 0: every reconstructed pixel is within T of the captured one."""
+    ssim_downscale: int = 4
+    """SSIM is computed on grey frames shrunk by this factor (1 = full size)."""
+    zstd_level: int = 1
+    """Entropy stage effort (1 is fast enough for a Pi; higher buys little on residuals)."""
+    packbits: bool = True
+    """Run PackBits before zstd on residuals (it shortens zstd's input where residuals are exactly zero)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be within 0..1, got {self.threshold}")
+        if self.max_key_interval_frames < 1:
+            raise ValueError(f"max_key_interval_frames must be ≥ 1, got {self.max_key_interval_frames}")
+        if self.max_key_interval_s < 0:
+            raise ValueError(f"max_key_interval_s must be ≥ 0, got {self.max_key_interval_s}")
+        if self.reference not in ("key", "previous", "auto"):
+            raise ValueError(f"reference must be 'key', 'previous' or 'auto', got {self.reference!r}")
+        if not 0 <= self.tolerance <= 32:
+            raise ValueError(f"tolerance must be within 0..32, got {self.tolerance}")
+        if not 1 <= self.ssim_downscale <= 16:
+            raise ValueError(f"ssim_downscale must be within 1..16, got {self.ssim_downscale}")
+        if not 1 <= self.zstd_level <= 19:
+            raise ValueError(f"zstd_level must be within 1..19, got {self.zstd_level}")
