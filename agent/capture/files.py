@@ -1,0 +1,192 @@
+"""Replay of recorded footage: a video file or a folder of stills, as if it were a camera.
+
+Replay is how the agent is tried on real footage without a camera, and how the benchmarks and tests feed
+the codec. Frames come out as fast as they are asked for; pacing is the caller's business (``fps`` says
+what the file claims). Each source is used from one thread, like every ``CaptureSource``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agent.capture.base import CaptureSource, Frame, Image
+from agent.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
+
+def normalise(image: np.ndarray, where: str) -> Image:
+    """Bring a decoded picture to the one shape the codec takes: uint8 BGR ``(H, W, 3)`` or grey ``(H, W)``.
+
+    Alpha is dropped (a camera has none, and keeping it would cost a fourth plane for nothing). Deeper
+    pixels are refused rather than shifted down: silently losing 8 bits would break the promise that
+    what is archived is what was captured.
+    """
+    if image.dtype != np.uint8:
+        raise CaptureError(
+            f"{where}: {image.dtype} pixels are not supported (only 8-bit images are; "
+            "convert 16-bit or float images to 8-bit first)"
+        )
+    if image.ndim == 3 and image.shape[2] in (1, 2):
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) or image.size == 0:
+        raise CaptureError(f"{where}: unsupported image shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class VideoFileSource(CaptureSource):
+    """Frames of a video file in order; with ``loop`` it starts over at the end, for soak tests."""
+
+    def __init__(self, path: Path | str, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.loop = loop
+        self.name = f"file:{self.path}"
+        self._capture: cv2.VideoCapture | None = None
+        self._pending: Image | None = None
+        self._index = 0
+
+    @property
+    def fps(self) -> float:
+        """Frame rate the container claims (0.0 when it does not say or the file is not open)."""
+        if self._capture is None:
+            return 0.0
+        return float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+
+    def open(self) -> None:
+        """Open the file and decode its first frame, so that a file without a frame fails here."""
+        if self._capture is not None:
+            return
+        self._capture, self._pending = self._start()
+        self._index = 0
+
+    def _start(self) -> tuple[cv2.VideoCapture, Image]:
+        if not self.path.is_file():
+            raise CaptureError(f"video {self.path}: no such file")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            capture.release()
+            raise CaptureError(f"video {self.path}: OpenCV cannot open it (not a video, or no codec for it)")
+        ok, image = capture.read()
+        if not ok or image is None:
+            capture.release()
+            raise CaptureError(f"video {self.path}: opened but yields no frame (empty or corrupt)")
+        return capture, normalise(image, f"video {self.path} frame 0")
+
+    def read(self) -> Frame | None:
+        if self._capture is None:
+            raise CaptureError(f"video {self.path}: read() before open()")
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+        else:
+            ok, raw = self._capture.read()
+            if not ok or raw is None:
+                if not self.loop:
+                    return None
+                log.info("video %s: end after %d frames, starting over", self.path, self._index)
+                self._capture.release()
+                self._capture, image = self._start()
+                self._index = 0
+            else:
+                image = normalise(raw, f"video {self.path} frame {self._index}")
+        frame = Frame.now(image, source_index=self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+        self._pending = None
+
+
+class ImageFolderSource(CaptureSource):
+    """The stills of one folder in name order (time-lapse snapshots, exported frames).
+
+    ``source_index`` is the position in the sorted listing, so a skipped unreadable file leaves a gap.
+    """
+
+    def __init__(self, path: Path | str, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.loop = loop
+        self.name = f"folder:{self.path}"
+        self._files: list[Path] | None = None
+        self._next = 0
+        self._yielded_this_pass = 0
+
+    def open(self) -> None:
+        """List the images now, so that an empty or missing folder fails at start, not mid-run."""
+        if self._files is not None:
+            return
+        if not self.path.is_dir():
+            raise CaptureError(f"image folder {self.path}: no such directory")
+        files = sorted(
+            (p for p in self.path.iterdir() if is_image_file(p)),
+            key=lambda p: p.name,
+        )
+        if not files:
+            raise CaptureError(
+                f"image folder {self.path}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
+        self._files = files
+        self._next = 0
+        self._yielded_this_pass = 0
+
+    def read(self) -> Frame | None:
+        if self._files is None:
+            raise CaptureError(f"image folder {self.path}: read() before open()")
+        while True:
+            if self._next >= len(self._files):
+                if self._yielded_this_pass == 0:
+                    raise CaptureError(
+                        f"image folder {self.path}: none of its {len(self._files)} images is readable"
+                    )
+                if not self.loop:
+                    return None
+                self._next = 0
+                self._yielded_this_pass = 0
+            index = self._next
+            self._next += 1
+            file = self._files[index]
+            raw = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                log.warning("image folder %s: skipping %s, which OpenCV cannot read", self.path, file.name)
+                continue
+            self._yielded_this_pass += 1
+            return Frame.now(normalise(raw, f"image {file}"), source_index=index)
+
+    def close(self) -> None:
+        self._files = None
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether a folder entry is a still this package replays (hidden files, e.g. ``._x.jpg``, are not)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def open_path(path: Path, loop: bool = False) -> CaptureSource:
+    """The replay source for ``path``: a folder of stills or a video file (not yet opened; use ``with``)."""
+    if path.is_dir():
+        return ImageFolderSource(path, loop=loop)
+    return VideoFileSource(path, loop=loop)
+
+
+def iter_images(path: Path, limit: int | None = None) -> Iterator[Image]:
+    """The pictures of a video or folder, at most ``limit`` of them, for tools that want pixels only."""
+    if limit is not None and limit <= 0:
+        return
+    with open_path(path) as source:
+        count = 0
+        while (frame := source.read()) is not None:
+            yield frame.image
+            count += 1
+            if limit is not None and count >= limit:
+                return
