@@ -1,0 +1,126 @@
+"""Run a record's stage list forwards (encoder) or backwards (decoder).
+
+The stage list is the whole recipe: a decoder needs no configuration, only the reference frame when a
+residual stage is listed. Byte stages see the planes serialised plane by plane, row by row, so PackBits
+packs rows of ``width`` bytes and its output is a valid TIFF strip of a ``width × (C·height)`` grey image.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import zstandard
+
+from agent.codec import packbits, transforms
+from agent.codec.transforms import Planes
+from agent.codec.wire import REFERENCE_STAGES, RecordHeader, Stage
+from agent.errors import WireFormatError
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level: zstd contexts are costly to make and not thread-safe."""
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return cache[level]
+
+
+def signedness(stages: tuple[Stage, ...], channels: int) -> tuple[bool, ...]:
+    """Which planes hold signed values (residuals) by the time the spatial predictor sees them."""
+    if not any(s in REFERENCE_STAGES for s in stages):
+        return (False,) * channels
+    if Stage.RCT in stages:
+        return (True,) + (False,) * (channels - 1)  # RCT re-centres the chroma planes on 128
+    return (True,) * channels
+
+
+def encode_planes(
+    planes: Planes,
+    stages: tuple[Stage, ...],
+    *,
+    reference: Planes | None = None,
+    tolerance: int = 0,
+    zstd_level: int = 1,
+) -> tuple[bytes, Planes]:
+    """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct."""
+    channels, height, width = planes.shape
+    data = planes
+    recon = planes
+    for stage in stages:
+        if stage is Stage.RESIDUAL:
+            assert reference is not None
+            data = transforms.residual(data, reference)
+        elif stage is Stage.RESIDUAL_Q:
+            assert reference is not None
+            data, recon = transforms.quantize_residual(data, reference, tolerance)
+        elif stage is Stage.QUANTIZE:
+            data, recon = transforms.quantize(data, tolerance)
+        elif stage is Stage.RCT:
+            data = transforms.rct(data)
+        elif stage is Stage.MED:
+            data = transforms.med(data, signedness(stages, channels))
+        else:
+            break
+    raw: bytes = np.ascontiguousarray(data).tobytes()
+    for stage in stages:
+        if stage is Stage.PACKBITS:
+            raw = packbits.encode_rows(raw, width)
+        elif stage is Stage.ZSTD:
+            raw = _compressor(zstd_level).compress(raw)
+    return raw, recon
+
+
+def _unzstd(payload: bytes, bound: int) -> bytes:
+    """Decompress at most ``bound`` bytes, whatever the frame header claims (it is untrusted)."""
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as reader:
+            out = reader.read(bound + 1)
+            trailing = reader.read(1) if len(out) <= bound else b""
+    except zstandard.ZstdError as e:
+        raise WireFormatError(f"zstd stage is corrupted: {e}") from e
+    if len(out) > bound or trailing:
+        raise WireFormatError(f"zstd stage expands beyond the declared {bound} bytes")
+    return out
+
+
+def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None = None) -> Planes:
+    """Undo ``header.stages`` on ``payload``; raise WireFormatError on anything inconsistent."""
+    stages = header.stages
+    channels, height, width = header.channels, header.height, header.width
+    frame_bytes = header.frame_bytes
+    if header.needs_reference:
+        if reference is None:
+            raise WireFormatError(f"record seq={header.seq} needs its reference seq={header.ref_seq}")
+        if reference.shape != (channels, height, width):
+            raise WireFormatError(
+                f"record seq={header.seq} is {channels}x{height}x{width} but its reference is "
+                f"{'x'.join(map(str, reference.shape))}"
+            )
+    raw = payload
+    packed_bound = frame_bytes + frame_bytes // 128 + channels * height + 16
+    for stage in reversed(stages):
+        if stage is Stage.ZSTD:
+            raw = _unzstd(raw, packed_bound if Stage.PACKBITS in stages else frame_bytes)
+        elif stage is Stage.PACKBITS:
+            raw = packbits.decode_rows(raw, width, channels * height)
+    if len(raw) != frame_bytes:
+        raise WireFormatError(f"payload decodes to {len(raw)} bytes, the frame needs {frame_bytes}")
+    data: Planes = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
+    for stage in reversed(stages):
+        if stage is Stage.MED:
+            data = transforms.unmed(data, signedness(stages, channels))
+        elif stage is Stage.RCT:
+            data = transforms.unrct(data)
+        elif stage is Stage.QUANTIZE:
+            data = transforms.dequantize(data, header.tolerance)
+        elif stage is Stage.RESIDUAL:
+            assert reference is not None
+            data = transforms.unresidual(data, reference)
+        elif stage is Stage.RESIDUAL_Q:
+            assert reference is not None
+            data = transforms.dequantize_residual(data, reference, header.tolerance)
+    return np.ascontiguousarray(data)

@@ -1,0 +1,165 @@
+"""Pixel stages: pure, vectorised, exact transforms on planar ``(C, H, W)`` uint8 arrays.
+
+Each forward transform has an inverse that the decoder runs; the near-lossless ones also return the
+reconstruction, because the encoder must predict from what the decoder will hold, never from the original.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+Planes = npt.NDArray[np.uint8]
+"""Planar frame data: ``(C, H, W)`` uint8, C-contiguous."""
+
+
+def to_planes(image: npt.NDArray[np.uint8]) -> Planes:
+    """``(H, W)`` grey or ``(H, W, C)`` interleaved → ``(C, H, W)`` planar."""
+    if image.ndim == 2:
+        return np.ascontiguousarray(image[np.newaxis])
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def from_planes(planes: Planes) -> npt.NDArray[np.uint8]:
+    """Inverse of :func:`to_planes`."""
+    if planes.shape[0] == 1:
+        return np.ascontiguousarray(planes[0])
+    return np.ascontiguousarray(planes.transpose(1, 2, 0))
+
+
+# --- temporal residuals ------------------------------------------------------------------------------------
+
+
+def residual(current: Planes, reference: Planes) -> Planes:
+    """Exact difference mod 256: unlike ``cv2.subtract`` it never saturates, so it loses nothing."""
+    return np.subtract(current, reference, dtype=np.uint8)
+
+
+def unresidual(diff: Planes, reference: Planes) -> Planes:
+    return np.add(diff, reference, dtype=np.uint8)
+
+
+def _step(tolerance: int) -> int:
+    if tolerance < 1:
+        raise ValueError(f"quantising needs tolerance ≥ 1, got {tolerance}")
+    return 2 * tolerance + 1
+
+
+def quantize_residual(current: Planes, reference: Planes, tolerance: int) -> tuple[Planes, Planes]:
+    """Quantise ``current − reference`` to steps of 2T+1; returns (codes, reconstruction).
+
+    Code q = sign(d)·⌊(|d|+T)/(2T+1)⌋ keeps |d − q(2T+1)| ≤ T; clamping the reconstruction to 0..255 can
+    only move it towards the captured value, which lies in that range, so the bound survives it.
+    """
+    step = _step(tolerance)
+    d = current.astype(np.int16) - reference.astype(np.int16)
+    q = np.sign(d) * ((np.abs(d) + tolerance) // step)
+    recon = np.clip(reference.astype(np.int16) + q * step, 0, 255).astype(np.uint8)
+    return q.astype(np.int8).view(np.uint8), recon
+
+
+def dequantize_residual(codes: Planes, reference: Planes, tolerance: int) -> Planes:
+    step = _step(tolerance)
+    q = codes.view(np.int8).astype(np.int16)
+    return np.clip(reference.astype(np.int16) + q * step, 0, 255).astype(np.uint8)
+
+
+def quantize(current: Planes, tolerance: int) -> tuple[Planes, Planes]:
+    """Intra near-lossless: codes ⌊(x+T)/(2T+1)⌋, reconstruction min(code·(2T+1), 255); |error| ≤ T."""
+    step = _step(tolerance)
+    q = ((current.astype(np.int16) + tolerance) // step).astype(np.uint8)
+    return q, dequantize(q, tolerance)
+
+
+def dequantize(codes: Planes, tolerance: int) -> Planes:
+    step = _step(tolerance)
+    return np.minimum(codes.astype(np.int16) * step, 255).astype(np.uint8)
+
+
+# --- colour ------------------------------------------------------------------------------------------------
+
+
+def rct(planes: Planes) -> Planes:
+    """(B, G, R) → (G, B−G+128, R−G+128) mod 256: decorrelates colour, exactly reversible.
+
+    The +128 keeps grey-ish chroma away from the 0/255 wrap, so the spatial predictor sees smooth planes.
+    """
+    b, g, r = planes
+    out = np.empty_like(planes)
+    out[0] = g
+    np.subtract(b, g, out=out[1], dtype=np.uint8)
+    np.subtract(r, g, out=out[2], dtype=np.uint8)
+    out[1:] += np.uint8(128)
+    return out
+
+
+def unrct(planes: Planes) -> Planes:
+    g, cb, cr = planes
+    out = np.empty_like(planes)
+    out[1] = g
+    np.add(cb, g, out=out[0], dtype=np.uint8)
+    np.add(cr, g, out=out[2], dtype=np.uint8)
+    out[0] -= np.uint8(128)
+    out[2] -= np.uint8(128)
+    return out
+
+
+# --- spatial prediction (MED) ------------------------------------------------------------------------------
+# MED is translation-equivariant, so a plane of signed values (residuals centred on 0) is predicted on its
+# bytes XOR 0x80 (centred on 128) and gives the very same residuals as a signed predictor would.
+
+
+def _flip(planes: Planes, signed: tuple[bool, ...]) -> Planes:
+    if not any(signed):
+        return planes
+    mask = np.array([0x80 if s else 0 for s in signed], dtype=np.uint8)[:, None, None]
+    return np.bitwise_xor(planes, mask)
+
+
+def med(planes: Planes, signed: tuple[bool, ...]) -> Planes:
+    """Median edge detector residual (LOCO-I): pred = clip(a+b−c, min(a,b), max(a,b)), residual mod 256.
+
+    a is the left, b the upper, c the upper-left neighbour; outside the frame they read as 0, so the first
+    row predicts from the left and the first column from above.
+    """
+    p = _flip(planes, signed)
+    c_, h, w = p.shape
+    padded = np.zeros((c_, h + 1, w + 1), dtype=np.int16)
+    padded[:, 1:, 1:] = p
+    a = padded[:, 1:, :-1]
+    b = padded[:, :-1, 1:]
+    c = padded[:, :-1, :-1]
+    lo = np.minimum(a, b)
+    hi = np.maximum(a, b)
+    pred = a + b
+    pred -= c
+    np.maximum(pred, lo, out=pred)
+    np.minimum(pred, hi, out=pred)
+    return np.subtract(p, pred.astype(np.uint8), dtype=np.uint8)
+
+
+def unmed(res: Planes, signed: tuple[bool, ...]) -> Planes:
+    """Inverse of :func:`med`, vectorised along anti-diagonals.
+
+    Every pixel of anti-diagonal d = x + y depends only on diagonals d−1 and d−2, so the frame is skewed
+    into rows of diagonals (``skew[c, d+1, y+1]`` holds pixel (y, x=d−y); index 0 is the zero border) and
+    decoded one contiguous diagonal at a time: H+W−1 vector steps instead of H·W scalar ones.
+    """
+    c_, h, w = res.shape
+    n_diag = h + w - 1
+    skew_res = np.zeros((c_, n_diag, h), dtype=np.int16)
+    for y in range(h):
+        skew_res[:, y : y + w, y] = res[:, y, :]
+    skew = np.zeros((c_, n_diag + 1, h + 1), dtype=np.int16)
+    for d in range(n_diag):
+        y0 = max(0, d - w + 1)
+        y1 = min(h - 1, d) + 1
+        a = skew[:, d, y0 + 1 : y1 + 1]
+        b = skew[:, d, y0:y1]
+        c = skew[:, d - 1, y0:y1] if d > 0 else skew[:, 0, y0:y1]
+        pred = np.minimum(np.maximum(a + b - c, np.minimum(a, b)), np.maximum(a, b))
+        skew[:, d + 1, y0 + 1 : y1 + 1] = (skew_res[:, d, y0:y1] + pred) & 0xFF
+    out = np.empty_like(res)
+    for y in range(h):
+        out[:, y, :] = skew[:, y + 1 : y + 1 + w, y + 1]
+    return _flip(out, signed)

@@ -1,0 +1,318 @@
+"""Wire format v1: one self-describing, checksummed record per frame.
+
+The byte layout is specified in ``docs/wire-format.md``; this module follows that document (a test checks that
+the version there matches :data:`VERSION`). Everything is little-endian. Parsing untrusted bytes raises only
+:class:`~agent.errors.WireFormatError`, and never trusts a declared size beyond :class:`Limits`.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import BinaryIO
+
+from agent.errors import WireFormatError
+
+MAGIC = b"CCTV"
+VERSION = 1
+
+# magic, version, kind, flags, pixel_format, header_length, width, height, tolerance, stage_count,
+# payload_length, seq, key_seq, ref_seq, capture_time_ns, ssim, frame_hash
+_FIXED = struct.Struct("<4sBBBBHHHBBIQQQqf32s")
+FIXED_SIZE = _FIXED.size  # 88
+CRC_SIZE = 4
+MAX_CAMERA_ID = 64
+MAX_STAGES = 8
+CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+
+FLAG_CLOCK_SYNCED = 0x01
+_KNOWN_FLAGS = FLAG_CLOCK_SYNCED
+
+
+class Kind(IntEnum):
+    """Whether a record starts a key group or belongs to one."""
+
+    KEY = 0
+    MEMBER = 1
+
+
+class PixelFormat(IntEnum):
+    """Pixel layout of the reconstructed frame; the value is the channel count."""
+
+    GRAY8 = 1
+    BGR8 = 3
+
+    @property
+    def channels(self) -> int:
+        return int(self.value)
+
+
+class Stage(IntEnum):
+    """Transforms applied by the encoder, listed in the order it applied them.
+
+    Pixel stages work on planar ``(C, H, W)`` uint8 arrays; byte stages on the planes serialised plane by plane,
+    row by row. The decoder undoes them in reverse order.
+    """
+
+    RESIDUAL = 1
+    """Exact difference from the reference frame, mod 256."""
+    RESIDUAL_Q = 2
+    """Difference from the reference quantised to steps of 2T+1 (near-lossless, |error| ≤ T)."""
+    QUANTIZE = 3
+    """Pixel values quantised to steps of 2T+1 (near-lossless intra, |error| ≤ T)."""
+    RCT = 4
+    """Reversible colour transform (G, B−G+128, R−G+128) mod 256, for BGR frames."""
+    MED = 5
+    """LOCO-I/JPEG-LS median edge detector, residual mod 256."""
+    PACKBITS = 6
+    """TIFF PackBits, one stream per plane row."""
+    ZSTD = 7
+    """Zstandard frame."""
+
+
+_PIXEL_STAGE_ORDER = (
+    (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE),
+    (Stage.RCT,),
+    (Stage.MED,),
+    (Stage.PACKBITS,),
+    (Stage.ZSTD,),
+)
+REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds a decoder enforces before it allocates anything a record declares."""
+
+    max_width: int = 8192
+    max_height: int = 8192
+    max_frame_bytes: int = 64 * 1024 * 1024
+    """Cap on width × height × channels."""
+
+    def max_payload(self, frame_bytes: int, rows: int) -> int:
+        """Largest payload any valid stage list can produce for a frame of that size (PackBits worst case)."""
+        return frame_bytes + frame_bytes // 128 + rows + 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHeader:
+    """Everything a record says about its frame, except the coded pixels."""
+
+    camera_id: str
+    seq: int
+    key_seq: int
+    ref_seq: int
+    """The record this one needs to decode; equal to ``seq`` when it is self-contained."""
+    kind: Kind
+    capture_time_ns: int
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    stages: tuple[Stage, ...]
+    frame_hash: bytes
+    """SHA-256 of the reconstructed frame's pixels, interleaved, row-major."""
+    tolerance: int = 0
+    ssim: float = 1.0
+    clock_synced: bool = True
+
+    @property
+    def channels(self) -> int:
+        return self.pixel_format.channels
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.height * self.channels
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(s in REFERENCE_STAGES for s in self.stages)
+
+    def validate(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        """Raise WireFormatError if the header is inconsistent or exceeds ``limits``."""
+        _check(CAMERA_ID_RE.fullmatch(self.camera_id) is not None, f"invalid camera id {self.camera_id!r}")
+        for name in ("seq", "key_seq", "ref_seq"):
+            value = getattr(self, name)
+            _check(0 <= value < 2**64, f"{name} out of range: {value}")
+        _check(-(2**63) <= self.capture_time_ns < 2**63, "capture time out of range")
+        _check(1 <= self.width <= limits.max_width, f"width {self.width} outside 1..{limits.max_width}")
+        _check(1 <= self.height <= limits.max_height, f"height {self.height} outside 1..{limits.max_height}")
+        _check(
+            self.frame_bytes <= limits.max_frame_bytes,
+            f"frame of {self.frame_bytes} bytes exceeds the limit of {limits.max_frame_bytes}",
+        )
+        _check(0 <= self.tolerance <= 255, f"tolerance {self.tolerance} out of range")
+        _check(len(self.frame_hash) == 32, "frame hash must be 32 bytes")
+        _check_stages(self.stages, self.pixel_format, self.tolerance)
+        if self.kind is Kind.KEY:
+            _check(not self.needs_reference, "a key record must not reference another frame")
+            _check(self.key_seq == self.seq, f"key record seq={self.seq} names key_seq={self.key_seq}")
+        else:
+            _check(self.key_seq <= self.seq, f"member seq={self.seq} names a later key {self.key_seq}")
+        if self.needs_reference:
+            _check(self.ref_seq < self.seq, f"record seq={self.seq} references seq={self.ref_seq}, not earlier")
+            _check(self.ref_seq >= self.key_seq, f"record seq={self.seq} references outside its key group")
+        else:
+            _check(self.ref_seq == self.seq, f"self-contained record seq={self.seq} names ref_seq={self.ref_seq}")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A header and its coded payload: one frame on the wire."""
+
+    header: RecordHeader
+    payload: bytes = field(repr=False)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise WireFormatError(message)
+
+
+def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, tolerance: int) -> None:
+    _check(len(stages) <= MAX_STAGES, f"too many stages ({len(stages)})")
+    position = 0
+    for stage in stages:
+        while position < len(_PIXEL_STAGE_ORDER) and stage not in _PIXEL_STAGE_ORDER[position]:
+            position += 1
+        _check(position < len(_PIXEL_STAGE_ORDER), f"stages out of order or repeated: {_names(stages)}")
+        position += 1
+    if Stage.RCT in stages:
+        _check(pixel_format is PixelFormat.BGR8, "RCT needs a BGR frame")
+    if Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages:
+        _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")
+
+
+def _names(stages: tuple[Stage, ...]) -> str:
+    return "+".join(s.name for s in stages) or "(none)"
+
+
+def pack_record(record: Record) -> bytes:
+    """Serialise a record: fixed header, camera id, stages, payload, CRC-32 of all of it."""
+    h = record.header
+    h.validate(Limits(max_width=65535, max_height=65535, max_frame_bytes=2**40))
+    camera = h.camera_id.encode("ascii")
+    header_length = FIXED_SIZE + 1 + len(camera) + len(h.stages)
+    flags = FLAG_CLOCK_SYNCED if h.clock_synced else 0
+    if len(record.payload) >= 2**32:
+        raise WireFormatError(f"payload of {len(record.payload)} bytes does not fit a record")
+    fixed = _FIXED.pack(
+        MAGIC,
+        VERSION,
+        h.kind,
+        flags,
+        h.pixel_format,
+        header_length,
+        h.width,
+        h.height,
+        h.tolerance,
+        len(h.stages),
+        len(record.payload),
+        h.seq,
+        h.key_seq,
+        h.ref_seq,
+        h.capture_time_ns,
+        h.ssim,
+        h.frame_hash,
+    )
+    body = b"".join((fixed, bytes([len(camera)]), camera, bytes(h.stages), record.payload))
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def record_length(prefix: bytes | memoryview) -> int:
+    """Total length of the record that starts ``prefix`` (needs the first 88 bytes)."""
+    _check(len(prefix) >= FIXED_SIZE, f"truncated record: {len(prefix)} of at least {FIXED_SIZE} header bytes")
+    magic, version = bytes(prefix[:4]), prefix[4]
+    _check(magic == MAGIC, f"bad magic {magic!r}, expected {MAGIC!r}")
+    _check(version == VERSION, f"unsupported wire format version {version} (this decoder reads {VERSION})")
+    header_length, payload_length = struct.unpack_from("<H", prefix, 8)[0], struct.unpack_from("<I", prefix, 16)[0]
+    return int(header_length) + int(payload_length) + CRC_SIZE
+
+
+def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Record:
+    """Parse and verify one record that fills ``data`` exactly."""
+    view = memoryview(data).cast("B")
+    total = record_length(view)
+    _check(len(view) == total, f"record is {len(view)} bytes but declares {total}")
+    (crc,) = struct.unpack_from("<I", view, total - CRC_SIZE)
+    _check(zlib.crc32(view[: total - CRC_SIZE]) == crc, "checksum mismatch: record is corrupted")
+    (
+        _magic,
+        _version,
+        kind,
+        flags,
+        pixel_format,
+        header_length,
+        width,
+        height,
+        tolerance,
+        stage_count,
+        payload_length,
+        seq,
+        key_seq,
+        ref_seq,
+        capture_time_ns,
+        ssim,
+        frame_hash,
+    ) = _FIXED.unpack_from(view, 0)
+    _check(kind in (0, 1), f"unknown record kind {kind}")
+    _check(flags & ~_KNOWN_FLAGS == 0, f"unknown flags 0x{flags:02x}")
+    _check(pixel_format in (1, 3), f"unknown pixel format {pixel_format}")
+    camera_length = view[FIXED_SIZE]
+    _check(1 <= camera_length <= MAX_CAMERA_ID, f"camera id length {camera_length} outside 1..{MAX_CAMERA_ID}")
+    _check(
+        header_length == FIXED_SIZE + 1 + camera_length + stage_count,
+        f"header length {header_length} disagrees with its camera id and stage count",
+    )
+    camera_raw = bytes(view[FIXED_SIZE + 1 : FIXED_SIZE + 1 + camera_length])
+    try:
+        camera_id = camera_raw.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise WireFormatError(f"camera id is not ASCII: {camera_raw!r}") from e
+    stage_bytes = bytes(view[FIXED_SIZE + 1 + camera_length : header_length])
+    try:
+        stages = tuple(Stage(b) for b in stage_bytes)
+    except ValueError as e:
+        raise WireFormatError(f"unknown stage in {stage_bytes.hex()}") from e
+    _check(ssim == ssim and -1.0 <= ssim <= 1.0, f"SSIM {ssim} outside -1..1")
+    header = RecordHeader(
+        camera_id=camera_id,
+        seq=seq,
+        key_seq=key_seq,
+        ref_seq=ref_seq,
+        kind=Kind(kind),
+        capture_time_ns=capture_time_ns,
+        width=width,
+        height=height,
+        pixel_format=PixelFormat(pixel_format),
+        stages=stages,
+        frame_hash=bytes(frame_hash),
+        tolerance=tolerance,
+        ssim=float(ssim),
+        clock_synced=bool(flags & FLAG_CLOCK_SYNCED),
+    )
+    header.validate(limits)
+    max_payload = limits.max_payload(header.frame_bytes, header.height * header.channels)
+    _check(payload_length <= max_payload, f"payload of {payload_length} bytes exceeds the bound {max_payload}")
+    payload = bytes(view[header_length : header_length + payload_length])
+    return Record(header, payload)
+
+
+def iter_records(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Iterator[Record]:
+    """Read a ``.cctv`` file: records concatenated back to back, nothing between them."""
+    while True:
+        prefix = stream.read(FIXED_SIZE)
+        if not prefix:
+            return
+        total = record_length(prefix)
+        bound = FIXED_SIZE + 1 + MAX_CAMERA_ID + MAX_STAGES + CRC_SIZE
+        _check(total <= bound + limits.max_payload(limits.max_frame_bytes, limits.max_height * 3), "record too big")
+        rest = stream.read(total - len(prefix))
+        _check(len(rest) == total - len(prefix), f"truncated record at end of file ({len(prefix) + len(rest)} bytes)")
+        yield unpack_record(prefix + rest, limits)

@@ -1,0 +1,125 @@
+"""Pixel stages and the stage pipeline: exact inverses, bounded error, bounded allocation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from agent.codec import transforms as T
+from agent.codec.pipeline import decode_planes, encode_planes
+from agent.codec.wire import Kind, PixelFormat, RecordHeader, Stage
+from agent.errors import WireFormatError
+
+planes_strategy = hnp.arrays(
+    np.uint8,
+    st.tuples(st.sampled_from([1, 3]), st.integers(1, 17), st.integers(1, 23)),
+)
+
+
+@given(planes_strategy, st.lists(st.booleans(), min_size=3, max_size=3))
+@settings(max_examples=150, deadline=None)
+def test_med_inverts_exactly(planes: np.ndarray, flags: list[bool]) -> None:
+    signed = tuple(flags[: planes.shape[0]])
+    assert np.array_equal(T.unmed(T.med(planes, signed), signed), planes)
+
+
+def test_med_matches_the_scalar_definition() -> None:
+    rng = np.random.default_rng(3)
+    plane = rng.integers(0, 256, (1, 6, 7), dtype=np.uint8)
+    res = T.med(plane, (False,))
+    p = plane[0].astype(int)
+    for y in range(6):
+        for x in range(7):
+            a = p[y, x - 1] if x else 0
+            b = p[y - 1, x] if y else 0
+            c = p[y - 1, x - 1] if x and y else 0
+            pred = min(max(a + b - c, min(a, b)), max(a, b))
+            assert res[0, y, x] == (p[y, x] - pred) % 256
+
+
+@given(hnp.arrays(np.uint8, st.tuples(st.just(3), st.integers(1, 9), st.integers(1, 9))))
+def test_rct_inverts_exactly(planes: np.ndarray) -> None:
+    assert np.array_equal(T.unrct(T.rct(planes)), planes)
+
+
+def test_residual_is_modular_where_cv_subtract_saturates() -> None:
+    key = np.array([[[200, 10, 0]]], dtype=np.uint8)
+    member = np.array([[[10, 200, 255]]], dtype=np.uint8)
+    assert np.array_equal(cv2.add(cv2.subtract(member, key), key), np.array([[[200, 200, 255]]]))  # the seed's loss
+    assert np.array_equal(T.unresidual(T.residual(member, key), key), member)
+
+
+@given(planes_strategy, planes_strategy, st.integers(1, 8))
+@settings(max_examples=150, deadline=None)
+def test_quantisers_keep_the_error_bound(a: np.ndarray, b: np.ndarray, tolerance: int) -> None:
+    b = np.resize(b, a.shape).astype(np.uint8)
+    codes, recon = T.quantize_residual(a, b, tolerance)
+    assert int(np.abs(recon.astype(int) - a).max()) <= tolerance
+    assert np.array_equal(T.dequantize_residual(codes, b, tolerance), recon)
+    codes, recon = T.quantize(a, tolerance)
+    assert int(np.abs(recon.astype(int) - a).max()) <= tolerance
+    assert np.array_equal(T.dequantize(codes, tolerance), recon)
+
+
+def _header_for(planes: np.ndarray, stages: tuple[Stage, ...], tolerance: int = 0) -> RecordHeader:
+    c, h, w = planes.shape
+    ref = any(s in (Stage.RESIDUAL, Stage.RESIDUAL_Q) for s in stages)
+    return RecordHeader(
+        camera_id="c",
+        seq=2,
+        key_seq=1,
+        ref_seq=1 if ref else 2,
+        kind=Kind.MEMBER,
+        capture_time_ns=0,
+        width=w,
+        height=h,
+        pixel_format=PixelFormat(c),
+        stages=stages,
+        frame_hash=hashlib.sha256(b"").digest(),
+        tolerance=tolerance,
+    )
+
+
+STAGE_LISTS = [
+    (Stage.RCT, Stage.MED, Stage.ZSTD),
+    (Stage.MED, Stage.PACKBITS, Stage.ZSTD),
+    (Stage.RESIDUAL, Stage.PACKBITS, Stage.ZSTD),
+    (Stage.RESIDUAL, Stage.MED, Stage.ZSTD),
+    (Stage.RESIDUAL, Stage.RCT, Stage.MED, Stage.PACKBITS),
+    (Stage.PACKBITS,),
+    (),
+]
+
+
+@pytest.mark.parametrize("stages", STAGE_LISTS, ids=lambda s: "+".join(x.name for x in s) or "raw")
+def test_pipeline_round_trips_real_frames(pets_cut: object, stages: tuple[Stage, ...]) -> None:
+    cap = cv2.VideoCapture(str(pets_cut))
+    frames = [cap.read()[1] for _ in range(3)]
+    cap.release()
+    ref, cur = T.to_planes(frames[0]), T.to_planes(frames[2])
+    payload, recon = encode_planes(cur, stages, reference=ref)
+    assert np.array_equal(recon, cur)
+    assert np.array_equal(decode_planes(_header_for(cur, stages), payload, ref), cur)
+
+
+def test_pipeline_refuses_what_does_not_add_up() -> None:
+    planes = np.zeros((1, 4, 4), dtype=np.uint8)
+    header = _header_for(planes, (Stage.RESIDUAL, Stage.ZSTD))
+    payload, _ = encode_planes(planes, header.stages, reference=planes)
+    with pytest.raises(WireFormatError, match="needs its reference"):
+        decode_planes(header, payload, None)
+    with pytest.raises(WireFormatError, match="reference is"):
+        decode_planes(header, payload, np.zeros((1, 4, 5), dtype=np.uint8))
+    bomb, _ = encode_planes(np.zeros((1, 400, 400), dtype=np.uint8), (Stage.ZSTD,))
+    with pytest.raises(WireFormatError, match="expands beyond"):
+        decode_planes(_header_for(planes, (Stage.ZSTD,)), bomb)
+    with pytest.raises(WireFormatError, match="corrupted"):
+        decode_planes(_header_for(planes, (Stage.ZSTD,)), b"\x28\xb5\x2f\xfd garbage")
+    with pytest.raises(WireFormatError, match="decodes to"):
+        decode_planes(_header_for(planes, ()), b"short")

@@ -1,0 +1,180 @@
+"""Wire format v1: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from agent.codec.wire import (
+    FIXED_SIZE,
+    VERSION,
+    Kind,
+    Limits,
+    PixelFormat,
+    Record,
+    RecordHeader,
+    Stage,
+    iter_records,
+    pack_record,
+    record_length,
+    unpack_record,
+)
+from agent.errors import WireFormatError
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
+
+
+def _header(**changes: object) -> RecordHeader:
+    fields: dict[str, object] = {
+        "camera_id": "cam1",
+        "seq": 5,
+        "key_seq": 4,
+        "ref_seq": 4,
+        "kind": Kind.MEMBER,
+        "capture_time_ns": 1_700_000_000_123_456_789,
+        "width": 2,
+        "height": 1,
+        "pixel_format": PixelFormat.GRAY8,
+        "stages": (Stage.RESIDUAL, Stage.ZSTD),
+        "frame_hash": hashlib.sha256(b"\x01\x02").digest(),
+        "tolerance": 0,
+        "ssim": 0.75,
+        "clock_synced": True,
+    }
+    fields.update(changes)
+    return RecordHeader(**fields)  # type: ignore[arg-type]
+
+
+GOLDEN_HEX = "".join(
+    [
+        "43435456",  # magic "CCTV"
+        "01",  # version 1
+        "01",  # kind: member
+        "01",  # flags: clock synchronised
+        "01",  # pixel format gray8
+        "5f00",  # header length 95 = 88 + 1 + len("cam1") + 2 stages
+        "0200",  # width 2
+        "0100",  # height 1
+        "00",  # tolerance 0
+        "02",  # two stages
+        "03000000",  # payload length 3
+        "0500000000000000",  # seq 5
+        "0400000000000000",  # key_seq 4
+        "0400000000000000",  # ref_seq 4
+        struct.pack("<q", 1_700_000_000_123_456_789).hex(),  # capture time
+        struct.pack("<f", 0.75).hex(),  # ssim
+        hashlib.sha256(b"\x01\x02").hexdigest(),  # frame hash
+        "04",  # camera id length
+        b"cam1".hex(),
+        "0107",  # stages RESIDUAL, ZSTD
+        "abcdef",  # payload
+    ]
+)
+
+
+def test_golden_bytes_pin_the_layout() -> None:
+    body = bytes.fromhex(GOLDEN_HEX)
+    assert len(body) == FIXED_SIZE + 1 + 4 + 2 + 3
+    assert body[8:10] == struct.pack("<H", FIXED_SIZE + 1 + 4 + 2)
+    expected = body + struct.pack("<I", zlib.crc32(body))
+    record = Record(_header(), b"\xab\xcd\xef")
+    assert pack_record(record) == expected
+    assert unpack_record(expected) == record
+    assert record_length(expected) == len(expected)
+
+
+def test_docs_state_the_version_the_code_speaks() -> None:
+    text = DOCS.read_text()
+    match = re.search(r"^Version: (\d+)$", text, re.MULTILINE)
+    assert match, "docs/wire-format.md must state 'Version: N'"
+    assert int(match.group(1)) == VERSION
+    for stage in Stage:
+        assert f"| {stage.value} | {stage.name} |" in text, f"stage {stage.name} is not documented"
+
+
+def test_key_and_member_round_trip_with_all_fields() -> None:
+    key = Record(_header(seq=9, key_seq=9, ref_seq=9, kind=Kind.KEY, stages=(Stage.RCT, Stage.MED, Stage.ZSTD),
+                         pixel_format=PixelFormat.BGR8, clock_synced=False, ssim=1.0, tolerance=3), b"x" * 100)
+    assert unpack_record(pack_record(key)) == key
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kind": Kind.KEY}, "key record must not reference"),
+        ({"ref_seq": 5}, "references seq=5, not earlier"),
+        ({"stages": (Stage.ZSTD, Stage.RESIDUAL)}, "out of order"),
+        ({"stages": (Stage.RCT,)}, "RCT needs a BGR frame"),
+        ({"stages": (Stage.QUANTIZE,)}, "needs tolerance"),
+        ({"camera_id": "../etc"}, "invalid camera id"),
+        ({"width": 0}, "width 0"),
+    ],
+)
+def test_inconsistent_headers_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(WireFormatError, match=message):
+        pack_record(Record(_header(**changes), b""))
+
+
+def test_limits_are_checked_before_allocation() -> None:
+    big = Record(_header(width=4000, height=4000, pixel_format=PixelFormat.BGR8), b"")
+    data = pack_record(big)
+    with pytest.raises(WireFormatError, match="exceeds the limit"):
+        unpack_record(data, Limits(max_frame_bytes=1024 * 1024))
+
+
+def test_corruption_truncation_and_version_are_reported() -> None:
+    data = pack_record(Record(_header(), b"abc"))
+    with pytest.raises(WireFormatError, match="checksum"):
+        unpack_record(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    with pytest.raises(WireFormatError, match="declares"):
+        unpack_record(data[:-1])
+    with pytest.raises(WireFormatError, match="truncated"):
+        unpack_record(data[:10])
+    with pytest.raises(WireFormatError, match="version"):
+        unpack_record(data[:4] + b"\x02" + data[5:])
+    with pytest.raises(WireFormatError, match="magic"):
+        unpack_record(b"XXXX" + data[4:])
+
+
+def test_cctv_file_is_records_back_to_back() -> None:
+    records = [Record(_header(seq=s, ref_seq=s - 1), bytes([s]) * s) for s in range(5, 9)]
+    stream = io.BytesIO(b"".join(pack_record(r) for r in records))
+    assert list(iter_records(stream)) == records
+    truncated = io.BytesIO(stream.getvalue()[:-3])
+    with pytest.raises(WireFormatError, match="truncated"):
+        list(iter_records(truncated))
+
+
+def test_ten_thousand_mutations_raise_only_wire_format_error() -> None:
+    """Flip, insert, delete and overwrite bytes, with and without a fixed-up CRC."""
+    rng = random.Random(1234)
+    base = pack_record(Record(_header(seq=50, key_seq=40, ref_seq=49), bytes(range(200))))
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(10_000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randrange(4)
+            pos = rng.randrange(len(data))
+            if op == 0:
+                data[pos] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                data[pos] = rng.randrange(256)
+            elif op == 2:
+                del data[pos : pos + rng.randint(1, 8)]
+            else:
+                data[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        if i % 2 and len(data) > 4:  # half the time fix the CRC so parsing goes past the checksum
+            data[-4:] = struct.pack("<I", zlib.crc32(data[:-4]))
+        try:
+            unpack_record(bytes(data))
+            outcomes["ok"] += 1
+        except WireFormatError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 9000
