@@ -53,3 +53,12 @@ class PublishError(CctvError):
 
 class ArchiveError(CctvError):
     """The archive could not store, index or return a record."""
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass; ``errors`` lists each (one per line in ``str``)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__(errors[0].key, errors[0].message, errors[0].source)
+        self.errors = tuple(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)

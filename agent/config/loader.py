@@ -1,0 +1,163 @@
+"""Read a TOML file into :class:`AgentConfig` or :class:`CollectorConfig`, and ``check-config``.
+
+Every problem in a file is collected in one pass and raised together (``ConfigErrors``), each naming its full
+key path; ``check_config_main`` prints them with the TOML line they point at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from agent.config.models import AgentConfig, CollectorConfig, raise_problems
+from agent.config.schema import Problems, build
+from agent.config.secrets import resolve_mqtt_secrets
+from agent.errors import ConfigError
+
+ConfigT = TypeVar("ConfigT", AgentConfig, CollectorConfig)
+
+
+def load_agent_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """The agent's config from ``path``; ``env`` defaults to ``os.environ`` (secrets, credentials)."""
+    return parse_agent_config(read_toml(path), source=str(path), env=env, base_dir=path.parent)
+
+
+def load_collector_config(path: Path, *, env: Mapping[str, str] | None = None) -> CollectorConfig:
+    """The collector's config from ``path``; ``env`` defaults to ``os.environ``."""
+    return parse_collector_config(read_toml(path), source=str(path), env=env, base_dir=path.parent)
+
+
+def parse_agent_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<memory>",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> AgentConfig:
+    """The agent's config from an already parsed table; relative secret files are found under ``base_dir``."""
+    return _parse(AgentConfig, data, source, env, base_dir)
+
+
+def parse_collector_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<memory>",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> CollectorConfig:
+    """The collector's config from an already parsed table."""
+    return _parse(CollectorConfig, data, source, env, base_dir)
+
+
+def _parse(
+    cls: type[ConfigT],
+    data: Mapping[str, Any],
+    source: str,
+    env: Mapping[str, str] | None,
+    base_dir: Path | None,
+) -> ConfigT:
+    problems = Problems()
+    table = dict(data)
+    table["mqtt"] = resolve_mqtt_secrets(
+        table.get("mqtt", {}), "mqtt", os.environ if env is None else env, base_dir, problems
+    )
+    config = build(cls, table, "", problems)
+    raise_problems(problems.items, source)
+    assert config is not None  # build returns None only with problems, raised just above
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed file; unreadable files and syntax errors become ConfigError (with line and column)."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("(file)", f"cannot read: {e.strerror or e}", str(path)) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("(syntax)", f"invalid TOML: {e}", str(path)) from e
+
+
+def check_config_main(
+    path: Path, kind: Literal["agent", "collector"], *, env: Mapping[str, str] | None = None
+) -> int:
+    """Validate without running: ``OK: <summary>`` on stdout and 0, or every error on stderr and 1."""
+    try:
+        if kind == "agent":
+            summary = summarize_agent(load_agent_config(path, env=env))
+        else:
+            summary = summarize_collector(load_collector_config(path, env=env))
+    except ConfigError as e:
+        text = _text_or_empty(path)
+        for err in getattr(e, "errors", (e,)):
+            print(err, file=sys.stderr)
+            found = find_line(text, err.key)
+            if found is not None:
+                print(f"    {found[0]:>4} | {found[1]}", file=sys.stderr)
+        return 1
+    print(f"OK: {summary}")
+    return 0
+
+
+def summarize_agent(config: AgentConfig) -> str:
+    """One line a person can check against what they meant to configure (no secrets)."""
+    a, m, s = config.agent, config.mqtt, config.spool
+    return (
+        f"agent {a.site}/{a.camera_id}: capture {config.capture.kind}, "
+        f"mqtt {m.host}:{m.port} ({_transport(config.mqtt.tls.enabled, m.protocol)}), "
+        f"spool {s.directory} (max {s.max_bytes} bytes)"
+    )
+
+
+def summarize_collector(config: CollectorConfig) -> str:
+    c, m = config.collector, config.mqtt
+    return (
+        f"collector {m.client_id}: archive {c.archive_root}, "
+        f"mqtt {m.host}:{m.port} ({_transport(m.tls.enabled, m.protocol)}), subscribe {c.subscription!r}"
+    )
+
+
+def _transport(tls: bool, protocol: str) -> str:
+    return f"{'TLS' if tls else 'plain'}, MQTT {protocol}"
+
+
+def _text_or_empty(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+
+
+def find_line(text: str, key: str) -> tuple[int, str] | None:
+    """Line number and text where ``key`` is set, else its nearest table's header; a cheap scan, not a parser.
+
+    Handles ``[table]`` headers and ``key = …`` / ``dotted.key = …`` lines, which is what config files use.
+    """
+    table = ""
+    headers: dict[str, tuple[int, str]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if header := _HEADER.match(line):
+            table = _normal(header.group(1))
+            headers.setdefault(table, (number, line.rstrip()))
+        elif assignment := _KEY.match(line):
+            name = _normal(assignment.group(1))
+            if (f"{table}.{name}" if table else name) == key:
+                return number, line.rstrip()
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        if (found := headers.get(".".join(parts[:end]))) is not None:
+            return found
+    return None
+
+
+def _normal(dotted: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in dotted.split("."))
