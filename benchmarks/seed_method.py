@@ -50,12 +50,12 @@ class MethodResult:
 
 
 def grey(image: Image) -> Image:
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return image if image.ndim == 2 else np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
 
 
 def seed_ssim(a: Image, b: Image) -> float:
     """Full-resolution grey SSIM with the library defaults the article used (7x7 window, data range 255)."""
-    return float(structural_similarity(grey(a), grey(b), data_range=255))
+    return float(structural_similarity(grey(a), grey(b), data_range=255))  # type: ignore[no-untyped-call]
 
 
 def packbits_tiff(image: Image) -> bytes:

@@ -1,0 +1,218 @@
+"""Compare our codec with the seed article's method and standard lossless codecs on real footage.
+
+    .venv/bin/python benchmarks/compare.py SOURCE [--frames N] [--tolerance T] [--json]
+    .venv/bin/python benchmarks/compare.py --all [--markdown]
+
+SOURCE is a video file or a folder of stills. Frames are decoded once and every method gets the same ones.
+Ratio is raw BGR bytes over encoded bytes; "max err" is the largest absolute pixel difference between what
+each method gives back and the decoded frame (0 = lossless, measured, not assumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `agent` and `benchmarks` importable
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from agent.capture.files import VideoFileSource, iter_images  # noqa: E402
+from benchmarks.peers import run_peers  # noqa: E402
+from benchmarks.seed_method import Image, MethodResult, run_seed  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("CCTV_SHARED_DATA", REPO.parent / "shared" / "data"))
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm")
+DEFAULT_VIDEO_FRAMES = 150
+X264_LIMIT_PIXELS = 1920 * 1080
+"""Frames this large get x264 veryslow on the first ``--x264-limit`` frames only (~1 s a frame on 2 cores)."""
+
+
+def run_ours(frames: Sequence[Image], tolerance: int = 0, fps: float = 10.0) -> MethodResult:
+    """Our encoder, one thread; each record is packed to wire bytes, parsed back and decoded to check it."""
+    name = "ours (lossless)" if tolerance == 0 else f"ours (tolerance {tolerance})"
+    raw = sum(f.nbytes for f in frames)
+    try:
+        from agent.codec.decoder import FrameDecoder
+        from agent.codec.encoder import FrameEncoder
+        from agent.codec.settings import CodecSettings
+        from agent.codec.wire import Kind, pack_record, unpack_record
+    except ImportError as e:
+        return MethodResult(name, len(frames), raw, None, None, None, note=f"n/a: codec not importable ({e})")
+    encoder = FrameEncoder("bench", CodecSettings(tolerance=tolerance))
+    decoder = FrameDecoder()
+    step_ns = int(1e9 / fps) if fps > 0 else 100_000_000
+    t0 = time.time_ns()
+    encoded = 0
+    encode_s = 0.0
+    max_err = 0
+    keys = 0
+    for i, image in enumerate(frames):
+        start = time.perf_counter()
+        record = encoder.encode(image, t0 + i * step_ns)
+        data = pack_record(record)
+        encode_s += time.perf_counter() - start
+        encoded += len(data)
+        keys += record.header.kind == Kind.KEY
+        rebuilt = decoder.decode(unpack_record(data))
+        max_err = max(max_err, int(np.max(np.abs(rebuilt.astype(np.int16) - image.astype(np.int16)))))
+    return MethodResult(name, len(frames), raw, encoded, encode_s, max_err, keys=keys, note="1 thread")
+
+
+def load(source: Path, frames: int | None) -> tuple[list[Image], float]:
+    """Decode the frames once (default: 150 of a video, all of a folder) and the rate to feed ffmpeg."""
+    fps = 10.0
+    if not source.is_dir():
+        frames = DEFAULT_VIDEO_FRAMES if frames is None else frames
+        video = VideoFileSource(source)
+        video.open()
+        fps = video.fps or fps
+        video.close()
+    return list(iter_images(source, limit=frames)), fps
+
+
+@dataclass
+class SetRun:
+    """All methods on one source."""
+
+    source: str
+    set: str
+    frames: int
+    size: str
+    results: list[MethodResult]
+    wall_s: float
+
+    def as_json(self) -> dict[str, object]:
+        results = [asdict(r) | {"ratio": r.ratio, "ms_per_frame": r.ms_per_frame} for r in self.results]
+        return asdict(self) | {"results": results}
+
+
+def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | None) -> SetRun:
+    start = time.perf_counter()
+    images, fps = load(source, frames)
+    if not images:
+        raise SystemExit(f"{source}: no frames")
+    height, width = images[0].shape[:2]
+    if x264_limit is None and height * width >= X264_LIMIT_PIXELS:
+        x264_limit = 40
+    results = [run_ours(images, 0, fps)]
+    if tolerance:
+        results.append(run_ours(images, tolerance, fps))
+    results += [run_seed(images), run_seed(images, exact=True)]
+    results += run_peers(images, fps, x264_limit=x264_limit)
+    size = f"{width}x{height}" + (" grey" if images[0].ndim == 2 else "")
+    return SetRun(str(source), source.parent.name, len(images), size, results, time.perf_counter() - start)
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """Peak resident memory of this process and of its largest finished child (ffmpeg), MiB (Linux: KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return own / 1024, children / 1024
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _lossless(max_abs_error: int | None) -> str:
+    if max_abs_error is None:
+        return "n/a"
+    return "yes (0)" if max_abs_error == 0 else f"NO ({max_abs_error})"
+
+
+def _rows(results: Sequence[MethodResult]) -> list[list[str]]:
+    return [
+        [
+            r.method,
+            _fmt(r.ratio, ".2f"),
+            _fmt(r.ms_per_frame, ".1f"),
+            _lossless(r.max_abs_error),
+            _fmt(r.keys, "d"),
+            r.note,
+        ]
+        for r in results
+    ]
+
+
+HEADER = ["method", "ratio", "ms/frame", "lossless? (max err)", "keys", "note"]
+
+
+def text_table(run: SetRun) -> str:
+    rows = [HEADER, *_rows(run.results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = [f"{run.source}: {run.frames} frames {run.size}, all methods {run.wall_s:.0f} s wall"]
+    for n, row in enumerate(rows):
+        cells = (
+            c.ljust(w) if i in (0, 5) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(runs: Sequence[SetRun]) -> str:
+    lines = ["| set | frames | " + " | ".join(HEADER) + " |", "|" + " --- |" * (len(HEADER) + 2)]
+    for run in runs:
+        prefix = f"| {run.set} | {run.frames} ({run.size}) | "
+        lines.extend(prefix + " | ".join(row) + " |" for row in _rows(run.results))
+    return "\n".join(lines)
+
+
+def shared_sets(root: Path = SHARED_DATA) -> list[Path]:
+    """Each public set's footage: a ``frames`` folder of stills, or the folder's one video file."""
+    sets = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (folder / "frames").is_dir():
+            sets.append(folder / "frames")
+        else:
+            sets.extend(sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS))
+    return sets
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("source", nargs="?", type=Path, help="video file or folder of stills")
+    parser.add_argument("--all", action="store_true", help=f"every set under {SHARED_DATA}")
+    parser.add_argument("--frames", type=int, help="first N frames (default: 150 of a video, all stills)")
+    parser.add_argument(
+        "--tolerance", type=int, default=0, help="also run ours with this per-pixel tolerance"
+    )
+    parser.add_argument(
+        "--x264-limit", type=int, help="feed x264 only the first N frames (default: 40 at 1080p)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args(argv)
+    if args.all == (args.source is not None):
+        parser.error("give either SOURCE or --all")
+    sources = shared_sets() if args.all else [args.source]
+    runs = []
+    for source in sources:
+        run = compare(source, args.frames, args.tolerance, args.x264_limit)
+        runs.append(run)
+        if not args.json:
+            print(text_table(run), "\n", flush=True)
+    own, children = peak_rss_mib()
+    if args.json:
+        report = {"runs": [r.as_json() for r in runs], "peak_rss_mib": own, "peak_child_rss_mib": children}
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"peak RSS: this process {own:.0f} MiB, largest ffmpeg child {children:.0f} MiB")
+    if args.all:
+        print("\n" + markdown_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
