@@ -1,0 +1,329 @@
+"""Keep only the newest frame of a live source, and keep the source alive.
+
+A camera produces frames whether or not anyone wants them; OpenCV and FFmpeg buffer what is not
+read. A consumer that samples one frame every 10 s would otherwise get a frame that is 10 s (or
+more) old. So a thread reads continuously and keeps only the newest frame; ``newest()`` hands out
+that frame, never one the consumer has already seen.
+
+The same thread pair keeps the source alive: a stall watchdog reopens a source that has produced
+nothing for ``stall_timeout_s`` (a paused server keeps the TCP connection open and sends nothing),
+and a failed open or read is retried with doubling back-off capped at ``reconnect_max_s``, reset
+once a connection delivers frames again. Every wait wakes at least once a second, so ``stop()``
+is noticed promptly.
+
+Threads and who owns what:
+
+* **Session thread** (one per connection attempt, ``_session``): the only thread that ever touches
+  its ``Capture`` -- it opens, reads and releases it. OpenCV captures are not thread-safe, so a
+  stalled session is *abandoned*, never released from outside: its ``cancel`` event is set, its
+  generation is retired, and it releases the capture itself if its blocked read ever returns.
+* **Supervisor thread** (``_supervise``): owns ``_generation`` writes, starts sessions, runs the
+  watchdog and the back-off. It holds ``_cond`` only to read or retire the generation.
+* **Consumer** (the caller of ``newest()``): only reads under ``_cond``.
+* ``_cond`` (a ``Condition`` over one lock) guards ``_frame``, ``_seq``, ``_generation``,
+  ``_last_frame_mono`` and ``stats``/``last_error``. A session publishes under it only while its
+  generation is current, so an abandoned session can never overwrite a newer connection's frame.
+* ``_stop`` (an ``Event``) may be set from any thread; everyone polls it at least once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.capture.base import CaptureSource, Frame
+from agent.capture.clock import clock_synchronised
+from agent.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+"""Longest any wait in this module lasts before it looks at the stop request again."""
+
+
+class Capture(Protocol):
+    """The part of ``cv2.VideoCapture`` the reader needs."""
+
+    def read(self) -> tuple[bool, Any]: ...
+
+    def release(self) -> None: ...
+
+
+Opener = Callable[[], Capture]
+"""Opens the source (blocking up to its own open timeout) or raises ``CaptureError`` saying why."""
+
+
+@dataclass(slots=True)
+class ReaderStats:
+    """Counters for logs, health reports and tests."""
+
+    opens: int = 0
+    """Connections that opened."""
+    failures: int = 0
+    """Opens or reads that failed (each one leads to a reconnect)."""
+    stalls: int = 0
+    """Times the watchdog gave up on a silent connection."""
+    frames: int = 0
+    """Frames received in total, kept or not."""
+
+
+class LatestFrameReader:
+    """Reads a live source on its own threads; ``newest()`` returns the most recent unseen frame."""
+
+    def __init__(
+        self,
+        name: str,
+        opener: Opener,
+        *,
+        open_timeout_s: float = 10.0,
+        stall_timeout_s: float = 30.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 60.0,
+    ) -> None:
+        if not (stall_timeout_s > 0 and open_timeout_s > 0 and 0 < reconnect_min_s <= reconnect_max_s):
+            raise ValueError(
+                f"{name}: need positive timeouts and reconnect_min_s <= reconnect_max_s (got stall "
+                f"{stall_timeout_s}, open {open_timeout_s}, reconnect {reconnect_min_s}..{reconnect_max_s})"
+            )
+        self.name = name
+        self._opener = opener
+        self._open_timeout_s = open_timeout_s
+        self._stall_timeout_s = stall_timeout_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._frame: Frame | None = None
+        self._seq = 0
+        self._generation = 0
+        self._last_frame_mono = 0.0
+        self.stats = ReaderStats()
+        self.last_error: str | None = None
+        self._supervisor: threading.Thread | None = None
+        self._session_thread: threading.Thread | None = None
+
+    # -- consumer side ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._supervisor is not None:
+            return
+        self._supervisor = threading.Thread(target=self._supervise, name=f"capture-{self.name}", daemon=True)
+        self._supervisor.start()
+
+    def newest(self, after_seq: int, timeout_s: float | None = None) -> tuple[int, Frame] | None:
+        """The newest frame with a sequence number above ``after_seq``, waiting for one if needed.
+
+        Returns ``(seq, frame)``, or ``None`` when stopped or when ``timeout_s`` passed first.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not self._stop.is_set():
+                if self._frame is not None and self._seq > after_seq:
+                    return self._seq, self._frame
+                wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+                self._cond.wait(wait)
+        return None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, join_s: float = 2.0) -> None:
+        """Ask every thread to end; wait up to ``join_s`` for them so the capture is released."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + join_s
+        for thread in (self._supervisor, self._session_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.warning(
+                        "%s: thread %s still blocked in the capture library; leaving it",
+                        self.name,
+                        thread.name,
+                    )
+
+    # -- supervisor --------------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        backoff = self._reconnect_min_s
+        while not self._stop.is_set():
+            with self._cond:
+                self._generation += 1
+                generation = self._generation
+                frames_before = self.stats.frames
+            cancel = threading.Event()
+            session = threading.Thread(
+                target=self._session,
+                args=(generation, cancel),
+                name=f"capture-{self.name}-{generation}",
+                daemon=True,
+            )
+            self._session_thread = session
+            session.start()
+            reason = self._watch(session, time.monotonic())
+            cancel.set()
+            with self._cond:
+                self._generation += 1  # retire the session: it may no longer publish
+                delivered = self.stats.frames > frames_before
+                if reason == "stall":
+                    self.stats.stalls += 1
+                if self.last_error is None or reason == "stall":
+                    self.last_error = reason
+            if self._stop.is_set():
+                break
+            backoff = self._reconnect_min_s if delivered else min(2 * backoff, self._reconnect_max_s)
+            log.warning("%s: %s; reconnecting in %.1f s", self.name, self.last_error, backoff)
+            self._sleep(backoff)
+
+    def _watch(self, session: threading.Thread, started: float) -> str:
+        """Wait while ``session`` is healthy; return why it is not (or "stopped")."""
+        while not self._stop.is_set():
+            session.join(POLL_S)
+            if not session.is_alive():
+                return "connection ended"
+            with self._cond:
+                last = max(started, self._last_frame_mono)
+                frames = self._last_frame_mono >= started
+            silent = time.monotonic() - last
+            limit = self._stall_timeout_s if frames else self._stall_timeout_s + self._open_timeout_s
+            if silent > limit:
+                log.warning("%s: no frame for %.1f s; abandoning the connection", self.name, silent)
+                return "stall"
+        return "stopped"
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self._stop.wait(min(POLL_S, left)):
+            pass
+
+    # -- session -----------------------------------------------------------------------------------
+
+    def _fail(self, generation: int, message: str) -> None:
+        with self._cond:
+            if generation == self._generation:
+                self.stats.failures += 1
+                self.last_error = message
+
+    def _session(self, generation: int, cancel: threading.Event) -> None:
+        try:
+            cap = self._opener()
+        except CaptureError as e:
+            self._fail(generation, str(e))
+            return
+        except Exception as e:  # cv2.error and friends: anything the library throws ends this attempt
+            self._fail(generation, f"{self.name}: open failed: {e!r}")
+            return
+        with self._cond:
+            if generation == self._generation:
+                self.stats.opens += 1
+                self.last_error = None
+        log.info("%s: connected", self.name)
+        try:
+            while not (cancel.is_set() or self._stop.is_set()):
+                ok, image = cap.read()
+                if not ok or image is None:
+                    self._fail(generation, f"{self.name}: read failed or timed out")
+                    return
+                synced = clock_synchronised()
+                with self._cond:
+                    if generation != self._generation:
+                        return
+                    frame = Frame.now(image, clock_synced=synced, source_index=self.stats.frames)
+                    self.stats.frames += 1
+                    self._seq += 1
+                    self._frame = frame
+                    self._last_frame_mono = frame.monotonic_ns / 1e9
+                    self._cond.notify_all()
+        except Exception as e:  # a library error mid-stream is a reconnect, not a crash of the agent
+            self._fail(generation, f"{self.name}: read raised {e!r}")
+        finally:
+            cap.release()
+
+
+class LiveSource(CaptureSource):
+    """A camera or stream read through a ``LatestFrameReader``: ``read()`` returns the newest frame.
+
+    ``open()``, ``read()`` and ``close()`` may be called from different threads: ``close()`` from a
+    signal handler's thread wakes a ``read()`` blocked in another, which then returns ``None``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+        stall_timeout_s: float = 30.0,
+        reconnect_max_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.reconnect_max_s = reconnect_max_s
+        self._reader: LatestFrameReader | None = None
+        self._seen = 0
+
+    def _open_capture(self) -> Capture:
+        """Open one connection (runs on a session thread); raise ``CaptureError`` saying why not."""
+        raise NotImplementedError
+
+    @property
+    def reader(self) -> LatestFrameReader:
+        if self._reader is None:
+            raise CaptureError(f"{self.name}: source is not open")
+        return self._reader
+
+    def open(self) -> None:
+        """Connect and wait for the first frame; raise ``CaptureError`` when none comes in time.
+
+        Failing here (rather than retrying forever) lets a misconfigured camera show up at start;
+        after a first frame, every loss of the source is retried in the background.
+        """
+        if self._reader is not None and not self._reader.stopped:
+            return
+        reader = LatestFrameReader(
+            self.name,
+            self._open_capture,
+            open_timeout_s=self.open_timeout_s,
+            stall_timeout_s=self.stall_timeout_s,
+            reconnect_max_s=self.reconnect_max_s,
+        )
+        reader.start()
+        if reader.newest(0, self.open_timeout_s + self.read_timeout_s) is None:
+            reader.stop()
+            raise CaptureError(
+                f"{self.name}: no frame within {self.open_timeout_s + self.read_timeout_s:.0f} s: "
+                f"{reader.last_error or 'no error reported'}"
+            )
+        self._reader = reader
+        self._seen = 0
+
+    def read(self, timeout_s: float | None = None) -> Frame | None:
+        """The newest frame not handed out before; ``None`` once closed.
+
+        Waits (across reconnects) for a new frame; with ``timeout_s``, raises ``CaptureError`` when
+        none came in time, so that a main loop can log the outage and keep its other duties.
+        """
+        reader = self.reader
+        got = reader.newest(self._seen, timeout_s)
+        if got is None:
+            if reader.stopped:
+                return None
+            raise CaptureError(
+                f"{self.name}: no new frame within {timeout_s} s: {reader.last_error or 'stalled'}"
+            )
+        self._seen, frame = got
+        return frame
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()

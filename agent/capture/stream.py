@@ -1,0 +1,110 @@
+"""Network cameras: RTSP, RTSPS and HTTP (MJPEG) through OpenCV's FFmpeg backend.
+
+Both timeouts are explicit: without them FFmpeg may wait forever for a camera that went away
+(OpenCV's defaults are 30 s, and older builds had none). RTSP goes over TCP: over UDP a lost packet
+is a smeared frame, and most NATs and firewalls drop the UDP ports RTSP negotiates. OpenCV offers no
+per-capture way to say so; it reads FFmpeg options from ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` when a
+capture is opened, so that variable is set around the open (under a lock, restored afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+
+from agent.capture.latest import Capture, LiveSource
+from agent.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("rtsp", "rtsps", "http", "https")
+_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_env_lock = threading.Lock()
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for log lines and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def ffmpeg_options(url: str) -> str:
+    """The FFmpeg options string for ``url`` (``key;value|key;value``, OpenCV's syntax)."""
+    if urlsplit(url).scheme.lower() in ("rtsp", "rtsps"):
+        return "rtsp_transport;tcp"
+    return ""
+
+
+class StreamSource(LiveSource):
+    """An RTSP/RTSPS/HTTP-MJPEG camera; ``read()`` returns the newest frame (see ``LiveSource``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+        stall_timeout_s: float = 30.0,
+        reconnect_max_s: float = 60.0,
+        name: str | None = None,
+    ) -> None:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in SCHEMES:
+            raise CaptureError(
+                f"{redact(url)}: unsupported scheme {scheme!r} (expected one of {', '.join(SCHEMES)})"
+            )
+        super().__init__(
+            name or redact(url),
+            open_timeout_s=open_timeout_s,
+            read_timeout_s=read_timeout_s,
+            stall_timeout_s=stall_timeout_s,
+            reconnect_max_s=reconnect_max_s,
+        )
+        self.url = url
+
+    def _open_capture(self) -> Capture:
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            round(self.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            round(self.read_timeout_s * 1000),
+        ]
+        options = ffmpeg_options(self.url)
+        with _env_lock:
+            before = os.environ.get(_OPTIONS_ENV)
+            if options:
+                os.environ[_OPTIONS_ENV] = options
+            elif before is not None:
+                del os.environ[_OPTIONS_ENV]
+            try:
+                cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+            finally:
+                if before is None:
+                    os.environ.pop(_OPTIONS_ENV, None)
+                else:
+                    os.environ[_OPTIONS_ENV] = before
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureError(
+                f"{self.name}: could not open within {self.open_timeout_s:.0f} s "
+                "(check the address, credentials and that the camera is reachable)"
+            )
+        log.info(
+            "%s: opened %dx%d at %.1f fps (FFmpeg options %r)",
+            self.name,
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            cap.get(cv2.CAP_PROP_FPS),
+            options,
+        )
+        opened: Capture = cap
+        return opened
