@@ -48,9 +48,13 @@ def is_chunk(payload: bytes) -> bool:
 def split_record(seq: int, record: bytes, max_payload_bytes: int) -> list[bytes]:
     """The messages that carry ``record``: itself when it fits in ``max_payload_bytes``, else chunks.
 
-    Raise ``ValueError`` when the budget is too small to hold a header and a byte, or when the record
-    would need more than 65 535 chunks or is longer than 4 GiB.
+    Raise ``ValueError`` when the record does not start with ``b"CCTV"``, when the budget is too small to
+    hold a header and a byte, or when the record would need more than 65 535 chunks or exceeds 4 GiB.
     """
+    if record[:4] != RECORD_MAGIC:
+        raise ValueError(
+            f"record does not start with {RECORD_MAGIC!r}: the collector could not tell it apart"
+        )
     if len(record) <= max_payload_bytes:
         return [record]
     return list(iter_chunks(seq, record, max_payload_bytes))
@@ -150,7 +154,8 @@ class Reassembler:
 
         Raise ``WireFormatError`` for a message that is neither a record nor a valid chunk, for a chunk that
         contradicts an earlier copy of itself, and for a reassembled record whose length or CRC is wrong.
-        Whole records are returned as they are: verifying them is the wire format's job.
+        Whole records are returned as they are, every time: verifying them is the wire format's job and
+        dropping duplicates (QoS 1 is at least once) is the archive's, by seq.
         """
         payload = bytes(payload)
         magic = payload[:4]
