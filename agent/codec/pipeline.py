@@ -47,7 +47,7 @@ def encode_planes(
     zstd_level: int = 1,
 ) -> tuple[bytes, Planes]:
     """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct."""
-    channels, height, width = planes.shape
+    channels, _height, width = planes.shape
     data = planes
     recon = planes
     for stage in stages:
@@ -61,16 +61,23 @@ def encode_planes(
             data, recon = transforms.quantize(data, tolerance)
         elif stage is Stage.RCT:
             data = transforms.rct(data)
-        elif stage is Stage.MED:
-            data = transforms.med(data, signedness(stages, channels))
         else:
-            break
-    raw: bytes = np.ascontiguousarray(data).tobytes()
-    for stage in stages:
-        if stage is Stage.PACKBITS:
-            raw = packbits.encode_rows(raw, width)
-        elif stage is Stage.ZSTD:
-            raw = _compressor(zstd_level).compress(raw)
+            break  # MED and byte stages: below, per plane
+    # MED and the byte stages run one plane at a time, streaming into zstd: a third of the temporaries.
+    signed = signedness(stages, channels)
+    compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
+    parts: list[bytes] = []
+    for index in range(channels):
+        plane = data[index : index + 1]
+        if Stage.MED in stages:
+            plane = transforms.med(plane, signed[index : index + 1])
+        chunk: bytes = np.ascontiguousarray(plane).tobytes()
+        if Stage.PACKBITS in stages:
+            chunk = packbits.encode_rows(chunk, width)
+        parts.append(compressor.compress(chunk) if compressor else chunk)
+    if compressor:
+        parts.append(compressor.flush())
+    raw = b"".join(parts)
     return raw, recon
 
 

@@ -1,0 +1,229 @@
+"""``encode``, ``decode`` and ``bench``: the codec on files, without a broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.capture.files import open_path
+from agent.codec.decoder import FrameDecoder
+from agent.codec.encoder import FrameEncoder
+from agent.codec.settings import CodecSettings
+from agent.codec.wire import Kind, iter_records, pack_record, unpack_record
+from agent.errors import CctvError, WireFormatError
+from agent.progress import Progress
+
+log = logging.getLogger(__name__)
+
+BENCH_KEYS = (
+    "frames",
+    "width",
+    "height",
+    "keys",
+    "raw_bytes",
+    "encoded_bytes",
+    "ratio",
+    "encode_ms_per_frame",
+    "decode_ms_per_frame",
+    "max_abs_error",
+    "bit_exact",
+    "peak_rss_mb",
+)
+
+
+def _add_codec_options(p: argparse.ArgumentParser) -> None:
+    d = CodecSettings()
+    p.add_argument("--tolerance", type=int, default=d.tolerance, metavar="T",
+                   help="0 = exact (default); T > 0: every pixel within T of the source")
+    p.add_argument("--threshold", type=float, default=d.threshold, metavar="S",
+                   help="SSIM to the key below which a frame becomes a key (default: %(default)s)")
+    p.add_argument("--reference", choices=["key", "previous", "auto"], default=d.reference,
+                   help="what members are coded against (default: %(default)s)")
+    p.add_argument("--max-key-interval", type=int, default=d.max_key_interval_frames, metavar="N",
+                   help="force a key every N frames at most (default: %(default)s)")
+    p.add_argument("--zstd-level", type=int, default=d.zstd_level, help="entropy stage effort (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=None, metavar="N", help="only the first N frames")
+    p.add_argument("--camera-id", default="cam1", help="camera id written in the records (default: %(default)s)")
+
+
+def _settings(args: argparse.Namespace) -> CodecSettings:
+    try:
+        return CodecSettings(
+            threshold=args.threshold,
+            reference=args.reference,
+            tolerance=args.tolerance,
+            max_key_interval_frames=args.max_key_interval,
+            max_key_interval_s=0.0,
+            zstd_level=args.zstd_level,
+        )
+    except ValueError as e:
+        raise CctvError(f"bad codec option: {e}") from e
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("encode", help="encode a video file or an image folder into a .cctv file",
+                       description="Encode SOURCE (a video file, or a folder of images taken in name order) into "
+                       "FILE.cctv: wire-format records concatenated back to back (docs/wire-format.md).")
+    p.add_argument("source", type=Path, help="video file or folder of images")
+    p.add_argument("--out", type=Path, required=True, help="the .cctv file to write")
+    _add_codec_options(p)
+    p.set_defaults(handler=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode a .cctv file into lossless PNG frames",
+                       description="Decode every record of FILE.cctv, verify each frame's hash, and write it as "
+                       "OUT/<seq>.png (8-digit, zero-padded).")
+    p.add_argument("file", type=Path, help="a .cctv file written by 'encode'")
+    p.add_argument("--out", type=Path, required=True, help="directory for the PNG frames (created)")
+    p.set_defaults(handler=cmd_decode)
+
+    p = sub.add_parser("bench", help="measure ratio, speed, error and memory on a video or image folder",
+                       description="Encode and decode SOURCE in memory, frame by frame, and report: frames, keys, "
+                       "raw and encoded bytes, ratio, encode (SSIM decision included) and decode ms/frame, max abs "
+                       "error against the source, and peak RSS.")
+    p.add_argument("source", type=Path, help="video file or folder of images")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_codec_options(p)
+    p.set_defaults(handler=cmd_bench)
+
+
+def _frames_total(source: Path, limit: int | None) -> int | None:
+    if source.is_dir():
+        n = sum(1 for f in source.iterdir() if f.is_file())
+    else:
+        cap = cv2.VideoCapture(str(source))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+    if n <= 0:
+        return limit
+    return min(n, limit) if limit else n
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    encoder = FrameEncoder(args.camera_id, settings)
+    n = keys = written = 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".part")
+    with open_path(args.source) as source, tmp.open("wb") as out, Progress(
+        _frames_total(args.source, args.frames), "encoding"
+    ) as bar:
+        while args.frames is None or n < args.frames:
+            frame = source.read()
+            if frame is None:
+                break
+            record = encoder.encode(frame.image, frame.wall_time_ns, clock_synced=frame.clock_synced)
+            data = pack_record(record)
+            out.write(data)
+            n += 1
+            written += len(data)
+            keys += record.header.kind is Kind.KEY
+            bar.advance(note=f"{written / 1e6:.1f} MB")
+    if n == 0:
+        tmp.unlink()
+        raise CctvError(f"{args.source}: no frames to encode")
+    tmp.replace(args.out)
+    print(f"{args.out}: {n} frames, {keys} keys, {written} bytes")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    decoder = FrameDecoder()
+    args.out.mkdir(parents=True, exist_ok=True)
+    camera: str | None = None
+    n = 0
+    with args.file.open("rb") as f, Progress(None, "decoding") as bar:
+        for record in iter_records(f):
+            h = record.header
+            if camera is not None and h.camera_id != camera:
+                raise WireFormatError(f"{args.file}: holds several cameras ({camera!r}, {h.camera_id!r})")
+            camera = h.camera_id
+            image = decoder.decode(record)
+            path = args.out / f"{h.seq:08d}.png"
+            if not cv2.imwrite(str(path), image):
+                raise CctvError(f"{path}: could not write PNG")
+            n += 1
+            bar.advance()
+    print(f"{args.out}: {n} frames decoded, every frame hash verified")
+    return 0
+
+
+@dataclass
+class BenchResult:
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    keys: int = 0
+    raw_bytes: int = 0
+    encoded_bytes: int = 0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    max_abs_error: int = 0
+    kinds: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        n = max(1, self.frames)
+        return {
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "keys": self.keys,
+            "raw_bytes": self.raw_bytes,
+            "encoded_bytes": self.encoded_bytes,
+            "ratio": round(self.raw_bytes / max(1, self.encoded_bytes), 3),
+            "encode_ms_per_frame": round(1000 * self.encode_s / n, 2),
+            "decode_ms_per_frame": round(1000 * self.decode_s / n, 2),
+            "max_abs_error": self.max_abs_error,
+            "bit_exact": self.max_abs_error == 0,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+
+
+def run_bench(source: Path, settings: CodecSettings, frames: int | None = None) -> BenchResult:
+    """Encode then decode each frame as it is read (nothing is held but the codec's own references)."""
+    encoder = FrameEncoder("bench", settings)
+    decoder = FrameDecoder()
+    result = BenchResult()
+    with open_path(source) as src, Progress(_frames_total(source, frames), "bench") as bar:
+        while frames is None or result.frames < frames:
+            frame = src.read()
+            if frame is None:
+                break
+            image = frame.image
+            t0 = time.perf_counter()
+            data = pack_record(encoder.encode(image, frame.wall_time_ns))
+            t1 = time.perf_counter()
+            decoded = decoder.decode(unpack_record(data))
+            t2 = time.perf_counter()
+            result.encode_s += t1 - t0
+            result.decode_s += t2 - t1
+            result.frames += 1
+            result.height, result.width = image.shape[:2]
+            result.raw_bytes += image.nbytes
+            result.encoded_bytes += len(data)
+            result.keys += data[5] == Kind.KEY
+            error = int(np.max(cv2.absdiff(decoded, image)))
+            result.max_abs_error = max(result.max_abs_error, error)
+            bar.advance(note=f"ratio {result.raw_bytes / max(1, result.encoded_bytes):.2f}")
+    if result.frames == 0:
+        raise CctvError(f"{source}: no frames to benchmark")
+    return result
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    result = run_bench(args.source, _settings(args), args.frames).as_dict()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    width = max(len(k) for k in BENCH_KEYS)
+    for key in BENCH_KEYS:
+        print(f"{key:<{width}}  {result[key]}")
+    return 0
