@@ -1,0 +1,186 @@
+"""PackBits (Apple / TIFF compression 32773), one independent stream per row, vectorised with numpy.
+
+Why PackBits at all: residuals hold long runs of exact zeros, and collapsing them before zstd shortens zstd's
+input, which is what keeps the entropy stage cheap on a Raspberry Pi.
+
+Why per row: TIFF forbids runs that cross rows, so the concatenation of our rows *is* a TIFF PackBits strip
+(``agent.codec.tiff.wrap_tiff`` proves it against Pillow), and a packet overflowing its row is detectably
+corrupt.
+
+Packet format (one header byte, read as signed):
+    0..127      n+1 literal bytes follow
+    -127..-1    the next byte is repeated 1-n times (2..128)
+    -128        no-op: never emitted, accepted when decoding
+
+The encoder makes every run of 3+ equal bytes a repeat packet and leaves runs of 2 in the literals. Also
+turning isolated 2-runs into repeat packets was measured on pets2009 residuals: 0.09 % smaller before zstd,
+0.06 % after — not worth the extra passes.
+
+Speed: the encoder works on whole-buffer boolean masks (a byte per input byte, a few passes) and never loops
+in Python. The decoder must walk the header chain (each header says where the next one is), which is
+sequential; it does so in a tight loop of one iteration per *packet*, then builds the output with one
+``np.repeat``. A 128-byte zero run is a single 2-byte packet, so residuals have few packets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import WireFormatError
+
+__all__ = ["decode_rows", "encode_rows"]
+
+_MAX_PACKET = 128
+_NOOP = 0x80
+
+# Indexed by header byte: how far the next header is, and how many bytes the packet produces.
+_STEP = tuple(h + 2 if h < _NOOP else 1 if h == _NOOP else 2 for h in range(256))
+_GAIN = np.array([h + 1 if h < _NOOP else 0 if h == _NOOP else 257 - h for h in range(256)], dtype=np.intp)
+
+Bytes = bytes | bytearray | memoryview
+IntArray = npt.NDArray[np.intp]
+
+
+def _exclusive_cumsum(values: IntArray) -> IntArray:
+    out = np.zeros(len(values), dtype=np.intp)
+    np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+def encode_rows(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
+    """Pack each ``row_bytes``-long row of ``data`` as its own PackBits stream; return them concatenated.
+
+    ``data`` must hold a whole number of rows (an empty buffer gives an empty stream). Arrays must be uint8;
+    they are read in C order.
+    """
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise ValueError(f"PackBits packs uint8 data, got an array of {data.dtype}")
+        src = np.ascontiguousarray(data).reshape(-1)
+    else:
+        src = np.frombuffer(data, dtype=np.uint8)
+    total = len(src)
+    if row_bytes < 1:
+        raise ValueError(f"row_bytes must be ≥ 1, got {row_bytes}")
+    if total % row_bytes:
+        raise ValueError(f"{total} bytes is not a whole number of {row_bytes}-byte rows")
+    if total == 0:
+        return b""
+
+    # same[i]: byte i continues the run of byte i-1 (never across a row start); two False of padding.
+    same = np.zeros(total + 2, dtype=bool)
+    np.equal(src[1:], src[:-1], out=same[1:total])
+    same[0:total:row_bytes] = False
+    # Byte i is in a repeat run (3+ equal bytes) iff some window of three equal bytes covers it.
+    window = same[1 : total + 1] & same[2 : total + 2]
+    repeat = window.copy()
+    repeat[1:] |= window[:-1]
+    repeat[2:] |= window[:-2]
+
+    # Segments: each repeat run alone, or a maximal literal stretch; both begin anew at every row start.
+    first = np.greater(repeat, same[:total])
+    first[1:] |= np.not_equal(repeat[1:], repeat[:-1])
+    first[0:total:row_bytes] = True
+    seg_start = np.flatnonzero(first)
+    seg_len = np.diff(seg_start, append=total)
+    seg_repeat = repeat[seg_start]
+
+    # Packets: segments cut into pieces of at most 128 bytes.
+    per_seg = (seg_len + (_MAX_PACKET - 1)) // _MAX_PACKET
+    pkt_seg = np.repeat(np.arange(len(seg_len), dtype=np.intp), per_seg)
+    pkt_offset = _MAX_PACKET * (
+        np.arange(len(pkt_seg), dtype=np.intp) - np.repeat(_exclusive_cumsum(per_seg), per_seg)
+    )
+    pkt_start = seg_start[pkt_seg] + pkt_offset
+    pkt_len = np.minimum(seg_len[pkt_seg] - pkt_offset, _MAX_PACKET)
+    pkt_repeat = seg_repeat[pkt_seg]
+    # A repeat run of 128k+1 would leave a 1-byte tail, which no repeat packet can say: end on 127 + 2.
+    lone_tail = np.flatnonzero(pkt_repeat & (pkt_len == 1))
+    pkt_len[lone_tail - 1] -= 1
+    pkt_start[lone_tail] -= 1
+    pkt_len[lone_tail] = 2
+
+    # Payload: every literal byte, and the first byte of each repeat packet, in input order.
+    keep = np.logical_not(repeat, out=repeat)
+    keep[pkt_start[pkt_repeat]] = True
+    payload_len = np.where(pkt_repeat, 1, pkt_len)
+    header_pos = _exclusive_cumsum(payload_len + 1)
+    out_total = int(header_pos[-1] + payload_len[-1] + 1)
+    is_payload = np.ones(out_total, dtype=bool)
+    is_payload[header_pos] = False
+    out = np.empty(out_total, dtype=np.uint8)
+    out[is_payload] = src[keep]
+    out[header_pos] = np.where(pkt_repeat, 257 - pkt_len, pkt_len - 1)
+    return out.tobytes()
+
+
+def decode_rows(data: Bytes, row_bytes: int, rows: int) -> bytes:
+    """Unpack ``rows`` per-row PackBits streams of ``row_bytes`` bytes each, concatenated in ``data``.
+
+    Raises ``WireFormatError``, and nothing else, on truncated input, a packet that overflows its row, bytes
+    after the last row, or impossible dimensions. Never allocates more than ``rows * row_bytes`` output bytes;
+    working memory is a few bytes per input byte, and input longer than any valid stream is refused up front.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireFormatError(f"PackBits: input must be a byte buffer, not {type(data).__name__}")
+    if rows < 0 or row_bytes < 0:
+        raise WireFormatError(f"PackBits: impossible dimensions: {rows} rows of {row_bytes} bytes")
+    buf = bytes(data)
+    size = len(buf)
+    want = rows * row_bytes
+    # One-byte literals cost 2 bytes per byte; allow a no-op per row on top, as foreign encoders may add some.
+    if size > 2 * want + rows:
+        raise WireFormatError(
+            f"PackBits: {size} bytes is longer than any valid stream for {rows} rows of {row_bytes} bytes"
+        )
+    if want == 0:
+        if size:
+            raise WireFormatError(f"PackBits: {size} trailing bytes after the last of {rows} rows")
+        return b""
+    if size == 0:
+        raise WireFormatError(f"PackBits: input truncated: empty, expected {rows} rows of {row_bytes} bytes")
+
+    # The header chain is sequential by nature: walk it once, one iteration per packet.
+    is_header = bytearray(size)
+    step = _STEP
+    pos = 0
+    while pos < size:
+        is_header[pos] = 1
+        pos += step[buf[pos]]
+
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    header_mask = np.frombuffer(is_header, dtype=bool)
+    head_pos = np.flatnonzero(header_mask)
+    head = arr[head_pos]
+    gain = _GAIN[head]
+    produced = np.cumsum(gain)
+    last = int(np.searchsorted(produced, want))  # the packet that completes the last row
+    if last == len(produced) or (pos > size and last == len(produced) - 1):
+        done = min(int(produced[-1] if pos == size else produced[-1] - gain[-1]), want)
+        raise WireFormatError(
+            f"PackBits: input truncated: {size} bytes decode to {done} of {want} bytes "
+            f"({rows} rows × {row_bytes})"
+        )
+    if last + 1 < len(produced):
+        extra = size - int(head_pos[last + 1])
+        raise WireFormatError(f"PackBits: {extra} trailing bytes after the last of {rows} rows")
+
+    out_start = produced - gain
+    real = head != _NOOP
+    if not real.all():
+        head_pos, head, gain, out_start = head_pos[real], head[real], gain[real], out_start[real]
+    crossing = np.flatnonzero(out_start // row_bytes != (out_start + gain - 1) // row_bytes)
+    if len(crossing):
+        bad = int(crossing[0])
+        raise WireFormatError(
+            f"PackBits: packet at input byte {int(head_pos[bad])} writes {int(gain[bad])} bytes from output "
+            f"byte {int(out_start[bad])}, past the end of its {row_bytes}-byte row"
+        )
+
+    # Every payload byte is an output "unit": a literal byte counts once, a repeat byte its run length.
+    values = arr[~header_mask]
+    literal = head < _NOOP
+    counts = np.ones(len(values), dtype=np.intp)
+    counts[_exclusive_cumsum(np.where(literal, gain, 1))[~literal]] = gain[~literal]
+    return np.repeat(values, counts).tobytes()
