@@ -134,7 +134,7 @@ class LatestFrameReader:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def stop(self, join_s: float = 2.0) -> None:
+    def stop(self, join_s: float = 1.0) -> None:
         """Ask every thread to end; wait up to ``join_s`` for them so the capture is released."""
         self._stop.set()
         with self._cond:
