@@ -89,13 +89,16 @@ def convert(tp: Any, value: Any, *, secret: bool = False) -> Any:
         listed = ", ".join(repr(o) for o in options)
         hint = ""
         if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(o) for o in options], n=1)
+            folded = [str(o) for o in options if str(o).casefold() == value.casefold()]
+            close = folded or difflib.get_close_matches(value, [str(o) for o in options], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
         elif str(value) in options:
             hint = f' (write it as a string: "{value}")'
         raise _Invalid(f"expected one of {listed}, got {found}{hint}")
     if origin in (typing.Union, types.UnionType):
         members = [m for m in typing.get_args(tp) if m is not type(None)]
+        if len(members) == 1:  # ``X | None``: TOML has no null, so the value must be an X
+            return convert(members[0], value, secret=secret)
         for member in members:
             try:
                 return convert(member, value, secret=secret)
