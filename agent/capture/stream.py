@@ -5,6 +5,12 @@ Both timeouts are explicit: without them FFmpeg may wait forever for a camera th
 is a smeared frame, and most NATs and firewalls drop the UDP ports RTSP negotiates. OpenCV offers no
 per-capture way to say so; it reads FFmpeg options from ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` when a
 capture is opened, so that variable is set around the open (under a lock, restored afterwards).
+
+A change of resolution must reach the caller (the codec starts a new key frame on it), but OpenCV's
+FFmpeg backend scales every decoded picture to the size it probed when opening. For MJPEG the
+stream is therefore opened in raw mode and each JPEG decoded here, at its own size. For H.264/H.265
+over RTSP the new size shows after the next reconnect -- cameras end the RTSP session when their
+resolution is changed, so in practice that is at once.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
+import numpy as np
 
 from agent.capture.latest import Capture, LiveSource
 from agent.errors import CaptureError
@@ -24,6 +32,31 @@ log = logging.getLogger(__name__)
 SCHEMES = ("rtsp", "rtsps", "http", "https")
 _OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _env_lock = threading.Lock()
+_MJPG = cv2.VideoWriter.fourcc(*"MJPG")
+_CORRUPT_IN_A_ROW = 3
+"""Undecodable JPEGs tolerated in a row before the connection is deemed broken."""
+
+
+class _JpegCapture:
+    """A raw-mode capture of an MJPEG stream, decoding each JPEG at its own size."""
+
+    def __init__(self, cap: Capture, name: str) -> None:
+        self._cap = cap
+        self._name = name
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        for _ in range(_CORRUPT_IN_A_ROW):
+            ok, data = self._cap.read()
+            if not ok or data is None:
+                return False, None
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            if image is not None:
+                return True, image
+            log.warning("%s: skipped an undecodable JPEG (%d bytes)", self._name, data.size)
+        return False, None
+
+    def release(self) -> None:
+        self._cap.release()
 
 
 def redact(url: str) -> str:
@@ -72,11 +105,24 @@ class StreamSource(LiveSource):
         self.url = url
 
     def _open_capture(self) -> Capture:
+        if urlsplit(self.url).scheme.lower() in ("http", "https"):
+            raw = self._open_ffmpeg([cv2.CAP_PROP_FORMAT, -1])
+            if int(raw.get(cv2.CAP_PROP_FOURCC)) == _MJPG:
+                self._log_opened(raw, "MJPEG, decoded per frame")
+                return _JpegCapture(raw, self.name)
+            raw.release()
+        cap = self._open_ffmpeg([])
+        self._log_opened(cap, f"FFmpeg options {ffmpeg_options(self.url)!r}")
+        opened: Capture = cap
+        return opened
+
+    def _open_ffmpeg(self, extra: list[int]) -> Any:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             round(self.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             round(self.read_timeout_s * 1000),
+            *extra,
         ]
         options = ffmpeg_options(self.url)
         with _env_lock:
@@ -98,13 +144,14 @@ class StreamSource(LiveSource):
                 f"{self.name}: could not open within {self.open_timeout_s:.0f} s "
                 "(check the address, credentials and that the camera is reachable)"
             )
+        return cap
+
+    def _log_opened(self, cap: Any, how: str) -> None:
         log.info(
-            "%s: opened %dx%d at %.1f fps (FFmpeg options %r)",
+            "%s: opened %dx%d at %.1f fps (%s)",
             self.name,
             int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
             cap.get(cv2.CAP_PROP_FPS),
-            options,
+            how,
         )
-        opened: Capture = cap
-        return opened
