@@ -117,6 +117,8 @@ class SimulatedSection(_Validated):
     """Draw a running clock, so consecutive frames differ the way a real scene does."""
     noise: float = setting(2.0, lo=0, hi=64)
     """Standard deviation of the sensor noise added to each frame, in grey levels."""
+    day_length_s: float = setting(120.0, lo=0)
+    """Scene seconds from noon to noon, so light changes slowly as outdoors; 0 keeps it noon."""
 
 
 _URL_SCHEMES: dict[str, tuple[str, ...]] = {"rtsp": ("rtsp://", "rtsps://"), "http": ("http://", "https://")}
@@ -268,19 +270,25 @@ class MqttSection(_Validated):
     """The secret itself, as resolved by the loader (env, password_file, ``credential:NAME`` or literal)."""
     password_file: Path | None = None
     """Where the password was read from (for messages; the secret is in ``password``)."""
-    keepalive_s: int = setting(30, lo=1, hi=65535)
+    keepalive_s: int = setting(30, lo=5, hi=65535)
     topic_prefix: str = setting("cctv", check=checks.topic_prefix)
     """First topic level: frames go to ``{topic_prefix}/{site}/{camera_id}/frame``."""
     max_payload_bytes: int = setting(262144, lo=1024, hi=268435455)
     """Largest record published; bigger frames are split or refused by the publisher, never sent."""
     max_inflight: int = setting(20, lo=1, hi=65535)
     """QoS 1 messages awaiting PUBACK at once."""
+    reconnect_min_s: int = setting(1, lo=1, hi=3600)
+    reconnect_max_s: int = setting(60, lo=1, hi=3600)
+    """Reconnecting waits reconnect_min_s, then doubles the wait up to this cap."""
     tls: TlsSection = field(default_factory=TlsSection)
 
     def _problems(self) -> list[Problem]:
-        if self.protocol == "3.1.1" and self.password is not None and self.username is None:
-            return [("password", "MQTT 3.1.1 sends a password only with a username: set username")]
-        return []
+        problems: list[Problem] = []
+        if self.password is not None and self.username is None:
+            problems.append(("password", "is set but username is not (a password is sent with a username)"))
+        if self.reconnect_min_s > self.reconnect_max_s:
+            problems.append(("reconnect_max_s", f"must be ≥ reconnect_min_s ({self.reconnect_min_s})"))
+        return problems
 
 
 # --- [spool] ---------------------------------------------------------------------------------------------

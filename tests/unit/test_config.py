@@ -20,6 +20,7 @@ from agent.config import (
     CodecSection,
     CollectorConfig,
     MqttSection,
+    SimulatedSection,
     TlsSection,
     check_config_main,
     find_line,
@@ -27,6 +28,7 @@ from agent.config import (
     load_collector_config,
     parse_agent_config,
     parse_collector_config,
+    read_toml,
 )
 from agent.errors import ConfigError, ConfigErrors
 
@@ -237,9 +239,11 @@ def test_to_codec_settings_names_the_codec_key() -> None:
         (
             "mqtt.topic_prefix",
             "cctv/",
-            "mqtt.topic_prefix: must not have empty levels or a leading/trailing '/', got 'cctv/'",
+            "mqtt.topic_prefix: level of topic prefix 'cctv/' '' is not a valid id: use 1–64 characters of "
+            "A–Z, a–z, 0–9, '_', '.', '-' (no '/', '+', '#', spaces or control characters)",
         ),
-        ("mqtt.topic_prefix", "a/#", "mqtt.topic_prefix: must not contain '+', '#' or NUL, got 'a/#'"),
+        ("mqtt.keepalive_s", 4, "mqtt.keepalive_s: must be within 5..65535, got 4"),
+        ("mqtt.reconnect_min_s", 90, "mqtt.reconnect_max_s: must be ≥ reconnect_min_s (90)"),
         ("mqtt.tls.cert_file", "c.pem", "mqtt.tls.cert_file: must be given together with key_file"),
         ("capture.simulated.noise", 100.0, "capture.simulated.noise: must be within 0..64, got 100.0"),
         ("agent.started", tomllib.loads("d = 2024-01-01")["d"], "agent.started: unknown key"),
@@ -518,7 +522,7 @@ def test_environment_password_wins(tmp_path: Path) -> None:
     path = secret_file(tmp_path, "pw")
     config = parse_agent_config(mqtt(password_file=str(path)), env={"CCTV_MQTT_PASSWORD": "from-env"})
     assert config.mqtt.password == "from-env"
-    config = parse_agent_config(MINIMAL, env={"CCTV_MQTT_PASSWORD": "only-env"})
+    config = parse_agent_config(mqtt(), env={"CCTV_MQTT_PASSWORD": "only-env"})
     assert config.mqtt.password == "only-env"
 
 
@@ -572,10 +576,46 @@ def test_empty_and_unreadable_secret_files(tmp_path: Path) -> None:
         parse_agent_config(mqtt(password_file=str(locked)), env={})
 
 
-def test_mqtt_311_password_needs_username() -> None:
+def test_password_needs_username() -> None:
     with pytest.raises(ConfigError) as excinfo:
-        parse_agent_config(MINIMAL | {"mqtt": {"protocol": "3.1.1", "password": "p"}}, env={})
+        parse_agent_config(MINIMAL | {"mqtt": {"password": "p"}}, env={})
     assert errors_of(excinfo) == [
-        "mqtt.password: MQTT 3.1.1 sends a password only with a username: set username"
+        "mqtt.password: is set but username is not (a password is sent with a username)"
     ]
-    assert MqttSection(protocol="5", password="p").password == "p"
+    assert MqttSection(username="u", password="p").password == "p"
+
+
+# --- what the config feeds -------------------------------------------------------------------------------
+
+
+def test_simulated_section_mirrors_scene_settings() -> None:
+    from agent.simulate.scene import SceneSettings
+
+    mine = {f.name: (f.type, f.default) for f in dataclasses.fields(SimulatedSection)}
+    assert mine == {f.name: (f.type, f.default) for f in dataclasses.fields(SceneSettings)}
+
+
+def test_reference_mqtt_section_is_accepted_by_the_publisher_settings() -> None:
+    from agent.transport.settings import MqttSettings
+
+    reference = with_(read_toml(AGENT_REFERENCE), "mqtt.username", "u")
+    config = parse_agent_config(reference, env={"CCTV_MQTT_PASSWORD": "p"})
+    m = config.mqtt
+    settings = MqttSettings(
+        host=m.host,
+        port=m.port,
+        protocol=m.protocol,
+        client_id=m.client_id,
+        username=m.username,
+        password=m.password,
+        tls=m.tls.enabled,
+        keepalive_s=m.keepalive_s,
+        max_payload_bytes=m.max_payload_bytes,
+        max_inflight=m.max_inflight,
+        topic_prefix=m.topic_prefix,
+        site=config.agent.site,
+        camera=config.agent.camera_id,
+        reconnect_min_s=m.reconnect_min_s,
+        reconnect_max_s=m.reconnect_max_s,
+    )
+    assert settings.topics.prefix == "cctv"
