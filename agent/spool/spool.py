@@ -317,7 +317,8 @@ class Spool:
                 f"under max_bytes={self._max_bytes}"
             )
         while self._bytes_used + entry.size > self._max_bytes:
-            self._evict_oldest(spare=entry.key_seq)  # succeeds: the bytes over the cap are another group's
+            if not self._evict_oldest(spare=entry.key_seq):  # cannot happen: the excess is another group's
+                raise SpoolError(f"spool {self._dir}: no group left to evict for record seq={entry.seq}")
 
     def _write_evicting(self, path: Path, chunks: tuple[bytes, ...], spare: int | None, what: str) -> None:
         """Write atomically; on a full disk evict the oldest group other than ``spare`` and try again."""
