@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -73,6 +74,34 @@ class _Delivery:
 _UNTRACKED = None  # status, stats and preview messages: failures are logged, nobody waits for them
 
 
+class _Client(mqtt.Client):
+    """paho's client, minus one leak: paho 2.x leaves the TLS socket open when the handshake fails.
+
+    That is one file descriptor per retry while a certificate is wrong. This does what paho's
+    ``_ssl_wrap_socket`` does (the context checks the host name unless ``tls_insecure``) and closes the
+    socket on failure.
+    """
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        context = self._ssl_context
+        if context is None:
+            raise ValueError("TLS is on but paho holds no SSL context")
+        try:
+            ssl_sock = context.wrap_socket(
+                tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+            )
+        except BaseException:
+            tcp_sock.close()
+            raise
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
 class Publisher:
     """The agent's MQTT link: status with last will, records (chunked when too big), stats and preview."""
 
@@ -80,7 +109,7 @@ class Publisher:
         self.settings = settings
         self.topics = settings.topics
         self._protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
-        self._client = mqtt.Client(
+        self._client = _Client(
             CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=self._protocol
         )
         self._lock = threading.Lock()
@@ -90,6 +119,8 @@ class Publisher:
         self._connected = threading.Event()
         self._broker_max_packet: int | None = None
         self._last_error: str | None = None
+        self._last_paho_error: str | None = None  # paho logs socket errors it does not pass on
+        self._refused = False  # the last CONNACK said no
         self._connect_listeners: list[Callable[[], None]] = []
         self._configure()
 
@@ -216,6 +247,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_log = self._on_log
 
     def _publish_untracked(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
         if not self.connected():
@@ -288,8 +320,11 @@ class Publisher:
     ) -> None:
         where = f"{self.settings.host}:{self.settings.port}"
         if reason.is_failure:
-            self._last_error = f"broker {where} refused the connection: {reason}"
-            log.error("%s", self._last_error)
+            message = f"broker {where} refused the connection: {reason}"
+            if message != self._last_error:
+                log.error("%s (retrying with back-off)", message)
+            self._last_error = message
+            self._refused = True  # the disconnect that follows must not blur the reason
             return
         broker_max = getattr(properties, "MaximumPacketSize", None)
         self._broker_max_packet = int(broker_max) if broker_max is not None else None
@@ -301,7 +336,7 @@ class Publisher:
                 "broker's Receive Maximum %d is below max_inflight=%d: lower mqtt.max_inflight",
                 receive_max, inflight,
             )  # fmt: skip
-        self._last_error = None
+        self._last_error = self._last_paho_error = None
         log.info(
             "connected to %s (MQTT %s, payload limit %d bytes, %d in flight)",
             where, self.settings.protocol, self.payload_limit(), inflight,
@@ -319,7 +354,10 @@ class Publisher:
         error = sys.exc_info()[1]
         where = f"{self.settings.host}:{self.settings.port}"
         if isinstance(error, ssl.SSLCertVerificationError):
-            message = f"TLS verification of broker {where} failed: {error.verify_message or error}"
+            message = (
+                f"TLS verification of broker {where} failed (certificate verify failed: "
+                f"{error.verify_message or error}); check mqtt.ca_file and the broker's certificate"
+            )
         elif isinstance(error, ssl.SSLError):
             message = f"TLS handshake with broker {where} failed: {error}"
         else:
@@ -338,8 +376,26 @@ class Publisher:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if was_connected and self._running:
+        if not self._running:
+            return
+        if was_connected:
             log.warning("disconnected from broker: %s; reconnecting", reason)
+            return
+        if self._refused:
+            self._refused = False
+            return
+        # closed before CONNACK: typically the broker refusing our TLS client certificate
+        where = f"{self.settings.host}:{self.settings.port}"
+        message = (
+            f"broker {where} closed the connection before accepting it: {self._last_paho_error or reason}"
+        )
+        if message != self._last_error:
+            log.warning("%s (retrying with back-off)", message)
+        self._last_error = message
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_paho_error = buf
 
 
 def _report(outcome: tuple[OnDone, int, DeliveryResult] | None) -> None:
