@@ -94,9 +94,10 @@ def check_config_main(
             summary = summarize_collector(load_collector_config(path, env=env))
     except ConfigError as e:
         text = _text_or_empty(path)
-        for err in getattr(e, "errors", (e,)):
+        located = [(find_line(text, err.key), err) for err in getattr(e, "errors", (e,))]
+        located.sort(key=lambda pair: pair[0][0] if pair[0] is not None else sys.maxsize)  # file order
+        for found, err in located:
             print(err, file=sys.stderr)
-            found = find_line(text, err.key)
             if found is not None:
                 print(f"    {found[0]:>4} | {found[1]}", file=sys.stderr)
         return 1

@@ -426,8 +426,9 @@ def test_check_config_lists_errors_with_their_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "site.toml"
-    text = '[agent]\ncamera_id = "cam1"\n\n[capture]\nkind = "rtsp"\n\n[mqtt]\nhots = "broker"\n[mqtt.tls]\n'
-    path.write_text(text + 'enabled = true\nkey_file = "k.pem"\n', encoding="utf-8")
+    text = '[agent]\ncamera_id = "cam1"\n\n[capture]\nkind = "rtsp"\n\n[mqtt]\nhots = "broker"\n'
+    text += 'password = "credential:pw"\n[mqtt.tls]\nenabled = true\nkey_file = "k.pem"\n'
+    path.write_text(text, encoding="utf-8")
     (tmp_path / "k.pem").write_text("key", encoding="utf-8")
     assert check_config_main(path, "agent", env={}) == 1
     out, err = capsys.readouterr()
@@ -437,8 +438,11 @@ def test_check_config_lists_errors_with_their_lines(
         "       4 | [capture]",
         f"{path}: mqtt.hots: unknown key (did you mean 'host'?)",
         '       8 | hots = "broker"',
+        f"{path}: mqtt.password: 'credential:pw' needs $CREDENTIALS_DIRECTORY (systemd sets it with "
+        "LoadCredential=)",
+        '       9 | password = "credential:pw"',
         f"{path}: mqtt.tls.key_file: must be given together with cert_file",
-        '      11 | key_file = "k.pem"',
+        '      12 | key_file = "k.pem"',
     ]
 
 
