@@ -19,7 +19,7 @@ from agent.errors import WireFormatError
 
 
 def ref_encode_row(row: bytes) -> bytes:
-    """Runs of 3+ are repeat packets, so are runs of 2 that touch no lone byte; a 128k+1 run ends 127 + 2."""
+    """Runs of 3+ are repeats, so are runs of 2 between row edges and runs of 3+; 128k+1 ends 127 + 2."""
     runs: list[tuple[int, int]] = []  # (value, length)
     for value in row:
         if runs and runs[-1][0] == value:
@@ -37,9 +37,9 @@ def ref_encode_row(row: bytes) -> bytes:
             out.extend(chunk)
 
     for k, (value, length) in enumerate(runs):
-        lone_before = k > 0 and runs[k - 1][1] == 1
-        lone_after = k + 1 < len(runs) and runs[k + 1][1] == 1
-        if length == 1 or (length == 2 and (lone_before or lone_after)):
+        long_before = k == 0 or runs[k - 1][1] >= 3
+        long_after = k + 1 == len(runs) or runs[k + 1][1] >= 3
+        if length == 1 or (length == 2 and not (long_before and long_after)):
             literal.extend([value] * length)
             continue
         flush()
@@ -109,8 +109,9 @@ def test_apple_example_golden() -> None:
         (bytes(256), 256, b"\x81\x00\x81\x00"),
         (bytes(6), 3, b"\xfe\x00\xfe\x00"),  # runs never cross rows
         (b"\x07\x07", 2, b"\xff\x07"),  # a run of 2 alone in its row is a repeat packet
-        (b"\x01\x02\x02\x03", 4, b"\x03\x01\x02\x02\x03"),  # ... but stays literal between lone bytes
-        (b"\x01\x02\x02\x00\x00\x00", 6, b"\x02\x01\x02\x02\xfe\x00"),  # or next to one
+        (b"\x01\x02\x02\x03", 4, b"\x03\x01\x02\x02\x03"),  # ... but joins literals around it
+        (b"\x01\x02\x02\x00\x00\x00", 6, b"\x02\x01\x02\x02\xfe\x00"),
+        (b"\x01\x01\x02\x02", 4, b"\x03\x01\x01\x02\x02"),  # and other runs of 2
         (bytes(3) + b"\x05\x05" + bytes(3), 8, b"\xfe\x00\xff\x05\xfe\x00"),  # between runs it repeats
         (b"\x05\x06\x07", 1, b"\x00\x05\x00\x06\x00\x07"),  # rows of one byte
         (bytes(range(129)), 129, b"\x7f" + bytes(range(128)) + b"\x00\x80"),
