@@ -33,6 +33,7 @@ from agent.errors import WireFormatError
 __all__ = ["decode_rows", "encode_rows"]
 
 _MAX_PACKET = 128
+_BLOCK_BYTES = 1 << 17  # per-byte passes work on this much at a time
 _NOOP = 0x80
 
 # Indexed by header byte: how far the next header is, and how many bytes the packet produces.
@@ -69,33 +70,20 @@ def encode_rows(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     if total == 0:
         return b""
 
-    # same[i]: byte i continues the run of byte i-1 (never across a row start); two False of padding.
-    same = np.zeros(total + 2, dtype=bool)
-    np.equal(src[1:], src[:-1], out=same[1:total])
-    same[0:total:row_bytes] = False
-    # Byte i is in a run of 3+ iff some window of three equal bytes covers it (two False of padding again).
-    window = same[1 : total + 1] & same[2 : total + 2]
-    padded = np.zeros(total + 2, dtype=bool)
-    padded[:total] = window
-    padded[1:total] |= window[:-1]
-    padded[2:total] |= window[:-2]
-    # A run of exactly 2 starting at i is a repeat packet only between row edges and runs of 3+.
-    row_start = np.zeros(total + 2, dtype=bool)
-    row_start[0 : total + 1 : row_bytes] = True
-    pair = np.greater(same[1 : total + 1], same[:total] | same[2 : total + 2])
-    pair[1:] &= row_start[1:total] | padded[: total - 1]
-    pair &= row_start[2 : total + 2] | padded[2 : total + 2]
-    repeat = padded[:total]
-    repeat |= pair
-    repeat[1:] |= pair[:-1]
-
-    # Segments: each repeat run alone, or a maximal literal stretch; both begin anew at every row start.
-    first = np.greater(repeat, same[:total])
-    first[1:] |= np.not_equal(repeat[1:], repeat[:-1])
-    first[0:total:row_bytes] = True
-    seg_start = np.flatnonzero(first)
+    # The per-byte passes run block by block (whole rows) over reused scratch, so they stay in cache.
+    rows_per_block = max(1, _BLOCK_BYTES // row_bytes)
+    scratch = _Scratch(rows_per_block * row_bytes, row_bytes)
+    starts: list[IntArray] = []
+    repeats: list[npt.NDArray[np.bool_]] = []
+    literals: list[npt.NDArray[np.uint8]] = []
+    for offset in range(0, total, rows_per_block * row_bytes):
+        seg_start, seg_repeat, literal = scratch.segments(src[offset : offset + rows_per_block * row_bytes])
+        starts.append(seg_start + offset)
+        repeats.append(seg_repeat)
+        literals.append(literal)
+    seg_start = np.concatenate(starts)
+    seg_repeat = np.concatenate(repeats)
     seg_len = np.diff(seg_start, append=total)
-    seg_repeat = repeat[seg_start]
 
     # Packets: segments cut into pieces of at most 128 bytes.
     per_seg = (seg_len + (_MAX_PACKET - 1)) // _MAX_PACKET
@@ -112,18 +100,68 @@ def encode_rows(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     pkt_start[lone_tail] -= 1
     pkt_len[lone_tail] = 2
 
-    # Payload: every literal byte, and the first byte of each repeat packet, in input order.
-    keep = np.logical_not(repeat, out=repeat)
-    keep[pkt_start[pkt_repeat]] = True
+    # Output: per packet its header, then one byte (repeat) or its literal bytes, which are in input order.
     payload_len = np.where(pkt_repeat, 1, pkt_len)
     header_pos = _exclusive_cumsum(payload_len + 1)
+    repeat_pos = header_pos[pkt_repeat] + 1
     out_total = int(header_pos[-1] + payload_len[-1] + 1)
-    is_payload = np.ones(out_total, dtype=bool)
-    is_payload[header_pos] = False
+    is_literal = np.ones(out_total, dtype=bool)
+    is_literal[header_pos] = False
+    is_literal[repeat_pos] = False
     out = np.empty(out_total, dtype=np.uint8)
-    out[is_payload] = src[keep]
+    out[is_literal] = np.concatenate(literals)
     out[header_pos] = np.where(pkt_repeat, 257 - pkt_len, pkt_len - 1)
+    out[repeat_pos] = src[pkt_start[pkt_repeat]]
     return out.tobytes()
+
+
+class _Scratch:
+    """Boolean work arrays for one block of whole rows, each padded by two bytes so that "the next byte" and
+    "the byte after" are plain slices."""
+
+    def __init__(self, block: int, row_bytes: int) -> None:
+        self.row_bytes = row_bytes
+        self.same, self.window, self.repeat, self.pair, self.tmp = (
+            np.zeros(block + 2, dtype=bool) for _ in range(5)
+        )
+        self.row_start = np.zeros(block + 2, dtype=bool)
+        self.row_start[0 : block + 1 : row_bytes] = True
+
+    def segments(
+        self, src: npt.NDArray[np.uint8]
+    ) -> tuple[IntArray, npt.NDArray[np.bool_], npt.NDArray[np.uint8]]:
+        """Segment starts (each repeat run alone, or a maximal literal stretch, anew at every row start),
+        whether each is a repeat run, and the block's literal bytes in order."""
+        n = len(src)
+        row_bytes, row_start, tmp = self.row_bytes, self.row_start, self.tmp
+        # same[i]: byte i continues the run of byte i-1 (never across a row start).
+        same = self.same
+        same[0] = False
+        same[n:] = False
+        np.equal(src[1:], src[:-1], out=same[1:n])
+        same[0:n:row_bytes] = False
+        # Byte i is in a run of 3+ iff some window of three equal bytes covers it.
+        window = np.logical_and(same[1 : n + 1], same[2 : n + 2], out=self.window[:n])
+        repeat = self.repeat
+        repeat[:n] = window
+        repeat[n:] = False
+        repeat[1:n] |= window[:-1]
+        repeat[2:n] |= window[:-2]
+        # A run of exactly 2 starting at i is a repeat packet only between row edges and runs of 3+.
+        pair = np.greater(
+            same[1 : n + 1], np.logical_or(same[:n], same[2 : n + 2], out=tmp[:n]), out=self.pair[:n]
+        )
+        pair[1:] &= np.logical_or(row_start[1:n], repeat[: n - 1], out=tmp[: n - 1])
+        pair &= np.logical_or(row_start[2 : n + 2], repeat[2 : n + 2], out=tmp[:n])
+        in_repeat = repeat[:n]
+        in_repeat |= pair
+        in_repeat[1:] |= pair[:-1]
+        # A segment starts where a repeat run starts, where repeat and literal alternate, and at row starts.
+        first = np.greater(in_repeat, same[:n], out=tmp[:n])
+        first[1:] |= np.not_equal(in_repeat[1:], in_repeat[:-1], out=window[1:])
+        first[0:n:row_bytes] = True
+        seg_start = np.flatnonzero(first)
+        return seg_start, in_repeat[seg_start], src[np.logical_not(in_repeat, out=window)]
 
 
 def decode_rows(data: Bytes, row_bytes: int, rows: int) -> bytes:
