@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from agent.capture.base import CaptureSource, Frame
 from agent.capture.clock import clock_synchronised
@@ -271,6 +271,10 @@ class LiveSource(CaptureSource):
         self.reconnect_max_s = reconnect_max_s
         self._reader: LatestFrameReader | None = None
         self._seen = 0
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
 
     def _open_capture(self) -> Capture:
         """Open one connection (runs on a session thread); raise ``CaptureError`` saying why not."""

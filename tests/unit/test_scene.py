@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_negative_index_is_refused() -> None:
         Scene(SMALL).frame(-1)
 
 
-def test_full_hd_speed_is_measured(record_property: pytest.RecordProperty) -> None:
+def test_full_hd_speed_is_measured(record_property: Callable[[str, object], None]) -> None:
     scene = Scene(SceneSettings(width=1280, height=720))
     scene.frame(0)
     start = time.perf_counter()

@@ -1,0 +1,250 @@
+"""Network capture against real servers: GStreamer's RTSP server and an HTTP MJPEG server.
+
+Frames, newest-frame hand-out, the stall watchdog (server frozen with SIGSTOP), reconnection after
+the server is killed and restarted on the same port, and a prompt stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.capture.base import Frame
+from agent.capture.factory import open_source
+from agent.capture.stream import StreamSource, redact
+from agent.errors import CaptureError, ConfigError
+from agent.simulate.scene import Scene, SceneSettings
+from agent.simulate.serve import ServerProcess, free_port, run_mjpeg_server
+from tests.fixtures.rtsp import CLIP_SETTINGS
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _drain(source: StreamSource) -> int:
+    """Take the frames still in flight (a frozen or killed server's last packets); return how many."""
+    for taken in range(100):
+        try:
+            source.read(timeout_s=0.5)
+        except CaptureError:
+            return taken
+    raise AssertionError("frames keep coming from a server that should be silent")
+
+
+@pytest.fixture
+def rtsp_source(rtsp_server: ServerProcess) -> Iterator[StreamSource]:
+    source = StreamSource(
+        rtsp_server.url, open_timeout_s=5, read_timeout_s=5, stall_timeout_s=10, reconnect_max_s=2
+    )
+    source.open()
+    yield source
+    source.close()
+
+
+def test_rtsp_frames_are_the_served_scene(rtsp_source: StreamSource) -> None:
+    scene = Scene(CLIP_SETTINGS)
+    frames = [rtsp_source.read(timeout_s=5) for _ in range(3)]
+    got = [f for f in frames if f is not None]
+    assert len(got) == 3
+    assert [f.source_index for f in got] == sorted({f.source_index for f in got}), "frames out of order"
+    for f in got:
+        assert f.image.shape == (360, 640, 3)
+        assert f.image.dtype == np.uint8
+        assert abs(f.wall_time_ns - time.time_ns()) < 10e9
+        # Each connection plays the clip from frame 0, so the receive counter is the scene index.
+        assert cv2.PSNR(f.image, scene.frame(f.source_index)) > 28
+        assert cv2.PSNR(f.image, scene.frame(f.source_index + 30)) < cv2.PSNR(
+            f.image, scene.frame(f.source_index)
+        )
+    assert rtsp_source.reader.stats.opens == 1
+
+
+def test_newest_frame_is_handed_to_a_slow_consumer(rtsp_source: StreamSource) -> None:
+    first = rtsp_source.read(timeout_s=5)
+    assert first is not None
+    time.sleep(1.5)  # at 10 fps, 15 frames arrive meanwhile
+    later = rtsp_source.read(timeout_s=5)
+    assert later is not None
+    age_s = (time.monotonic_ns() - later.monotonic_ns) / 1e9
+    assert age_s < 0.5, f"the frame handed out is {age_s:.2f} s old"
+    assert later.source_index - first.source_index >= 10, (
+        "buffered frames were handed out instead of the newest"
+    )
+
+
+def test_a_frame_is_never_handed_out_twice(rtsp_source: StreamSource) -> None:
+    indices = [f.source_index for f in (rtsp_source.read(timeout_s=5) for _ in range(8)) if f is not None]
+    assert len(indices) == 8
+    assert all(b > a for a, b in itertools.pairwise(indices))
+
+
+@pytest.mark.slow
+def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess) -> None:
+    # A long read timeout, so that it is the watchdog (2 s of silence) that gives up, not FFmpeg.
+    source = StreamSource(
+        rtsp_server.url, open_timeout_s=2, read_timeout_s=30, stall_timeout_s=2, reconnect_max_s=1
+    )
+    with source:
+        assert source.read(timeout_s=5) is not None
+        rtsp_server.pause()
+        try:
+            assert _wait_for(lambda: source.reader.stats.stalls >= 1, 6), (
+                "watchdog did not notice the silence"
+            )
+        finally:
+            rtsp_server.resume()
+        assert _wait_for(lambda: source.reader.stats.opens >= 2, 15), "no new connection after the freeze"
+        frame = source.read(timeout_s=10)
+        assert frame is not None
+        assert (time.monotonic_ns() - frame.monotonic_ns) / 1e9 < 1.0
+
+
+@pytest.mark.slow
+def test_reconnects_after_the_server_is_killed_and_restarted(rtsp_server: ServerProcess) -> None:
+    source = StreamSource(
+        rtsp_server.url, open_timeout_s=2, read_timeout_s=2, stall_timeout_s=5, reconnect_max_s=1
+    )
+    with source:
+        assert source.read(timeout_s=5) is not None
+        rtsp_server.kill()
+        assert _wait_for(lambda: source.reader.stats.failures >= 2, 8), (
+            "no failed reconnect while the server was down"
+        )
+        _drain(source)
+        with pytest.raises(CaptureError, match="no new frame"):
+            source.read(timeout_s=0.5)
+        rtsp_server.restart()
+        frame = source.read(timeout_s=15)
+        assert frame is not None
+        assert source.reader.stats.opens >= 2
+
+
+@pytest.mark.slow
+def test_close_wakes_a_blocked_read_within_a_second(rtsp_server: ServerProcess) -> None:
+    source = StreamSource(rtsp_server.url, open_timeout_s=5, read_timeout_s=30, stall_timeout_s=30)
+    source.open()
+    assert source.read(timeout_s=5) is not None
+    rtsp_server.pause()  # no more frames: the next read blocks, and FFmpeg is stuck in its own read
+    _drain(source)
+    results: list[Frame | None] = []
+    reader = threading.Thread(target=lambda: results.append(source.read()))
+    try:
+        reader.start()
+        time.sleep(0.5)
+        assert reader.is_alive()
+        start = time.monotonic()
+        source.close()
+        closed_s = time.monotonic() - start
+        reader.join(1.5)
+        woke_s = time.monotonic() - start
+    finally:
+        rtsp_server.resume()
+    assert not reader.is_alive()
+    assert results == [None]
+    assert closed_s < 1.5
+    assert woke_s < 1.5
+
+
+def test_open_fails_with_the_reason_when_nobody_listens() -> None:
+    url = f"rtsp://user:secret@127.0.0.1:{free_port()}/cam"
+    source = StreamSource(url, open_timeout_s=1, read_timeout_s=1, reconnect_max_s=1)
+    start = time.monotonic()
+    with pytest.raises(CaptureError, match="could not open") as err:
+        source.open()
+    assert time.monotonic() - start < 4
+    assert "secret" not in str(err.value)
+
+
+def test_mjpeg_stream_reads_frames(mjpeg_server: ServerProcess) -> None:
+    with open_source("mjpeg", url=mjpeg_server.url, open_timeout_s=5, read_timeout_s=5) as source:
+        frames = [source.read() for _ in range(3)]
+    got = [f for f in frames if f is not None]
+    assert len(got) == 3
+    assert all(f.image.shape == (360, 640, 3) for f in got)
+    assert not np.array_equal(got[0].image, got[2].image)
+
+
+@pytest.mark.slow
+def test_mjpeg_reconnects_after_restart(mjpeg_server: ServerProcess) -> None:
+    source = StreamSource(
+        mjpeg_server.url, open_timeout_s=2, read_timeout_s=2, stall_timeout_s=3, reconnect_max_s=1
+    )
+    with source:
+        assert source.read(timeout_s=5) is not None
+        mjpeg_server.kill()
+        time.sleep(1.0)
+        mjpeg_server.restart()
+        assert source.read(timeout_s=10) is not None
+        assert _wait_for(lambda: source.reader.stats.opens >= 2, 5)
+
+
+def test_a_change_of_resolution_reaches_the_caller() -> None:
+    small = Scene(SceneSettings(width=320, height=180))
+    large = Scene(SceneSettings(width=480, height=270))
+    frames = [small.frame(i) for i in range(30)] + [large.frame(i) for i in range(60)]
+    stop = threading.Event()
+    port = free_port()
+    server = threading.Thread(
+        target=run_mjpeg_server, args=(frames, port), kwargs={"fps": 20.0, "stop": stop}
+    )
+    server.start()
+    try:
+        assert _wait_for(lambda: _listening(port), 5)
+        with StreamSource(
+            f"http://127.0.0.1:{port}/stream.mjpg", open_timeout_s=5, read_timeout_s=5
+        ) as source:
+            shapes = []
+            for _ in range(40):
+                frame = source.read(timeout_s=5)
+                assert frame is not None
+                shapes.append(frame.image.shape)
+                if frame.image.shape == (270, 480, 3):
+                    break
+    finally:
+        stop.set()
+        server.join(5)
+    assert shapes[0] == (180, 320, 3)
+    assert shapes[-1] == (270, 480, 3), "the new size was scaled away or never arrived"
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def test_factory_refuses_unknown_kinds_and_missing_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown capture source 'ftp'"):
+        open_source("ftp")
+    with pytest.raises(ConfigError, match="url: is required"):
+        open_source("rtsp")
+    with pytest.raises(CaptureError, match="unsupported scheme"):
+        open_source("rtsp", url="ftp://camera/stream")
+
+
+def test_factory_builds_a_simulated_camera_with_overrides() -> None:
+    with open_source("simulated", width=160, height=90, fps=50.0, sim=SceneSettings(seed=9)) as source:
+        frame = source.read()
+    assert frame is not None
+    assert frame.image.shape == (90, 160, 3)
+    assert np.array_equal(frame.image, Scene(SceneSettings(seed=9, width=160, height=90, fps=50.0)).frame(0))
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact("rtsp://admin:hunter2@10.0.0.5:554/stream1") == "rtsp://admin:***@10.0.0.5:554/stream1"
+    assert redact("rtsp://10.0.0.5/stream1") == "rtsp://10.0.0.5/stream1"
