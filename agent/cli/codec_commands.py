@@ -42,17 +42,40 @@ BENCH_KEYS = (
 
 def _add_codec_options(p: argparse.ArgumentParser) -> None:
     d = CodecSettings()
-    p.add_argument("--tolerance", type=int, default=d.tolerance, metavar="T",
-                   help="0 = exact (default); T > 0: every pixel within T of the source")
-    p.add_argument("--threshold", type=float, default=d.threshold, metavar="S",
-                   help="SSIM to the key below which a frame becomes a key (default: %(default)s)")
-    p.add_argument("--reference", choices=["key", "previous", "auto"], default=d.reference,
-                   help="what members are coded against (default: %(default)s)")
-    p.add_argument("--max-key-interval", type=int, default=d.max_key_interval_frames, metavar="N",
-                   help="force a key every N frames at most (default: %(default)s)")
-    p.add_argument("--zstd-level", type=int, default=d.zstd_level, help="entropy stage effort (default: %(default)s)")
+    p.add_argument(
+        "--tolerance",
+        type=int,
+        default=d.tolerance,
+        metavar="T",
+        help="0 = exact (default); T > 0: every pixel within T of the source",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        metavar="S",
+        help="SSIM to the key below which a frame becomes a key (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reference",
+        choices=["key", "previous", "auto"],
+        default=d.reference,
+        help="what members are coded against (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-key-interval",
+        type=int,
+        default=d.max_key_interval_frames,
+        metavar="N",
+        help="force a key every N frames at most (default: %(default)s)",
+    )
+    p.add_argument(
+        "--zstd-level", type=int, default=d.zstd_level, help="entropy stage effort (default: %(default)s)"
+    )
     p.add_argument("--frames", type=int, default=None, metavar="N", help="only the first N frames")
-    p.add_argument("--camera-id", default="cam1", help="camera id written in the records (default: %(default)s)")
+    p.add_argument(
+        "--camera-id", default="cam1", help="camera id written in the records (default: %(default)s)"
+    )
 
 
 def _settings(args: argparse.Namespace) -> CodecSettings:
@@ -70,25 +93,34 @@ def _settings(args: argparse.Namespace) -> CodecSettings:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("encode", help="encode a video file or an image folder into a .cctv file",
-                       description="Encode SOURCE (a video file, or a folder of images taken in name order) into "
-                       "FILE.cctv: wire-format records concatenated back to back (docs/wire-format.md).")
+    p = sub.add_parser(
+        "encode",
+        help="encode a video file or an image folder into a .cctv file",
+        description="Encode SOURCE (a video file, or a folder of images taken in name order) into "
+        "FILE.cctv: wire-format records concatenated back to back (docs/wire-format.md).",
+    )
     p.add_argument("source", type=Path, help="video file or folder of images")
     p.add_argument("--out", type=Path, required=True, help="the .cctv file to write")
     _add_codec_options(p)
     p.set_defaults(handler=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode a .cctv file into lossless PNG frames",
-                       description="Decode every record of FILE.cctv, verify each frame's hash, and write it as "
-                       "OUT/<seq>.png (8-digit, zero-padded).")
+    p = sub.add_parser(
+        "decode",
+        help="decode a .cctv file into lossless PNG frames",
+        description="Decode every record of FILE.cctv, verify each frame's hash, and write it as "
+        "OUT/<seq>.png (8-digit, zero-padded).",
+    )
     p.add_argument("file", type=Path, help="a .cctv file written by 'encode'")
     p.add_argument("--out", type=Path, required=True, help="directory for the PNG frames (created)")
     p.set_defaults(handler=cmd_decode)
 
-    p = sub.add_parser("bench", help="measure ratio, speed, error and memory on a video or image folder",
-                       description="Encode and decode SOURCE in memory, frame by frame, and report: frames, keys, "
-                       "raw and encoded bytes, ratio, encode (SSIM decision included) and decode ms/frame, max abs "
-                       "error against the source, and peak RSS.")
+    p = sub.add_parser(
+        "bench",
+        help="measure ratio, speed, error and memory on a video or image folder",
+        description="Encode and decode SOURCE in memory, frame by frame, and report: frames, keys, "
+        "raw and encoded bytes, ratio, encode (SSIM decision included) and decode ms/frame, max abs "
+        "error against the source, and peak RSS.",
+    )
     p.add_argument("source", type=Path, help="video file or folder of images")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_codec_options(p)
@@ -113,9 +145,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     n = keys = written = 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".part")
-    with open_path(args.source) as source, tmp.open("wb") as out, Progress(
-        _frames_total(args.source, args.frames), "encoding"
-    ) as bar:
+    with (
+        open_path(args.source) as source,
+        tmp.open("wb") as out,
+        Progress(_frames_total(args.source, args.frames), "encoding") as bar,
+    ):
         while args.frames is None or n < args.frames:
             frame = source.read()
             if frame is None:

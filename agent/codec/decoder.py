@@ -32,7 +32,9 @@ def decode_record(record: Record, reference: npt.NDArray[np.uint8] | None = None
 def _verify(record: Record, image: npt.NDArray[np.uint8]) -> None:
     if frame_hash(image) != record.header.frame_hash:
         h = record.header
-        raise WireFormatError(f"camera {h.camera_id!r} seq={h.seq}: reconstructed frame does not match its hash")
+        raise WireFormatError(
+            f"camera {h.camera_id!r} seq={h.seq}: reconstructed frame does not match its hash"
+        )
 
 
 class FrameDecoder:

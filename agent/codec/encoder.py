@@ -18,6 +18,7 @@ from agent.codec.settings import CodecSettings
 from agent.codec.transforms import Planes, from_planes, to_planes
 from agent.codec.wire import Kind, PixelFormat, Record, RecordHeader, Stage
 
+
 def frame_hash(image: npt.NDArray[np.uint8]) -> bytes:
     """SHA-256 of the pixels, interleaved and row-major: what the record's ``frame_hash`` covers."""
     return hashlib.sha256(np.ascontiguousarray(image).data).digest()
@@ -51,7 +52,7 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
     On colour frames the residual goes through RCT: decoded video carries 4:2:0 chroma, so the three
     residual planes move together and RCT takes that shared part out (measured: 5.6× → 9.9× on PETS).
     """
-    first = (Stage.RESIDUAL_Q if settings.tolerance else Stage.RESIDUAL,)
+    first: tuple[Stage, ...] = (Stage.RESIDUAL_Q if settings.tolerance else Stage.RESIDUAL,)
     if pixel_format is PixelFormat.BGR8:
         first = (*first, Stage.RCT)
     packed = (*first, Stage.PACKBITS, Stage.ZSTD) if settings.packbits else (*first, Stage.ZSTD)
@@ -91,10 +92,13 @@ class FrameEncoder:
         tolerance = self.settings.tolerance
         if decision.is_key:
             stages = intra_stages(pixel_format, tolerance)
-            payload, recon = encode_planes(planes, stages, tolerance=tolerance, zstd_level=self.settings.zstd_level)
+            payload, recon = encode_planes(
+                planes, stages, tolerance=tolerance, zstd_level=self.settings.zstd_level
+            )
             key_seq, ref_seq, kind = seq, seq, Kind.KEY
         else:
-            assert self._key is not None and self._previous is not None
+            assert self._key is not None
+            assert self._previous is not None
             payload, recon, stages, ref_seq = self._encode_member(planes, pixel_format)
             key_seq, kind = self._key.seq, Kind.MEMBER
         recon_image = image if recon is planes else from_planes(recon)
@@ -124,7 +128,8 @@ class FrameEncoder:
     def _encode_member(
         self, planes: Planes, pixel_format: PixelFormat
     ) -> tuple[bytes, Planes, tuple[Stage, ...], int]:
-        assert self._key is not None and self._previous is not None
+        assert self._key is not None
+        assert self._previous is not None
         settings = self.settings
         if settings.reference == "key":
             references = [self._key]

@@ -61,7 +61,8 @@ def quantize_residual(current: Planes, reference: Planes, tolerance: int) -> tup
 def dequantize_residual(codes: Planes, reference: Planes, tolerance: int) -> Planes:
     step = _step(tolerance)
     q = codes.view(np.int8).astype(np.int16)
-    return np.clip(reference.astype(np.int16) + q * step, 0, 255).astype(np.uint8)
+    recon: Planes = np.clip(reference.astype(np.int16) + q * step, 0, 255).astype(np.uint8)
+    return recon
 
 
 def quantize(current: Planes, tolerance: int) -> tuple[Planes, Planes]:

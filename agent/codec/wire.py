@@ -156,10 +156,14 @@ class RecordHeader:
         else:
             _check(self.key_seq <= self.seq, f"member seq={self.seq} names a later key {self.key_seq}")
         if self.needs_reference:
-            _check(self.ref_seq < self.seq, f"record seq={self.seq} references seq={self.ref_seq}, not earlier")
+            _check(
+                self.ref_seq < self.seq, f"record seq={self.seq} references seq={self.ref_seq}, not earlier"
+            )
             _check(self.ref_seq >= self.key_seq, f"record seq={self.seq} references outside its key group")
         else:
-            _check(self.ref_seq == self.seq, f"self-contained record seq={self.seq} names ref_seq={self.ref_seq}")
+            _check(
+                self.ref_seq == self.seq, f"self-contained record seq={self.seq} names ref_seq={self.ref_seq}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +231,16 @@ def pack_record(record: Record) -> bytes:
 
 def record_length(prefix: bytes | memoryview) -> int:
     """Total length of the record that starts ``prefix`` (needs the first 88 bytes)."""
-    _check(len(prefix) >= FIXED_SIZE, f"truncated record: {len(prefix)} of at least {FIXED_SIZE} header bytes")
+    _check(
+        len(prefix) >= FIXED_SIZE, f"truncated record: {len(prefix)} of at least {FIXED_SIZE} header bytes"
+    )
     magic, version = bytes(prefix[:4]), prefix[4]
     _check(magic == MAGIC, f"bad magic {magic!r}, expected {MAGIC!r}")
     _check(version == VERSION, f"unsupported wire format version {version} (this decoder reads {VERSION})")
-    header_length, payload_length = struct.unpack_from("<H", prefix, 8)[0], struct.unpack_from("<I", prefix, 16)[0]
+    header_length, payload_length = (
+        struct.unpack_from("<H", prefix, 8)[0],
+        struct.unpack_from("<I", prefix, 16)[0],
+    )
     return int(header_length) + int(payload_length) + CRC_SIZE
 
 
@@ -265,7 +274,9 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
     _check(flags & ~_KNOWN_FLAGS == 0, f"unknown flags 0x{flags:02x}")
     _check(pixel_format in (1, 3), f"unknown pixel format {pixel_format}")
     camera_length = view[FIXED_SIZE]
-    _check(1 <= camera_length <= MAX_CAMERA_ID, f"camera id length {camera_length} outside 1..{MAX_CAMERA_ID}")
+    _check(
+        1 <= camera_length <= MAX_CAMERA_ID, f"camera id length {camera_length} outside 1..{MAX_CAMERA_ID}"
+    )
     _check(
         header_length == FIXED_SIZE + 1 + camera_length + stage_count,
         f"header length {header_length} disagrees with its camera id and stage count",
@@ -299,7 +310,9 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
     )
     header.validate(limits)
     max_payload = limits.max_payload(header.frame_bytes, header.height * header.channels)
-    _check(payload_length <= max_payload, f"payload of {payload_length} bytes exceeds the bound {max_payload}")
+    _check(
+        payload_length <= max_payload, f"payload of {payload_length} bytes exceeds the bound {max_payload}"
+    )
     payload = bytes(view[header_length : header_length + payload_length])
     return Record(header, payload)
 
@@ -312,7 +325,13 @@ def iter_records(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Iterator[
             return
         total = record_length(prefix)
         bound = FIXED_SIZE + 1 + MAX_CAMERA_ID + MAX_STAGES + CRC_SIZE
-        _check(total <= bound + limits.max_payload(limits.max_frame_bytes, limits.max_height * 3), "record too big")
+        _check(
+            total <= bound + limits.max_payload(limits.max_frame_bytes, limits.max_height * 3),
+            "record too big",
+        )
         rest = stream.read(total - len(prefix))
-        _check(len(rest) == total - len(prefix), f"truncated record at end of file ({len(prefix) + len(rest)} bytes)")
+        _check(
+            len(rest) == total - len(prefix),
+            f"truncated record at end of file ({len(prefix) + len(rest)} bytes)",
+        )
         yield unpack_record(prefix + rest, limits)
