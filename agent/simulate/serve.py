@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -40,6 +41,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from agent.capture.base import Image
     from agent.simulate.scene import Scene
+
+from agent.errors import CaptureError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def encode_h264(frames: Iterable[Image], path: Path, fps: float, *, keyint_s: fl
         assert proc.stdin is not None
         count = 0
         try:
-            for frame in _chain(first, it):
+            for frame in itertools.chain([first], it):
                 if frame.shape != first.shape:
                     raise ValueError(f"frame {count} is {frame.shape}, the clip is {first.shape}")
                 proc.stdin.write(frame.tobytes())
@@ -82,18 +85,8 @@ def encode_h264(frames: Iterable[Image], path: Path, fps: float, *, keyint_s: fl
         if proc.returncode != 0:
             errors.seek(0)
             message = errors.read().decode(errors="replace").strip()
-            raise RuntimeError(f"ffmpeg failed to encode {path}: {message}")
+            raise CaptureError(f"ffmpeg failed to encode {path}: {message}")
     return count
-
-
-def _chain(first: Image, rest: Iterator[Image]) -> Iterator[Image]:
-    yield first
-    yield from rest
-
-
-def scene_frames(scene: Scene, count: int) -> Iterator[Image]:
-    """Frames ``0 .. count-1`` of ``scene``."""
-    return (scene.frame(i) for i in range(count))
 
 
 def run_rtsp_server(
@@ -173,7 +166,7 @@ class _MjpegHub:
         for image in self._frames:
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
             if not ok:
-                raise RuntimeError("JPEG encoding failed")
+                raise CaptureError("MJPEG server: JPEG encoding failed")
             with self.cond:
                 self.jpeg = buf.tobytes()
                 self.seq += 1
@@ -298,12 +291,14 @@ class ServerProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self._proc.returncode}: {self.log_text()}")
+                raise CaptureError(
+                    f"{self.url}: server exited with {self._proc.returncode}: {self.log_text()}"
+                )
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
                 return self
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"server did not listen on {self.host}:{self.port} in {self.ready_timeout_s} s")
+        raise CaptureError(f"{self.url}: server did not listen within {self.ready_timeout_s} s")
 
     def log_text(self) -> str:
         """The end of the server's output, for failure messages."""
@@ -315,7 +310,7 @@ class ServerProcess:
     @property
     def pid(self) -> int:
         if self._proc is None:
-            raise RuntimeError("server not started")
+            raise CaptureError(f"{self.url}: server not started")
         return self._proc.pid
 
     def pause(self) -> None:
@@ -381,7 +376,7 @@ def serve_rtsp(
         clip = Path(tempfile.mkdtemp(prefix="cctv-rtsp-")) / "clip.mp4"
     if isinstance(frames, Scene):
         fps = frames.settings.fps
-        frames = scene_frames(frames, max(1, round(duration_s * fps)))
+        frames = (frames.frame(i) for i in range(max(1, round(duration_s * fps))))
     encode_h264(frames, clip, fps)
     return rtsp_process(clip, port, path, host=host, tcp_only=tcp_only).start()
 
