@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from agent.errors import WireFormatError
 from agent.transport.chunks import (
     CHUNK_HEADER_SIZE,
+    CHUNK_VERSION,
     ChunkHeader,
     Reassembler,
     iter_chunks,
@@ -241,3 +243,9 @@ def test_hostile_mutations_only_raise_wire_format_error() -> None:
         assert reassembler.pending_bytes <= 64 * 1024
     assert outcomes["error"] > 1000
     assert outcomes["none"] > 1000
+
+
+def test_docs_describe_this_chunk_version() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "topics.md").read_text()
+    assert f"Chunk format version: {CHUNK_VERSION}\n" in docs
+    assert f"{CHUNK_HEADER_SIZE}-byte header" in docs
