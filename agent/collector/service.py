@@ -1,0 +1,279 @@
+"""The collector: frame messages from the broker, verified, filed in the archive, then acknowledged.
+
+One thread (the caller of :meth:`Collector.run`) does all the work in batches: take what the inbox holds
+(up to ``batch_max``), check and store each message, make the batch durable (archive flush, chunk staging
+and quarantine fsync), and only then acknowledge it. Whatever was not acknowledged when the collector dies
+is re-sent by the broker (QoS 1, persistent session) and the archive drops it as a duplicate, so a
+``kill -9`` loses nothing and stores nothing twice. The only other thread is paho's (see ``link.py``).
+
+Every message ends in exactly one of: stored, duplicate, staged (a chunk of an incomplete record), or
+quarantined. Nothing a publisher sends can stop the loop; only a failure to write durably does (the batch
+stays unacknowledged and the error propagates, so that systemd restarts the collector).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import threading
+import time
+
+from agent.archive.paths import find_cameras
+from agent.archive.store import Archive, StoreOutcome
+from agent.codec.wire import unpack_record
+from agent.collector.link import Incoming, Link
+from agent.collector.quarantine import Quarantine, Reason
+from agent.collector.staging import ChunkStaging
+from agent.collector.stats import CollectorStats
+from agent.config.models import CollectorConfig
+from agent.errors import ArchiveError, WireFormatError
+from agent.transport.chunks import Reassembler, is_chunk, parse_chunk
+from agent.transport.topics import parse_frame_topic
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".collector-staging"
+"""Under the archive root; a leading dot keeps it apart from site directories (ids cannot start with '.')."""
+POLL_S = 0.5
+"""How long the loop waits for a message before checking for a stop request or a timer."""
+
+
+class Collector:
+    """Subscribes as configured and files every valid record in ``archive``; see the module docstring."""
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        archive: Archive | None = None,
+        *,
+        batch_max: int = 256,
+        stats_interval_s: float = 60.0,
+        retention_interval_s: float = 3600.0,
+    ) -> None:
+        c = config.collector
+        self.config = config
+        # one flush per batch instead of one per record
+        self.archive = archive if archive is not None else Archive(c.archive_root, autoflush=False)
+        self.batch_max = batch_max
+        self.stats_interval_s = stats_interval_s
+        self.retention_interval_s = retention_interval_s
+        self.stats = CollectorStats()
+        self.quarantine = Quarantine(c.quarantine)
+        self.reassembler = Reassembler()
+        self.staging = ChunkStaging(
+            c.archive_root / STAGING_DIR,
+            max_records=self.reassembler.max_pending,
+            max_bytes=self.reassembler.max_pending_bytes,
+        )
+        # a site named like the quarantine folder would file cameras among the quarantined files
+        root, qdir = c.archive_root.resolve(), c.quarantine.resolve()
+        self._reserved_sites = {qdir.name} if qdir.parent == root else set()
+        self._good_sites: set[str] = set()
+        self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.link = Link(config.mqtt, c.subscription, self.inbox)
+        self._done_chunks: list[tuple[str, int]] = []
+        self._next_stats = self._next_retention = 0.0
+
+    # ------------------------------------------------------------------------------------- running
+
+    def run(self, stop: threading.Event) -> CollectorStats:
+        """Collect until ``stop`` is set; then finish the batch in hand, flush, disconnect and return."""
+        self._recover_staged()
+        now = time.monotonic()
+        self._next_stats = now + self.stats_interval_s
+        self._next_retention = now  # once at start, then every retention_interval_s
+        self.link.start()
+        try:
+            while not stop.is_set():
+                batch = self._take(POLL_S)
+                if batch:
+                    self.process(batch)
+                self._timers()
+        finally:
+            self.link.stop()
+            try:
+                self.archive.close()
+            finally:
+                self.stats.log("collector stopped")
+        return self.stats
+
+    def _take(self, timeout_s: float) -> list[Incoming]:
+        try:
+            first = self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def process(self, batch: list[Incoming]) -> None:
+        """Handle, make durable, acknowledge: the order that makes ``kill -9`` harmless."""
+        for message in batch:
+            self._handle(message)
+        self.archive.flush()
+        self.staging.sync()
+        self.quarantine.sync()
+        self.stats.acked += self.link.ack(batch)
+        self.stats.batches += 1
+        for topic, seq in self._done_chunks:  # archived: their staged chunks are no longer needed
+            self.staging.discard(topic, seq)
+        self._done_chunks.clear()
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.stats_interval_s
+            self.stats.log("collector")
+        if now >= self._next_retention:
+            self._next_retention = now + self.retention_interval_s
+            self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        c = self.config.collector
+        if not (c.retention_days or c.retention_bytes_per_camera):
+            return
+        for site, camera in find_cameras(c.archive_root):
+            try:
+                result = self.archive.apply_retention(
+                    camera,
+                    site=site,
+                    max_age_days=c.retention_days or None,
+                    max_bytes=c.retention_bytes_per_camera or None,
+                )
+            except ArchiveError as e:
+                log.error("retention of %s/%s failed: %s", site, camera, e)
+                continue
+            log.info("retention of %s/%s: %s", site, camera, result)
+
+    # ------------------------------------------------------------------------------------- one message
+
+    def _handle(self, message: Incoming) -> None:
+        self.stats.received += 1
+        self.stats.bytes += len(message.payload)
+        topic = message.topic
+        shown = repr(topic) if topic is not None else repr(message.raw_topic)
+        if topic is None:
+            self._reject(message.payload, shown, Reason.TOPIC, "topic is not UTF-8")
+            return
+        try:
+            _prefix, site, camera = parse_frame_topic(topic)
+        except ValueError as e:
+            self._reject(message.payload, shown, Reason.TOPIC, str(e))
+            return
+        problem = self._site_problem(site)
+        if problem is not None:
+            self._reject(message.payload, shown, Reason.TOPIC, problem)
+            return
+        if is_chunk(message.payload):
+            self.stats.chunks += 1
+        duplicates = self.reassembler.duplicates
+        try:
+            record = self.reassembler.feed(topic, message.payload)
+        except WireFormatError as e:
+            self._reject(message.payload, shown, Reason.MALFORMED, str(e))
+            return
+        if record is None:
+            if self.reassembler.duplicates == duplicates:  # newly held in memory: make it durable
+                self.staging.put(topic, message.payload)
+            return
+        if is_chunk(message.payload):
+            self._done_chunks.append((topic, parse_chunk(message.payload)[0].seq))
+        self._file(record, site, camera, shown)
+
+    def _site_problem(self, site: str) -> str | None:
+        """Why ``site`` cannot be a directory of the archive root, if it cannot (checked once per site)."""
+        if site in self._good_sites:
+            return None
+        if site in self._reserved_sites:
+            return f"site {site!r} is the name of the quarantine folder"
+        path = self.config.collector.archive_root / site
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            return f"site {site!r} names a file of the archive root, not a site directory"
+        self._good_sites.add(site)
+        return None
+
+    def _file(self, record: bytes, site: str, camera: str, shown: str) -> None:
+        self.stats.records += 1
+        try:
+            header = unpack_record(record).header
+        except WireFormatError as e:
+            self._reject(record, shown, Reason.MALFORMED, str(e))
+            return
+        if header.camera_id != camera:
+            detail = f"record names camera {header.camera_id!r}, topic names {camera!r}"
+            self._reject(record, shown, Reason.CAMERA_MISMATCH, detail)
+            return
+        try:
+            outcome = self.archive.store(record, site)
+        except WireFormatError as e:
+            self._reject(record, shown, Reason.MALFORMED, str(e))
+            return
+        except ArchiveError as e:
+            if not _is_rejection(e):
+                raise
+            self._reject(record, shown, Reason.REJECTED, str(e))
+            return
+        if outcome is StoreOutcome.DUPLICATE:
+            self.stats.duplicates += 1
+            log.debug("camera %r seq=%d: duplicate, already archived", camera, header.seq)
+        else:
+            self.stats.stored += 1
+
+    def _reject(self, payload: bytes, shown: str, reason: Reason, detail: str) -> None:
+        self.stats.quarantined += 1
+        path = self.quarantine.keep(payload, shown, reason, detail)
+        log.warning(
+            "quarantined message on %s (%s, %d bytes): %s%s",
+            shown[:200], reason.value, len(payload), detail[:300], f" -> {path.name}" if path else "",
+        )  # fmt: skip
+
+    def _recover_staged(self) -> None:
+        """Feed chunks a previous run acknowledged but could not complete back into the reassembler."""
+        found = 0
+        for topic, payload in self.staging.load():
+            found += 1
+            try:
+                _prefix, site, camera = parse_frame_topic(topic)
+                record = self.reassembler.feed(topic, payload)
+            except (ValueError, WireFormatError) as e:
+                log.warning("staged chunk for %r dropped: %s", topic, e)
+                continue
+            if record is not None:
+                self._done_chunks.append((topic, parse_chunk(payload)[0].seq))
+                self._file(record, site, camera, repr(topic))
+        if found:
+            self.archive.flush()
+            self.quarantine.sync()
+            for topic, seq in self._done_chunks:
+                self.staging.discard(topic, seq)
+            self._done_chunks.clear()
+            log.info(
+                "recovered %d staged chunks; %d records still incomplete",
+                found,
+                self.reassembler.pending_records,
+            )
+
+
+# errors of one record's path (a site or camera named like a file the archive keeps): quarantine the record
+_PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def _is_rejection(error: ArchiveError) -> bool:
+    """Whether the archive refused this record (quarantine it) rather than failed to write (stop).
+
+    The archive raises refusals (a different record under a stored seq, a hostile id, a path leaving the
+    root) without a cause, and wraps I/O and SQLite failures. A full disk or a camera locked by another
+    writer must stop the collector, unacknowledged; an unusable path must not, or one message would stop
+    it again after every restart.
+    """
+    cause = error.__cause__
+    if cause is None:
+        return True
+    return (
+        isinstance(cause, OSError) and not isinstance(cause, BlockingIOError) and cause.errno in _PATH_ERRNOS
+    )
