@@ -1,0 +1,211 @@
+"""Looking after an archive: what it holds (``info``), whether every frame still decodes (``verify``), and which
+key groups retention may delete.
+
+``info`` and ``verify`` only read, so they can run beside the collector. Retention deletes, so it goes through
+the writer (:meth:`agent.archive.store.Archive.apply_retention`); only the choice of groups lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.archive.paths import check_version, find_cameras, parse_segment
+from agent.archive.reader import CameraReader, Reconstructor
+from agent.errors import CctvError
+
+log = logging.getLogger(__name__)
+
+_NS_PER_DAY = 86_400 * 1_000_000_000
+MAX_LISTED_GAPS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    groups: int
+    records: int
+    bytes: int
+    segments: int
+    """Segment files removed (emptied by the deletion)."""
+
+
+def plan_retention(
+    groups: Sequence[tuple[int, int, int]],
+    pins: Sequence[tuple[int, int]],
+    max_age_days: float | None,
+    max_bytes: int | None,
+    now_ns: int,
+) -> list[int]:
+    """Key seqs of the groups to delete: the oldest ones, as a prefix, never one a kept group refers into.
+
+    ``groups`` is (key_seq, newest capture_time_ns, bytes) in key_seq order; ``pins`` is (referenced group,
+    referencing group) for references that cross groups, which the encoder never makes but a record may claim.
+    """
+    if max_age_days is not None and max_age_days < 0:
+        raise ValueError(f"max_age_days must be ≥ 0, got {max_age_days}")
+    if max_bytes is not None and max_bytes < 0:
+        raise ValueError(f"max_bytes must be ≥ 0, got {max_bytes}")
+    count = 0
+    if max_age_days is not None:
+        cutoff = now_ns - int(max_age_days * _NS_PER_DAY)
+        while count < len(groups) and groups[count][1] < cutoff:
+            count += 1
+    if max_bytes is not None:
+        remaining = sum(g[2] for g in groups[count:])
+        while count < len(groups) and remaining > max_bytes:
+            remaining -= groups[count][2]
+            count += 1
+    referrers: dict[int, set[int]] = {}
+    for target, referrer in pins:
+        referrers.setdefault(target, set()).add(referrer)
+    while count > 0:
+        doomed = {g[0] for g in groups[:count]}
+        blocked = [i for i, g in enumerate(groups[:count]) if referrers.get(g[0], set()) - doomed]
+        if not blocked:
+            break
+        count = blocked[0]
+    return [g[0] for g in groups[:count]]
+
+
+@dataclass(slots=True)
+class CameraInfo:
+    site: str
+    camera: str
+    first_ns: int | None
+    last_ns: int | None
+    frames: int
+    keys: int
+    stored_bytes: int
+    raw_bytes: int
+    missing: int
+    """Seqs absent between the first and the last stored one."""
+    gaps: list[tuple[int, int]]
+    """The first gaps as inclusive (first missing, last missing) seq ranges."""
+    orphans: int
+    """Records still waiting for (a record of) their reference chain."""
+    segments: int
+    disk_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        d = {name: getattr(self, name) for name in self.__slots__}
+        d["ratio"] = round(self.ratio, 3)
+        d["gaps"] = [list(g) for g in self.gaps]
+        return d
+
+
+def camera_info(root: Path, site: str, camera: str) -> CameraInfo:
+    with CameraReader(root, site, camera) as reader:
+        q = reader.conn.execute
+        frames, keys, stored, raw, first, last, lo, hi, orphans = q(
+            "SELECT COUNT(*), COALESCE(SUM(kind = 0), 0), COALESCE(SUM(size), 0), COALESCE(SUM(raw_size), 0), "
+            "MIN(capture_time_ns), MAX(capture_time_ns), MIN(seq), MAX(seq), COALESCE(SUM(decodable = 0), 0) "
+            "FROM records"
+        ).fetchone()
+        gaps = [
+            (int(a), int(b))
+            for a, b in q(
+                "SELECT seq + 1, next - 1 FROM (SELECT seq, LEAD(seq) OVER (ORDER BY seq) AS next FROM records) "
+                "WHERE next > seq + 1 ORDER BY seq LIMIT ?",
+                (MAX_LISTED_GAPS,),
+            )
+        ]
+        segments = [p for p in reader.directory.glob("*/segment-*.cctv") if parse_segment(p) is not None]
+    return CameraInfo(
+        site=site,
+        camera=camera,
+        first_ns=first,
+        last_ns=last,
+        frames=frames,
+        keys=keys,
+        stored_bytes=stored,
+        raw_bytes=raw,
+        missing=0 if frames == 0 else (hi - lo + 1) - frames,
+        gaps=gaps,
+        orphans=orphans,
+        segments=len(segments),
+        disk_bytes=sum(p.stat().st_size for p in segments),
+    )
+
+
+def info(root: Path) -> list[CameraInfo]:
+    check_version(root, create=False)
+    return [camera_info(root, site, camera) for site, camera in find_cameras(root)]
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    cameras: int = 0
+    records: int = 0
+    decoded: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Harmless findings, e.g. an unindexed tail the next writer will re-index."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(root: Path, on_record: Callable[[], None] | None = None) -> VerifyReport:
+    """Decode every indexed record of every camera and check its frame hash; collect what is wrong."""
+    report = VerifyReport()
+    try:
+        check_version(root, create=False)
+    except CctvError as e:
+        report.problems.append(str(e))
+        return report
+    for site, camera in find_cameras(root):
+        report.cameras += 1
+        try:
+            _verify_camera(root, site, camera, report, on_record)
+        except CctvError as e:
+            report.problems.append(f"{site}/{camera}: {e}")
+    return report
+
+
+def _verify_camera(
+    root: Path, site: str, camera: str, report: VerifyReport, on_record: Callable[[], None] | None
+) -> None:
+    where = f"{site}/{camera}"
+    with CameraReader(root, site, camera) as reader:
+        for day, number, length in reader.conn.execute("SELECT day, number, length FROM segments"):
+            path = reader.directory / day / f"segment-{number:06d}.cctv"
+            size = path.stat().st_size if path.exists() else -1
+            if size < 0:
+                report.problems.append(f"{where}: segment {day}/{path.name} is missing")
+            elif size < length:
+                report.problems.append(
+                    f"{where}: {day}/{path.name} is {size} bytes, the index names {length}"
+                )
+            elif size > length:
+                report.notes.append(
+                    f"{where}: {day}/{path.name} has {size - length} unindexed bytes at its end "
+                    "(an interrupted write; the next writer re-indexes or truncates them)"
+                )
+        reconstructor = Reconstructor(reader)
+        for row in reader.rows():
+            report.records += 1
+            if on_record is not None:
+                on_record()
+            if not row.decodable:
+                try:
+                    reader.read(row)
+                except CctvError as e:
+                    report.problems.append(f"{where}: {e}")
+                    continue
+                report.problems.append(
+                    f"{where} seq={row.seq} ({row.where}): undecodable, its reference chain is incomplete "
+                    f"(needs seq={row.ref_seq})"
+                )
+                continue
+            decoded = reconstructor.decode(row)
+            if decoded.problem is not None:
+                report.problems.append(f"{where} seq={row.seq} ({row.where}): {decoded.problem}")
+            else:
+                report.decoded += 1
