@@ -104,7 +104,7 @@ class EdgeAgent:
         finally:
             source.close()
             self.notifier.stopping()
-            self._drain(sender)
+            self._drain(sender, publisher)
             sender.stop()
             publisher.stop()
             self._log_figures(spool, sender, final=True)
@@ -170,12 +170,12 @@ class EdgeAgent:
             return
         sender.wake()
 
-    def _drain(self, sender: Sender) -> None:
-        """Give the broker a chance to take what is spooled; what remains stays on disk for next time."""
+    def _drain(self, sender: Sender, publisher: Publisher) -> None:
+        """Give a reachable broker a chance to take what is spooled; what remains stays on disk for next time."""
         if not self.drain_at_end:
             return
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        while not sender.idle() and time.monotonic() < deadline:
+        while not sender.idle() and publisher.connected() and time.monotonic() < deadline:
             sender.wake()
             time.sleep(0.05)
 
