@@ -84,7 +84,11 @@ class Spool:
         self._closed = False
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._saved_totals = self._load_counters()
-        self._repair()
+        try:
+            self._repair()
+        except BaseException:
+            os.close(self._lock_fd)  # else this process keeps the directory locked
+            raise
 
     # ---- public API -------------------------------------------------------------------------------
 
