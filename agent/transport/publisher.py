@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import ssl
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, PublishError
 from agent.transport.chunks import split_record
+from agent.transport.client import PahoClient
 from agent.transport.settings import MqttSettings
 from agent.transport.topics import STATUS_OFFLINE, STATUS_ONLINE
 
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 RETRYABLE_REASONS = frozenset({0x80, 0x83, 0x89, 0x91, 0x97})
 # Fixed header (5) + topic length (2) + packet id (2) + properties length (4), above the topic itself.
 PACKET_OVERHEAD = 13
-_EARLY_ACKS_KEPT = 1024
+# An ack can beat the registration of its mid by microseconds; one older than this is stale, not early
+# (it must never settle a later message that reuses the mid).
+_EARLY_ACK_TTL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,34 +77,6 @@ class _Delivery:
 _UNTRACKED = None  # status, stats and preview messages: failures are logged, nobody waits for them
 
 
-class _Client(mqtt.Client):
-    """paho's client, minus one leak: paho 2.x leaves the TLS socket open when the handshake fails.
-
-    That is one file descriptor per retry while a certificate is wrong. This does what paho's
-    ``_ssl_wrap_socket`` does (the context checks the host name unless ``tls_insecure``) and closes the
-    socket on failure.
-    """
-
-    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        context = self._ssl_context
-        if context is None:
-            raise ValueError("TLS is on but paho holds no SSL context")
-        try:
-            ssl_sock = context.wrap_socket(
-                tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
-            )
-        except BaseException:
-            tcp_sock.close()
-            raise
-        try:
-            ssl_sock.settimeout(self._connect_timeout)
-            ssl_sock.do_handshake()
-        except BaseException:
-            ssl_sock.close()
-            raise
-        return ssl_sock
-
-
 class Publisher:
     """The agent's MQTT link: status with last will, records (chunked when too big), stats and preview."""
 
@@ -109,13 +84,14 @@ class Publisher:
         self.settings = settings
         self.topics = settings.topics
         self._protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
-        self._client = _Client(
+        self._client = PahoClient(
             CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=self._protocol
         )
         self._lock = threading.Lock()
         self._by_mid: dict[int, _Delivery | None] = {}
-        self._early: OrderedDict[int, ReasonCode] = OrderedDict()  # acks that beat their registration
+        self._early: OrderedDict[int, tuple[float, ReasonCode]] = OrderedDict()  # acks before registration
         self._running = False
+        self._stopped = False
         self._connected = threading.Event()
         self._broker_max_packet: int | None = None
         self._last_error: str | None = None
@@ -134,6 +110,8 @@ class Publisher:
     def start(self) -> None:
         """Connect in the background; reconnect forever with doubling back-off capped at reconnect_max_s."""
         with self._lock:
+            if self._stopped:
+                raise PublishError(f"publisher of {self.topics.base} was stopped; make a new one")
             if self._running:
                 return
             self._running = True
@@ -197,16 +175,29 @@ class Publisher:
             return
         self._publish_untracked(self.topics.preview, jpeg, qos=0, retain=True)
 
+    def pending_records(self) -> int:
+        """Records handed over whose ``on_done`` has not been called yet."""
+        with self._lock:
+            return len({id(d) for d in self._by_mid.values() if d is not None and not d.done})
+
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Publish ``offline``, disconnect, stop paho's thread; pending records end as not delivered."""
+        """Wait up to ``timeout_s`` for pending records, publish ``offline``, disconnect, end paho's thread.
+
+        Records still pending then end as not delivered ("Publisher stopped"). A stopped publisher cannot
+        be started again (paho would re-send messages whose fate was already reported): make a new one.
+        """
         with self._lock:
             if not self._running:
                 return
             self._running = False
+            self._stopped = True
+        deadline = time.monotonic() + timeout_s
+        while self.connected() and self.pending_records() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.connected():
             info = self._client.publish(self.topics.status, STATUS_OFFLINE, qos=1, retain=True)
             try:
-                info.wait_for_publish(timeout_s)
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status on stop: %s", e)
         self._client.disconnect()
@@ -257,18 +248,18 @@ class Publisher:
 
     def _send_untracked(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._track(info.mid, _UNTRACKED)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._track(info.mid, _UNTRACKED)  # QoS 1 without connection: paho sends it later
         else:
             log.debug("message to %s not sent: %s", topic, mqtt.error_string(info.rc))
 
     def _track(self, mid: int, delivery: _Delivery | None) -> None:
         with self._lock:
             early = self._early.pop(mid, None)
-            if early is None:
+            if early is None or time.monotonic() - early[0] > _EARLY_ACK_TTL_S:
                 self._by_mid[mid] = delivery
                 return
-            outcome = self._settle(mid, delivery, early)
+            outcome = self._settle(mid, delivery, early[1])
         _report(outcome)
 
     def _settle_locally(self, delivery: _Delivery, reason: str) -> None:
@@ -303,8 +294,10 @@ class Publisher:
     ) -> None:
         with self._lock:
             if mid not in self._by_mid:
-                self._early[mid] = reason
-                while len(self._early) > _EARLY_ACKS_KEPT:
+                now = time.monotonic()
+                self._early[mid] = (now, reason)
+                self._early.move_to_end(mid)
+                while now - next(iter(self._early.values()))[0] > _EARLY_ACK_TTL_S:
                     self._early.popitem(last=False)
                 return
             outcome = self._settle(mid, self._by_mid.pop(mid), reason)

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, PublishError
 from agent.transport import DeliveryResult, MqttSettings, Publisher, Reassembler, split_record
 from tests.fixtures.broker import BrokerFactory, Certs, MqttBroker
 
@@ -186,9 +186,29 @@ def test_stats_and_preview(
     stats = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/stats")
     pub.publish_stats({"frames": 3, "fps": 2.5})
     assert stats.get().payload == b'{"fps":2.5,"frames":3}'
+    live = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/preview")
     pub.publish_preview(b"\xff\xd8jpeg\xff\xd9")
-    preview = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/preview").get()
-    assert (preview.payload, preview.retain) == (b"\xff\xd8jpeg\xff\xd9", True)
+    assert live.get().payload == b"\xff\xd8jpeg\xff\xd9"
+    late = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/preview").get()
+    assert (late.payload, late.retain) == (b"\xff\xd8jpeg\xff\xd9", True)
+    pub.publish_preview(b"\xff\xd8" + bytes(300_000))  # above the 256 KiB payload limit: skipped
+    assert live.nothing_within(0.3)
+
+
+def test_stop_waits_for_pending_records_and_cannot_restart(
+    mqtt_broker: MqttBroker, publishers: list[Publisher], subscribers: list[Subscriber]
+) -> None:
+    sub = subscribe(subscribers, mqtt_broker, "cctv/+/+/frame")
+    pub = started(publishers, settings_for(mqtt_broker))
+    done = Outcomes()
+    for seq in range(100):
+        pub.publish_record(seq, record(seq, 20_000), done)
+    pub.stop(timeout_s=WAIT_S)
+    assert all(r.ok for r in done.wait(*range(100), timeout_s=0).values())
+    assert pub.pending_records() == 0
+    assert [sub.get().payload for _ in range(100)] == [record(seq, 20_000) for seq in range(100)]
+    with pytest.raises(PublishError, match="was stopped"):
+        pub.start()
 
 
 # ------------------------------------------------------------------------------------------ TLS
@@ -232,6 +252,21 @@ def test_tls_client_certificate_from_another_ca_is_refused(
     assert pub.last_error is not None
     assert "broker 127.0.0.1" in pub.last_error
     assert "unknown ca" in pub.last_error.lower() or "certificate" in pub.last_error.lower()
+
+
+def test_tls_host_name_is_checked_unless_insecure(
+    mqtt_broker_tls: MqttBroker, publishers: list[Publisher]
+) -> None:
+    # "127.1" reaches the broker but is not a name in its certificate (localhost, 127.0.0.1)
+    strict = started(publishers, settings_for(mqtt_broker_tls, host="127.1"), connect=False)
+    deadline = time.monotonic() + WAIT_S
+    while strict.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert strict.last_error is not None
+    assert "mismatch" in strict.last_error.lower()
+    insecure = settings_for(mqtt_broker_tls, host="127.1", client_id="insecure", tls_insecure=True)
+    assert started(publishers, insecure).connected()
+    assert not strict.connected()
 
 
 def test_missing_key_file_is_a_config_error(mqtt_broker_tls: MqttBroker, tmp_path: Path) -> None:
