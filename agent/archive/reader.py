@@ -30,7 +30,10 @@ Image = npt.NDArray[np.uint8]
 TimeBound = datetime | int | None
 """A UTC datetime (naive means UTC), or ns since 1970-01-01, or no bound."""
 
-ROW_COLUMNS = "seq, capture_time_ns, kind, key_seq, ref_seq, day, segment, offset, size, frame_hash, raw_size, decodable"
+ROW_COLUMNS = (
+    "seq, capture_time_ns, kind, key_seq, ref_seq, day, segment, offset, size, frame_hash, raw_size, "
+    "decodable"
+)
 _CACHE_FRAMES = 8
 
 
