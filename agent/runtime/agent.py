@@ -51,8 +51,12 @@ class AgentStats:
 class EdgeAgent:
     """Capture → SSIM key selection → codec → spool → MQTT, until stopped or the source ends."""
 
-    def __init__(self, config: AgentConfig, *, drain_at_end: bool = True) -> None:
+    def __init__(
+        self, config: AgentConfig, *, drain_at_end: bool = True, source: CaptureSource | None = None
+    ) -> None:
+        """``source`` replaces the configured one (the demo films through a recording wrapper)."""
         self.config = config
+        self._given_source = source
         self.drain_at_end = drain_at_end
         self.notifier = Notifier()
         self.stats = AgentStats()
@@ -94,7 +98,7 @@ class EdgeAgent:
         )
         publisher.start()
         sender.start()
-        source = self._source = make_source(cfg)
+        source = self._source = self._given_source or make_source(cfg)
         try:
             source.open()
             if self._stop.is_set():  # a signal that came while opening closed nothing yet

@@ -1,0 +1,142 @@
+"""``simulate`` (a camera without hardware) and ``demo`` (the whole job, once, with a report)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import CctvError
+from agent.progress import Progress
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="a deterministic fixed-camera scene (or looped real footage): as PNG files, RTSP or HTTP MJPEG",
+        description="Produce the seeded simulated scene (textured background, moving objects, lighting drift, "
+        "day/night, sensor noise, burned-in clock) or replay real footage in a loop. Write frames as PNG "
+        "(--out), or serve them as a real stream (--serve rtsp|mjpeg) until Ctrl-C. The agent itself can film the "
+        'scene in-process: capture.kind = "simulated" in config.toml.',
+        epilog="examples:\n  cctv-agent simulate --out frames/ --frames 100\n"
+        "  cctv-agent simulate --serve mjpeg --port 8080\n"
+        "  cctv-agent simulate --serve rtsp --port 8554 --replay clip.avi",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seed", type=int, default=1, help="scene seed (default: %(default)s)")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--noise", type=float, default=2.0, help="sensor noise sigma (default: %(default)s)")
+    p.add_argument("--no-clock", action="store_true", help="no burned-in clock")
+    p.add_argument("--replay", type=Path, help="loop this video file or image folder instead of the scene")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="write --frames frames as PNG into this directory")
+    out.add_argument("--serve", choices=["rtsp", "mjpeg"], help="serve a live stream on --port")
+    p.add_argument("--frames", type=int, default=100, help="with --out: how many (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8554)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=60.0, help="rtsp: seconds of scene in the served clip")
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser(
+        "demo",
+        help="run simulated camera -> agent -> Mosquitto -> collector -> archive and print a report",
+        description="Start a private Mosquitto and a collector, film the simulated scene with the agent for "
+        "--duration seconds, then verify that every archived frame reconstructs bit for bit (or within "
+        "--tolerance) and print frames, keys, bytes on the wire, ratio vs raw and vs PNG, and max error. Also "
+        "writes WORKDIR/report.png: bytes per frame with key frames marked, and a contact sheet.",
+    )
+    p.add_argument("--workdir", type=Path, default=Path("out/demo"), help="(default: %(default)s)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of filming (default: %(default)s)")
+    p.add_argument("--width", type=int, default=960)
+    p.add_argument("--height", type=int, default=540)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--tolerance", type=int, default=0, help="0 = exact (default)")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(handler=cmd_demo)
+
+
+def _frames(args: argparse.Namespace) -> Iterator[npt.NDArray[np.uint8]]:
+    if args.replay is not None:
+        from agent.capture.files import open_path
+
+        with open_path(args.replay, loop=True) as source:
+            while (frame := source.read()) is not None:
+                yield frame.image
+        return
+    from agent.simulate.scene import Scene
+
+    scene = Scene(_scene_settings(args))
+    for index in itertools.count():
+        yield scene.frame(index)
+
+
+def _scene_settings(args: argparse.Namespace) -> Any:
+    from agent.simulate.scene import SceneSettings
+
+    return SceneSettings(
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        clock=not args.no_clock,
+        noise=args.noise,
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with Progress(args.frames, "simulating") as bar:
+            for index, image in zip(range(args.frames), _frames(args), strict=False):
+                if not cv2.imwrite(str(args.out / f"{index:08d}.png"), image):
+                    raise CctvError(f"{args.out}: cannot write PNG")
+                bar.advance()
+        print(f"{args.out}: {args.frames} frames")
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.serve == "mjpeg":
+        from agent.simulate.scene import Scene
+        from agent.simulate.serve import run_mjpeg_server
+
+        frames = _frames(args) if args.replay else Scene(_scene_settings(args))
+        print(f"serving MJPEG at http://{args.host}:{args.port}/stream.mjpg (Ctrl-C stops)")
+        run_mjpeg_server(frames, args.port, fps=args.fps, host=args.host, stop=stop)
+        return 0
+    from agent.simulate.serve import serve_rtsp
+
+    count = max(1, round(args.duration * args.fps))
+    with serve_rtsp(
+        itertools.islice(_frames(args), count), args.port, fps=args.fps, host=args.host
+    ) as server:
+        print(f"serving RTSP at {server.url} (Ctrl-C stops)")
+        while not stop.wait(1.0):
+            pass
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo.run import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            workdir=args.workdir,
+            duration_s=args.duration,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            tolerance=args.tolerance,
+            seed=args.seed,
+        )
+    )
