@@ -49,7 +49,9 @@ def encode(
 
 def rows(root: Path, site: str = "site1", camera: str = "cam1") -> list[tuple[int, str, int, int, int, int]]:
     with sqlite3.connect(root / site / camera / "index.sqlite") as conn:
-        return conn.execute("SELECT seq, day, segment, offset, size, decodable FROM records ORDER BY seq").fetchall()
+        return conn.execute(
+            "SELECT seq, day, segment, offset, size, decodable FROM records ORDER BY seq"
+        ).fetchall()
 
 
 def test_doc_version_matches_code(tmp_path: Path) -> None:
@@ -169,7 +171,8 @@ def test_member_before_its_reference_becomes_decodable_when_the_chain_completes(
     frames = make_frames(4)
     records = encode(frames, key_every=10, reference="previous")
     kinds = [unpack_record(r).header for r in records]
-    assert kinds[0].kind is Kind.KEY and [h.ref_seq for h in kinds[1:]] == [0, 1, 2]
+    assert kinds[0].kind is Kind.KEY
+    assert [h.ref_seq for h in kinds[1:]] == [0, 1, 2]
     decodable = lambda: [flag for *_, flag in rows(tmp_path)]  # noqa: E731
     with Archive(tmp_path) as archive:
         archive.store(records[3], "site1")
