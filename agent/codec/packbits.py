@@ -17,10 +17,15 @@ edges and such runs (2 bytes instead of a 3-byte literal); next to literals it j
 more. So the output is never longer than all-literal packing, and on pets2009 residuals it is a little
 shorter than libtiff's (the bytes differ where the two choose differently for runs of 2).
 
-Speed: the encoder works on whole-buffer boolean masks (a byte per input byte, a few passes) and never loops
-in Python. The decoder must walk the header chain (each header says where the next one is), which is
-sequential; it does so in a tight loop of one iteration per *packet*, then builds the output with one
-``np.repeat``. A 128-byte zero run is a single 2-byte packet, so residuals have few packets.
+Decoding is strict: the stream must end exactly with the packet that completes the last row (a trailing
+no-op is trailing garbage), and it may not be longer than 2 bytes per output byte plus one no-op per row.
+
+Speed: the encoder finds runs and segments with boolean masks, block by block of rows (so the passes stay in
+cache), and does the rest with numpy on per-segment arrays; it never loops per byte or per packet in Python.
+The decoder must walk the header chain (each header says where the next one is), which is sequential; it
+does so in a tight loop of one iteration per *packet* (~50-90 ns each), then builds the output with one
+``np.repeat``. A 128-byte zero run is a single 2-byte packet, so residuals have few packets. Both are a few
+times slower than libtiff's C (through Pillow) on noisy residuals, and as fast on mostly-zero ones.
 """
 
 from __future__ import annotations
@@ -177,7 +182,8 @@ def decode_rows(data: Bytes, row_bytes: int, rows: int) -> bytes:
 
     Raises ``WireFormatError``, and nothing else, on truncated input, a packet that overflows its row, bytes
     after the last row, or impossible dimensions. Never allocates more than ``rows * row_bytes`` output bytes;
-    working memory is a few bytes per input byte, and input longer than any valid stream is refused up front.
+    working memory is a few bytes per input byte, and input longer than the module docstring allows is refused
+    before any work.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise WireFormatError(f"PackBits: input must be a byte buffer, not {type(data).__name__}")
@@ -237,7 +243,8 @@ def decode_rows(data: Bytes, row_bytes: int, rows: int) -> bytes:
 
     # Every payload byte is an output "unit": a literal byte counts once, a repeat byte its run length.
     values = arr[~header_mask]
-    literal = head < _NOOP
+    repeat = head > _NOOP
+    payload_len = gain - (gain - 1) * repeat
     counts = np.ones(len(values), dtype=np.intp)
-    counts[_exclusive_cumsum(np.where(literal, gain, 1))[~literal]] = gain[~literal]
+    counts[_exclusive_cumsum(payload_len)[repeat]] = gain[repeat]
     return np.repeat(values, counts).tobytes()
