@@ -33,7 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.models import MqttSection
 from agent.errors import ConfigError
-from agent.transport.publisher import _Client as TlsSafeClient
+from agent.transport.client import PahoClient
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ class Link:
         self.inbox = inbox
         self._v5 = settings.protocol == "5"
         if self._v5:
-            client = TlsSafeClient(
+            client = PahoClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=settings.client_id,
                 protocol=mqtt.MQTTv5,
                 manual_ack=True,
             )
         else:
-            client = TlsSafeClient(
+            client = PahoClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=settings.client_id,
                 protocol=mqtt.MQTTv311,
@@ -82,6 +82,7 @@ class Link:
         self._generation = 0
         self._connected = threading.Event()
         self._subscribed = threading.Event()
+        self._stopping = False
         self._configure()
 
     # ------------------------------------------------------------------------------------- public API
@@ -125,6 +126,7 @@ class Link:
 
     def stop(self) -> None:
         """Disconnect after the PUBACKs already queued, and stop paho's thread. The session stays."""
+        self._stopping = True
         if self._v5:
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -139,7 +141,12 @@ class Link:
     def _configure(self) -> None:
         s = self.settings
         client = self._client
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        paho_log = logging.getLogger(f"{__name__}.paho")
+        # paho's thread may loop once more on the socket our disconnect closed, and call that an error
+        paho_log.addFilter(
+            lambda r: not (self._stopping and str(r.msg).startswith("Client is not connected"))
+        )
+        client.enable_logger(paho_log)
         client.suppress_exceptions = True  # a bug in a callback must not end the network thread
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -202,7 +209,7 @@ class Link:
             was_connected = self._connected.is_set()
             self._generation += 1
             self._connected.clear()
-        if was_connected:
+        if was_connected and not self._stopping:
             log.warning("disconnected from broker: %s; unacknowledged messages will be re-sent", reason)
 
     def _on_subscribe(

@@ -16,10 +16,12 @@ from __future__ import annotations
 import errno
 import logging
 import queue
+import sqlite3
 import threading
 import time
 
 from agent.archive.paths import find_cameras
+from agent.archive.reader import CameraReader
 from agent.archive.store import Archive, StoreOutcome
 from agent.codec.wire import unpack_record
 from agent.collector.link import Incoming, Link
@@ -233,30 +235,51 @@ class Collector:
         )  # fmt: skip
 
     def _recover_staged(self) -> None:
-        """Feed chunks a previous run acknowledged but could not complete back into the reassembler."""
-        found = 0
+        """Feed chunks a previous run acknowledged but could not complete back into the reassembler.
+
+        A run killed between acknowledging a record and deleting its chunks leaves chunks of a record the
+        archive already holds; the rest of them will never come again, so they are deleted here.
+        """
+        staged: dict[tuple[str, int], list[bytes]] = {}
         for topic, payload in self.staging.load():
-            found += 1
+            staged.setdefault((topic, parse_chunk(payload)[0].seq), []).append(payload)
+        for (topic, seq), payloads in staged.items():
             try:
                 _prefix, site, camera = parse_frame_topic(topic)
-                record = self.reassembler.feed(topic, payload)
-            except (ValueError, WireFormatError) as e:
-                log.warning("staged chunk for %r dropped: %s", topic, e)
+            except ValueError as e:
+                log.warning("staged chunks for %r dropped: %s", topic, e)
+                self.staging.discard(topic, seq)
                 continue
-            if record is not None:
-                self._done_chunks.append((topic, parse_chunk(payload)[0].seq))
-                self._file(record, site, camera, repr(topic))
-        if found:
+            if self._archived(site, camera, seq):
+                self.staging.discard(topic, seq)
+                continue
+            for payload in payloads:
+                try:
+                    record = self.reassembler.feed(topic, payload)
+                except WireFormatError as e:
+                    log.warning("staged chunk for %r seq=%d dropped: %s", topic, seq, e)
+                    continue
+                if record is not None:
+                    self._done_chunks.append((topic, seq))
+                    self._file(record, site, camera, repr(topic))
+        if staged:
             self.archive.flush()
             self.quarantine.sync()
             for topic, seq in self._done_chunks:
                 self.staging.discard(topic, seq)
             self._done_chunks.clear()
             log.info(
-                "recovered %d staged chunks; %d records still incomplete",
-                found,
+                "recovered chunks of %d records; %d still incomplete",
+                len(staged),
                 self.reassembler.pending_records,
             )
+
+    def _archived(self, site: str, camera: str, seq: int) -> bool:
+        try:
+            with CameraReader(self.config.collector.archive_root, site, camera) as reader:
+                return reader.row(seq) is not None
+        except (ArchiveError, sqlite3.Error):  # no such camera yet, or an id the archive refuses
+            return False
 
 
 # errors of one record's path (a site or camera named like a file the archive keeps): quarantine the record
