@@ -1,7 +1,7 @@
 """Compare our codec with the seed article's method and standard lossless codecs on real footage.
 
     .venv/bin/python benchmarks/compare.py SOURCE [--frames N] [--tolerance T] [--json]
-    .venv/bin/python benchmarks/compare.py --all [--markdown]
+    .venv/bin/python benchmarks/compare.py --all [--json]
 
 SOURCE is a video file or a folder of stills. Frames are decoded once and every method gets the same ones.
 Ratio is raw BGR bytes over encoded bytes; "max err" is the largest absolute pixel difference between what
@@ -113,11 +113,9 @@ def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | 
     return SetRun(str(source), source.parent.name, len(images), size, results, time.perf_counter() - start)
 
 
-def peak_rss_mib() -> tuple[float, float]:
-    """Peak resident memory of this process and of its largest finished child (ffmpeg), MiB (Linux: KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return own / 1024, children / 1024
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process, MiB (Linux reports KiB). It holds every frame of the set."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -203,12 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs.append(run)
         if not args.json:
             print(text_table(run), "\n", flush=True)
-    own, children = peak_rss_mib()
+    peak = peak_rss_mib()
     if args.json:
-        report = {"runs": [r.as_json() for r in runs], "peak_rss_mib": own, "peak_child_rss_mib": children}
+        report = {"runs": [r.as_json() for r in runs], "peak_rss_mib": peak}
         print(json.dumps(report, indent=2))
         return 0
-    print(f"peak RSS: this process {own:.0f} MiB, largest ffmpeg child {children:.0f} MiB")
+    print(f"peak RSS of this process (it holds all frames of a set at once): {peak:.0f} MiB")
     if args.all:
         print("\n" + markdown_table(runs))
     return 0
