@@ -30,6 +30,8 @@ times slower than libtiff's C (through Pillow) on noisy residuals, and as fast o
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import numpy as np
 import numpy.typing as npt
 
@@ -47,10 +49,12 @@ _GAIN = np.array([h + 1 if h < _NOOP else 0 if h == _NOOP else 257 - h for h in 
 
 Bytes = bytes | bytearray | memoryview
 IntArray = npt.NDArray[np.intp]
+Index = npt.NDArray[np.signedinteger[Any]]
+IntT = TypeVar("IntT", bound=np.integer)
 
 
-def _exclusive_cumsum(values: IntArray) -> IntArray:
-    out = np.zeros(len(values), dtype=np.intp)
+def _exclusive_cumsum(values: npt.NDArray[IntT]) -> npt.NDArray[IntT]:
+    out = np.zeros_like(values)
     np.cumsum(values[:-1], out=out[1:])
     return out
 
@@ -76,56 +80,70 @@ def encode_rows(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
         return b""
 
     # The per-byte passes run block by block (whole rows) over reused scratch, so they stay in cache.
+    # Positions fit int32 for any real frame, which halves the memory traffic of everything below.
+    index: type[np.signedinteger[Any]] = np.int32 if total < 1 << 30 else np.int64
     rows_per_block = max(1, _BLOCK_BYTES // row_bytes)
     scratch = _Scratch(rows_per_block * row_bytes, row_bytes)
-    starts: list[IntArray] = []
+    starts: list[Index] = []
     repeats: list[npt.NDArray[np.bool_]] = []
     literals: list[npt.NDArray[np.uint8]] = []
     for offset in range(0, total, rows_per_block * row_bytes):
         seg_start, seg_repeat, literal = scratch.segments(src[offset : offset + rows_per_block * row_bytes])
-        starts.append(seg_start + offset)
+        starts.append(seg_start.astype(index) + offset)
         repeats.append(seg_repeat)
         literals.append(literal)
     seg_start = np.concatenate(starts)
     seg_repeat = np.concatenate(repeats)
-    seg_end = np.empty_like(seg_start)
-    seg_end[:-1] = seg_start[1:]
-    seg_end[-1] = total
-    seg_len = seg_end - seg_start
+    seg_len = np.empty_like(seg_start)
+    seg_len[:-1] = seg_start[1:]
+    seg_len[-1] = total
+    seg_len -= seg_start
 
-    # Packets: segments cut into pieces of at most 128 bytes. (Arithmetic on flags rather than np.where:
-    # where's random branches cost ten times more here.)
-    per_seg = (seg_len + (_MAX_PACKET - 1)) // _MAX_PACKET
-    if int(per_seg.sum()) == len(per_seg):
-        pkt_start, pkt_len, pkt_repeat = seg_start, seg_len, seg_repeat
-    else:
-        pkt_seg = np.repeat(np.arange(len(seg_len), dtype=np.intp), per_seg)
-        pkt_offset = _MAX_PACKET * (
-            np.arange(len(pkt_seg), dtype=np.intp) - np.repeat(_exclusive_cumsum(per_seg), per_seg)
-        )
-        pkt_start = seg_start[pkt_seg] + pkt_offset
-        pkt_len = np.minimum(seg_len[pkt_seg] - pkt_offset, _MAX_PACKET)
-        pkt_repeat = seg_repeat[pkt_seg]
+    # Lay the output out as if every segment were one packet (most are), then redo the longer ones.
+    # A segment of n bytes in k packets takes 2k bytes as repeats, n + k as literals. (Arithmetic on the
+    # flags rather than np.where, whose random branches cost ten times more here.)
+    packets = (seg_len + (_MAX_PACKET - 1)) // _MAX_PACKET
+    out_len = packets + seg_len - (seg_len - packets) * seg_repeat
+    out_start = _exclusive_cumsum(out_len)
+    out_total = int(out_start[-1] + out_len[-1])
+    out = np.empty(out_total, dtype=np.uint8)
+    is_literal = np.ones(out_total, dtype=bool)
+    _put_packets(out, is_literal, out_start, np.minimum(seg_len, _MAX_PACKET), seg_repeat, seg_start, src)
+    long = np.flatnonzero(packets > 1)
+    if len(long):
+        per_seg = packets[long]
+        piece = np.arange(int(per_seg.sum()), dtype=index) - np.repeat(_exclusive_cumsum(per_seg), per_seg)
+        pkt_repeat = np.repeat(seg_repeat[long], per_seg)
+        pkt_len = np.minimum(np.repeat(seg_len[long], per_seg) - _MAX_PACKET * piece, _MAX_PACKET)
         # A repeat run of 128k+1 would leave a 1-byte tail, which no repeat packet can say: end on 127 + 2.
         lone_tail = np.flatnonzero(pkt_repeat & (pkt_len == 1))
         pkt_len[lone_tail - 1] -= 1
-        pkt_start[lone_tail] -= 1
         pkt_len[lone_tail] = 2
-
-    # Output: per packet its header, then one byte (repeat) or its literal bytes, which are in input order.
-    payload_len = pkt_len - (pkt_len - 1) * pkt_repeat
-    header_pos = _exclusive_cumsum(payload_len + 1)
-    repeat_pos = header_pos[pkt_repeat] + 1
-    out_total = int(header_pos[-1] + payload_len[-1] + 1)
-    is_literal = np.ones(out_total, dtype=bool)
-    is_literal[header_pos] = False
-    is_literal[repeat_pos] = False
-    out = np.empty(out_total, dtype=np.uint8)
+        pkt_out = np.repeat(out_start[long], per_seg) + piece * (
+            _MAX_PACKET + 1 - (_MAX_PACKET - 1) * pkt_repeat
+        )
+        pkt_start = np.repeat(seg_start[long], per_seg)  # any byte of a repeat run will do
+        _put_packets(out, is_literal, pkt_out, pkt_len, pkt_repeat, pkt_start, src)
     out[is_literal] = np.concatenate(literals)
-    # Header n-1 for a literal of n, and 257-n (that is 1-n mod 256) for a repeat of n.
-    out[header_pos] = ((pkt_len - 1) * (1 - 2 * pkt_repeat.astype(np.intp))).astype(np.uint8)
-    out[repeat_pos] = src[pkt_start[pkt_repeat]]
     return out.tobytes()
+
+
+def _put_packets(
+    out: npt.NDArray[np.uint8],
+    is_literal: npt.NDArray[np.bool_],
+    at: Index,
+    length: Index,
+    repeat: npt.NDArray[np.bool_],
+    start: Index,
+    src: npt.NDArray[np.uint8],
+) -> None:
+    """Write headers (n-1 for a literal of n, 257-n = 1-n mod 256 for a repeat) and repeat bytes; mark the
+    rest as literal bytes still to fill."""
+    out[at] = ((length - 1) * (1 - 2 * repeat.astype(length.dtype))).astype(np.uint8)
+    is_literal[at] = False
+    value_at = at[repeat] + 1
+    out[value_at] = src[start[repeat]]
+    is_literal[value_at] = False
 
 
 class _Scratch:
