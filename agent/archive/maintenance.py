@@ -160,7 +160,7 @@ def verify(root: Path, on_record: Callable[[], None] | None = None) -> VerifyRep
     except CctvError as e:
         report.problems.append(str(e))
         return report
-    for site, camera in find_cameras(root):
+    for site, camera in find_cameras(root, include_unindexed=True):
         report.cameras += 1
         try:
             _verify_camera(root, site, camera, report, on_record)

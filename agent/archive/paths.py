@@ -96,15 +96,19 @@ def check_version(root: Path, create: bool) -> None:
         )
 
 
-def find_cameras(root: Path) -> list[tuple[str, str]]:
-    """Every (site, camera) that has an index under ``root``, sorted."""
-    found = []
-    for index in root.glob(f"*/*/{INDEX_FILE}"):
-        site, camera = index.parent.parent.name, index.parent.name
+def find_cameras(root: Path, include_unindexed: bool = False) -> list[tuple[str, str]]:
+    """Every (site, camera) that has an index under ``root`` (or only segments, if asked), sorted."""
+    found = {(p.parent.parent.name, p.parent.name) for p in root.glob(f"*/*/{INDEX_FILE}")}
+    if include_unindexed:
+        found.update(
+            (p.parents[2].name, p.parents[1].name) for p in root.glob(f"*/*/*/segment-*{SEGMENT_SUFFIX}")
+        )
+    valid = []
+    for site, camera in found:
         try:
             validate_id("site", site)
             validate_id("camera", camera)
         except ArchiveError:
             continue
-        found.append((site, camera))
-    return sorted(found)
+        valid.append((site, camera))
+    return sorted(valid)

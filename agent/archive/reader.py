@@ -117,6 +117,11 @@ class CameraReader:
         self.directory = camera_dir(root, site, camera)
         index = self.directory / INDEX_FILE
         if not index.is_file():
+            if any(self.directory.glob("*/segment-*.cctv")):
+                raise ArchiveError(
+                    f"archive {root}: camera {camera!r} at site {site!r} has segments but no index "
+                    "(a writer opening it rebuilds the index)"
+                )
             raise ArchiveError(f"archive {root}: no camera {camera!r} at site {site!r}")
         self.conn = connect(index)
         self.conn.execute("PRAGMA query_only = 1")

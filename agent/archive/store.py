@@ -86,7 +86,7 @@ class Archive:
         """Open every camera under the root now, so each repairs its torn tail (else done at its first store)."""
         opened = 0
         with self._lock:
-            for key in find_cameras(self.root):
+            for key in find_cameras(self.root, include_unindexed=True):
                 try:
                     self._camera(key)
                 except (OSError, sqlite3.Error) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def encode(
 
 
 def rows(root: Path, site: str = "site1", camera: str = "cam1") -> list[tuple[int, str, int, int, int, int]]:
-    with sqlite3.connect(root / site / camera / "index.sqlite") as conn:
+    with closing(sqlite3.connect(root / site / camera / "index.sqlite")) as conn:
         return conn.execute(
             "SELECT seq, day, segment, offset, size, decodable FROM records ORDER BY seq"
         ).fetchall()
@@ -78,7 +79,7 @@ def test_records_stored_verbatim_back_to_back_and_indexed(tmp_path: Path) -> Non
     assert segment.read_bytes() == b"".join(records)
     offsets = np.cumsum([0] + [len(r) for r in records[:-1]]).tolist()
     assert rows(tmp_path) == [(i, day, 1, offsets[i], len(r), 1) for i, r in enumerate(records)]
-    with sqlite3.connect(tmp_path / "site1" / "cam1" / "index.sqlite") as conn:
+    with closing(sqlite3.connect(tmp_path / "site1" / "cam1" / "index.sqlite")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
