@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = compare(source, args.frames, args.tolerance, args.x264_limit)
         runs.append(run)
         if not args.json:
-            print(text_table(run), "\n", flush=True)
+            print(text_table(run) + "\n", flush=True)
     peak = peak_rss_mib()
     if args.json:
         report = {"runs": [r.as_json() for r in runs], "peak_rss_mib": peak}
