@@ -42,6 +42,7 @@ __all__ = ["decode_rows", "encode_rows"]
 _MAX_PACKET = 128
 _BLOCK_BYTES = 1 << 17  # per-byte passes work on this much at a time
 _NOOP = 0x80
+_INT32_LIMIT = 1 << 30  # inputs at least this long index with int64 (output can be 1/128 longer)
 
 # Indexed by header byte: how far the next header is, and how many bytes the packet produces.
 _STEP = tuple(h + 2 if h < _NOOP else 1 if h == _NOOP else 2 for h in range(256))
@@ -81,7 +82,7 @@ def encode_rows(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
 
     # The per-byte passes run block by block (whole rows) over reused scratch, so they stay in cache.
     # Positions fit int32 for any real frame, which halves the memory traffic of everything below.
-    index: type[np.signedinteger[Any]] = np.int32 if total < 1 << 30 else np.int64
+    index: type[np.signedinteger[Any]] = np.int32 if total < _INT32_LIMIT else np.int64
     rows_per_block = max(1, _BLOCK_BYTES // row_bytes)
     scratch = _Scratch(rows_per_block * row_bytes, row_bytes)
     starts: list[Index] = []

@@ -345,10 +345,13 @@ def test_real_residual_round_trip(pets_cut: Path) -> None:
     assert len(packed) <= len(pillow_strips(residual))
 
 
-@pytest.mark.parametrize("block_bytes", [1, 100, 4096])
-def test_blocked_passes_match_the_oracle(block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The encoder works in blocks of whole rows; block edges must not show in the output."""
+@pytest.mark.parametrize(("block_bytes", "int32_limit"), [(1, 1 << 30), (100, 0), (4096, 1 << 30)])
+def test_blocked_passes_match_the_oracle(
+    block_bytes: int, int32_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder works in blocks of whole rows, indexing with int32 below a size; neither may show."""
     monkeypatch.setattr(packbits, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(packbits, "_INT32_LIMIT", int32_limit)
     rng = np.random.default_rng(block_bytes)
     frame = np.zeros((60, 70, 3), dtype=np.uint8)
     frame[rng.random(frame.shape) < 0.1] = 1
