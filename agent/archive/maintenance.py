@@ -193,11 +193,12 @@ def _verify_camera(
             report.records += 1
             if on_record is not None:
                 on_record()
+            own = f"camera {camera!r} seq={row.seq}: "  # errors name the record; say it once
             if not row.decodable:
                 try:
                     reader.read(row)
                 except CctvError as e:
-                    report.problems.append(f"{where}: {e}")
+                    report.problems.append(f"{where} seq={row.seq} ({row.where}): {str(e).removeprefix(own)}")
                     continue
                 report.problems.append(
                     f"{where} seq={row.seq} ({row.where}): undecodable, its reference chain is incomplete "
@@ -206,6 +207,8 @@ def _verify_camera(
                 continue
             decoded = reconstructor.decode(row)
             if decoded.problem is not None:
-                report.problems.append(f"{where} seq={row.seq} ({row.where}): {decoded.problem}")
+                report.problems.append(
+                    f"{where} seq={row.seq} ({row.where}): {decoded.problem.removeprefix(own)}"
+                )
             else:
                 report.decoded += 1

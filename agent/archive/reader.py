@@ -178,12 +178,12 @@ class CameraReader:
         try:
             record = unpack_record(self.read_bytes(row))
         except CctvError as e:
-            raise ArchiveError(f"camera {self.camera!r} seq={row.seq} at {row.where}: {e}") from e
+            raise ArchiveError(f"camera {self.camera!r} seq={row.seq}: {e} (at {row.where})") from e
         h = record.header
         if h.seq != row.seq or h.camera_id != self.camera or h.frame_hash != row.frame_hash:
             raise ArchiveError(
-                f"camera {self.camera!r} seq={row.seq} at {row.where}: segment holds camera {h.camera_id!r} "
-                f"seq={h.seq}, not what the index names"
+                f"camera {self.camera!r} seq={row.seq}: {row.where} holds camera {h.camera_id!r} seq={h.seq}, "
+                "not what the index names"
             )
         return record
 

@@ -1,0 +1,152 @@
+"""``cctv-agent archive …`` as a user runs it: a real subprocess on an archive of real footage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent.archive import Archive
+from agent.codec.encoder import FrameEncoder
+from agent.codec.settings import CodecSettings
+from agent.codec.wire import pack_record
+from tests.fixtures.data import PETS_CUT
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = 1_709_294_400 * 10**9  # 2024-03-01T12:00:00Z
+N = 10
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "archive", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pets_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[npt.NDArray[np.uint8]]]:
+    capture = cv2.VideoCapture(str(PETS_CUT))
+    frames = [capture.read()[1] for _ in range(N)]
+    capture.release()
+    encoder = FrameEncoder("cam1", CodecSettings(max_key_interval_frames=4, max_key_interval_s=0.0))
+    root = tmp_path_factory.mktemp("archive")
+    with Archive(root) as archive:
+        for i, f in enumerate(frames):
+            archive.store(pack_record(encoder.encode(f, T0 + i * 100_000_000)), "lab")
+    return root, frames
+
+
+def test_info_json(pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]]) -> None:
+    root, frames = pets_archive
+    done = cli("info", root, "--json")
+    assert done.returncode == 0, done.stderr
+    (c,) = json.loads(done.stdout)
+    assert (c["site"], c["camera"], c["frames"], c["keys"]) == ("lab", "cam1", N, 3)
+    assert (c["first_ns"], c["last_ns"]) == (T0, T0 + (N - 1) * 100_000_000)
+    assert c["raw_bytes"] == N * frames[0].nbytes
+    assert c["stored_bytes"] == sum(p.stat().st_size for p in root.glob("lab/cam1/*/segment-*.cctv"))
+    assert (c["missing"], c["orphans"]) == (0, 0)
+    table = cli("info", root)
+    assert table.returncode == 0
+    assert "camera cam1" in table.stdout
+    assert "2024-03-01T12:00:00.000Z .. 2024-03-01T12:00:00.900Z" in table.stdout
+
+
+def test_verify_exit_status_follows_the_data(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    root, _ = pets_archive
+    done = cli("verify", root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{N} records, {N} decoded: OK" in done.stdout
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    with closing(sqlite3.connect(copy / "lab" / "cam1" / "index.sqlite")) as conn:
+        day, segment, offset, size = conn.execute(
+            "SELECT day, segment, offset, size FROM records WHERE seq = 5"
+        ).fetchone()
+    path = copy / "lab" / "cam1" / day / f"segment-{segment:06d}.cctv"
+    with path.open("r+b") as f:
+        f.seek(offset + size - 10)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x80]))
+    done = cli("verify", copy)
+    assert done.returncode == 1
+    problems = [line for line in done.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert problems[0].startswith("PROBLEM: lab/cam1 seq=5 (2024-03-01/segment-000001 @ ")
+    assert "checksum mismatch" in problems[0]
+    assert [p.split()[2] for p in problems] == ["seq=5", "seq=6", "seq=7"]  # the rest of the chain
+    assert "10 records, 7 decoded: 3 problem(s)" in done.stdout
+    assert cli("verify", tmp_path / "nothing").returncode == 1
+
+
+def test_export_png_with_iso_range(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    root, frames = pets_archive
+    out = tmp_path / "png"
+    done = cli(
+        "export", root, "--camera", "cam1", "--from", "2024-03-01T12:00:00.250", "--to", "2024-03-01T13:00:00.6+01:00",
+        "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"{s:08d}.png" for s in (3, 4, 5)]
+    for f in files:
+        assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), frames[int(f.stem)])
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_export_ffv1_is_exact(pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path) -> None:
+    root, frames = pets_archive
+    out = tmp_path / "clip.mkv"
+    done = cli("export", root, "--camera", "cam1", "--site", "lab", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert f"{N} frames (ffv1 at 10 fps)" in done.stdout
+    capture = cv2.VideoCapture(str(out))
+    decoded = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        decoded.append(image)
+    capture.release()
+    assert len(decoded) == N
+    assert all(np.array_equal(d, f) for d, f in zip(decoded, frames, strict=True))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("export", "{root}", "--camera", "../etc", "--out", "{tmp}/x"),
+        ("export", "{root}", "--camera", "cam1", "--site", "/etc", "--out", "{tmp}/x"),
+        ("export", "{root}", "--camera", "nobody", "--out", "{tmp}/x"),
+        ("export", "{root}", "--camera", "cam1", "--from", "yesterday", "--out", "{tmp}/x"),
+        ("info", "{tmp}/not-an-archive"),
+    ],
+)
+def test_bad_requests_fail_cleanly(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    root, _ = pets_archive
+    done = cli(*(a.format(root=root, tmp=tmp_path) for a in args))
+    assert done.returncode in (1, 2)
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
