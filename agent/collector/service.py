@@ -75,6 +75,9 @@ class Collector:
         self.inbox: queue.Queue[Incoming] = queue.Queue()
         self.link = Link(config.mqtt, c.subscription, self.inbox)
         self._done_chunks: list[tuple[str, int]] = []
+        """Records completed from chunks in this batch, whose staged chunks go once it is flushed."""
+        self._unstaged: dict[tuple[str, int], list[bytes]] = {}
+        """Chunks received in this batch for records still incomplete: staged before the batch is acked."""
         self._next_stats = self._next_retention = 0.0
 
     # ------------------------------------------------------------------------------------- running
@@ -117,6 +120,11 @@ class Collector:
         """Handle, make durable, acknowledge: the order that makes ``kill -9`` harmless."""
         for message in batch:
             self._handle(message)
+        # chunks of records that completed within the batch are archived below: only the rest is staged
+        for (topic, _seq), payloads in self._unstaged.items():
+            for payload in payloads:
+                self.staging.put(topic, payload)
+        self._unstaged.clear()
         self.archive.flush()
         self.staging.sync()
         self.quarantine.sync()
@@ -180,11 +188,14 @@ class Collector:
             self._reject(message.payload, shown, Reason.MALFORMED, str(e))
             return
         if record is None:
-            if self.reassembler.duplicates == duplicates:  # newly held in memory: make it durable
-                self.staging.put(topic, message.payload)
+            if self.reassembler.duplicates == duplicates:  # newly held in memory: stage it unless completed
+                key = (topic, parse_chunk(message.payload)[0].seq)
+                self._unstaged.setdefault(key, []).append(message.payload)
             return
         if is_chunk(message.payload):
-            self._done_chunks.append((topic, parse_chunk(message.payload)[0].seq))
+            key = (topic, parse_chunk(message.payload)[0].seq)
+            self._unstaged.pop(key, None)
+            self._done_chunks.append(key)
         self._file(record, site, camera, shown)
 
     def _site_problem(self, site: str) -> str | None:

@@ -25,6 +25,7 @@ from agent.collector.service import STAGING_DIR
 from agent.config.models import CollectorConfig, CollectorSection, MqttSection
 from agent.simulate.scene import Scene, SceneSettings
 from agent.transport import DeliveryResult, MqttSettings, Publisher
+from agent.transport.chunks import iter_chunks
 from tests.fixtures.broker import MqttBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +114,9 @@ def start_collector() -> Iterator[Callable[[CollectorConfig], Running]]:
             r.stop()
 
 
-def publish_all(broker: MqttBroker, camera: str, records: list[bytes], **settings: Any) -> None:
+def publish_all(
+    broker: MqttBroker, camera: str, records: list[bytes], *, pace_s: float = 0.0, **settings: Any
+) -> None:
     """Publish with the agent's own Publisher and wait until the broker has acknowledged every record."""
     done: dict[int, DeliveryResult] = {}
     finished = threading.Condition()
@@ -130,6 +133,7 @@ def publish_all(broker: MqttBroker, camera: str, records: list[bytes], **setting
         assert pub.wait_connected(WAIT_S), pub.last_error
         for seq, record in enumerate(records):
             pub.publish_record(seq, record, on_done)
+            time.sleep(pace_s)
         with finished:
             assert finished.wait_for(lambda: len(done) == len(records), WAIT_S), "broker did not ack all"
     finally:
@@ -192,6 +196,27 @@ def test_chunked_records_are_reassembled_and_their_staging_cleared(
     assert archived(root, "cam1") == dict(enumerate(records))
     assert running.collector.stats.chunks == running.collector.stats.received >= 30
     assert not list((root / STAGING_DIR).iterdir()), "chunks of archived records are still staged"
+
+
+def test_chunks_acknowledged_before_a_restart_complete_their_record_after_it(
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+) -> None:
+    root = tmp_path / "archive"
+    config = collector_config(mqtt_broker, root)
+    record = make_records("cam1", 1)[0]
+    chunks = list(iter_chunks(0, record, 2048))
+    assert len(chunks) == 3
+    running = start_collector(config)
+    raw_publish(mqtt_broker, [("cctv/depot/cam1/frame", c) for c in chunks[:2]])
+    wait_for("two chunks acknowledged", lambda: running.collector.stats.acked == 2)
+    running.stop()
+    # acknowledged, so the broker has forgotten them: only the staging folder holds them now
+    assert len(list((root / STAGING_DIR).glob("*.chunk"))) == 2
+    raw_publish(mqtt_broker, [("cctv/depot/cam1/frame", chunks[2])])
+    running = start_collector(config)
+    wait_for("the record, whole", lambda: archived(root, "cam1") == {0: record})
+    running.stop()
+    assert not list((root / STAGING_DIR).iterdir())
 
 
 # ---------------------------------------------------------------------------------------- quarantine
@@ -324,7 +349,9 @@ def test_cli_collector_killed_mid_stream_loses_nothing_and_stops_cleanly_on_sigt
         wait_for("the first collector to subscribe", lambda: subscribed("first.log"))
         records = make_records("cam1", 120)
         publisher = threading.Thread(
-            target=publish_all, args=(mqtt_broker, "cam1", records), kwargs={"max_payload_bytes": 2048}
+            target=publish_all,
+            args=(mqtt_broker, "cam1", records),
+            kwargs={"max_payload_bytes": 2048, "pace_s": 0.02},
         )
         publisher.start()
         wait_for("some records archived", lambda: len(archived(root, "cam1")) >= 10)
