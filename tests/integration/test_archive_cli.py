@@ -150,3 +150,18 @@ def test_bad_requests_fail_cleanly(
     assert done.returncode in (1, 2)
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_prune_deletes_the_oldest_groups(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    root, _ = pets_archive
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert cli("prune", copy, "--camera", "cam1").returncode == 1, "a limit is required"
+    done = cli("prune", copy, "--camera", "cam1", "--max-bytes", "1")
+    assert done.returncode == 0, done.stderr
+    assert "deleted 3 groups, 10 records" in done.stdout
+    (c,) = json.loads(cli("info", copy, "--json").stdout)
+    assert (c["frames"], c["segments"]) == (0, 0)
+    assert cli("verify", copy).returncode == 0
