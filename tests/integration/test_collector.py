@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.archive.reader import CameraReader
 from agent.codec.encoder import FrameEncoder
 from agent.codec.wire import pack_record
-from agent.collector import Collector
+from agent.collector import Collector, Quarantine, Reason
 from agent.collector.service import STAGING_DIR
-from agent.config.models import CollectorConfig, CollectorSection, MqttSection
+from agent.config.models import CollectorConfig, CollectorSection, MqttSection, TlsSection
 from agent.simulate.scene import Scene, SceneSettings
 from agent.transport import DeliveryResult, MqttSettings, Publisher
 from agent.transport.chunks import iter_chunks
@@ -270,6 +272,26 @@ def test_hostile_and_malformed_messages_end_in_quarantine_inside_the_root(
         assert path.resolve().is_relative_to(root.resolve()), path
 
 
+def test_quarantine_names_its_files_itself_and_stops_keeping_at_its_cap(tmp_path: Path) -> None:
+    quarantine = Quarantine(tmp_path / "q", max_bytes=2000)
+    topic = repr("cctv/../../etc/passwd\x00/frame")
+    kept = [quarantine.keep(b"x" * 500, topic, Reason.MALFORMED, "bad magic") for _ in range(4)]
+    quarantine.sync()
+    paths = [p for p in kept if p is not None]
+    assert 1 <= len(paths) < 4
+    assert quarantine.skipped == 4 - len(paths)
+    assert quarantine.bytes_held <= 2000
+    for path in paths:
+        assert path.parent == tmp_path / "q"
+        assert re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z-\d{6}-malformed\.bin", path.name), path.name
+        assert path.read_bytes() == b"x" * 500
+        assert json.loads(path.with_suffix(".json").read_text())["topic"] == topic
+    # a second run (same clock second, counter from 1 again) never overwrites what the first kept
+    again = Quarantine(tmp_path / "q", max_bytes=10_000)
+    assert again.bytes_held == quarantine.bytes_held
+    assert again.keep(b"y", topic, Reason.TOPIC, "x") not in paths
+
+
 # ------------------------------------------------------------------------------------- sessions
 
 
@@ -311,6 +333,24 @@ def test_a_shared_group_stores_every_frame_exactly_once(
     assert a | b == dict(enumerate(records))
     assert a, "collector 0 got nothing: the subscription was not shared"
     assert b, "collector 1 got nothing: the subscription was not shared"
+
+
+def test_collector_over_tls_with_a_client_certificate(
+    mqtt_broker_tls: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+) -> None:
+    root = tmp_path / "archive"
+    b = mqtt_broker_tls
+    tls = TlsSection(enabled=True, ca_file=b.ca_file, cert_file=b.client_cert, key_file=b.client_key)
+    config = collector_config(b, root)
+    config = replace(config, mqtt=replace(config.mqtt, tls=tls))
+    running = start_collector(config)
+    records = make_records("cam1", 3)
+    publish_all(
+        b, "cam1", records, tls=True, ca_file=b.ca_file, cert_file=b.client_cert, key_file=b.client_key
+    )
+    wait_for("records over TLS", lambda: len(archived(root, "cam1")) == 3)
+    running.stop()
+    assert archived(root, "cam1") == dict(enumerate(records))
 
 
 # ------------------------------------------------------------------------------------- the CLI
