@@ -64,7 +64,7 @@ def distinct_frames(size: tuple[int, int], source: Path | None) -> list[np.ndarr
             if frame is None:
                 break
             frames.append(cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA))
-            for _ in range(24):  # about 10 s apart at 2.5 fps... or at least not consecutive
+            for _ in range(24):  # every 25th frame: 1 s apart in a 25 fps clip, so they differ
                 if src.read() is None:
                     break
     if not frames:
