@@ -158,7 +158,11 @@ class Collector:
             except ArchiveError as e:
                 log.error("retention of %s/%s failed: %s", site, camera, e)
                 continue
-            log.info("retention of %s/%s: %s", site, camera, result)
+            if result.records:
+                log.info(
+                    "retention of %s/%s: deleted %d groups, %d records, %d bytes",
+                    site, camera, result.groups, result.records, result.bytes,
+                )  # fmt: skip
 
     # ------------------------------------------------------------------------------------- one message
 

@@ -36,11 +36,13 @@ SITE = "depot"
 T0_NS = 1_700_000_000_000_000_000
 
 
-def make_records(camera: str, count: int, *, seed: int = 3, first_seq: int = 0) -> list[bytes]:
+def make_records(
+    camera: str, count: int, *, seed: int = 3, first_seq: int = 0, t0_ns: int = T0_NS
+) -> list[bytes]:
     """Real encoder output for a small simulated scene (~5.5 KB a record: three chunks at 2 KiB)."""
     scene = Scene(SceneSettings(width=64, height=48, seed=seed))
     encoder = FrameEncoder(camera, first_seq=first_seq)
-    return [pack_record(encoder.encode(scene.frame(i), T0_NS + i * 100_000_000)) for i in range(count)]
+    return [pack_record(encoder.encode(scene.frame(i), t0_ns + i * 100_000_000)) for i in range(count)]
 
 
 def archived(root: Path, camera: str, site: str = SITE) -> dict[int, bytes]:
@@ -80,8 +82,8 @@ def collector_config(broker: MqttBroker, root: Path, **collector: Any) -> Collec
 class Running:
     """A collector in a thread of the test process."""
 
-    def __init__(self, config: CollectorConfig) -> None:
-        self.collector = Collector(config, stats_interval_s=5.0)
+    def __init__(self, config: CollectorConfig, **options: Any) -> None:
+        self.collector = Collector(config, **{"stats_interval_s": 5.0} | options)
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -103,11 +105,11 @@ class Running:
 
 
 @pytest.fixture
-def start_collector() -> Iterator[Callable[[CollectorConfig], Running]]:
+def start_collector() -> Iterator[Callable[..., Running]]:
     running: list[Running] = []
 
-    def start(config: CollectorConfig) -> Running:
-        running.append(Running(config))
+    def start(config: CollectorConfig, **options: Any) -> Running:
+        running.append(Running(config, **options))
         return running[-1]
 
     yield start
@@ -167,7 +169,7 @@ def quarantined(directory: Path) -> list[dict[str, Any]]:
 
 
 def test_published_records_arrive_in_the_archive_once(
-    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
     root = tmp_path / "archive"
     running = start_collector(collector_config(mqtt_broker, root))
@@ -186,7 +188,7 @@ def test_published_records_arrive_in_the_archive_once(
 
 
 def test_chunked_records_are_reassembled_and_their_staging_cleared(
-    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
     root = tmp_path / "archive"
     running = start_collector(collector_config(mqtt_broker, root))
@@ -201,7 +203,7 @@ def test_chunked_records_are_reassembled_and_their_staging_cleared(
 
 
 def test_chunks_acknowledged_before_a_restart_complete_their_record_after_it(
-    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
     root = tmp_path / "archive"
     config = collector_config(mqtt_broker, root)
@@ -221,11 +223,24 @@ def test_chunks_acknowledged_before_a_restart_complete_their_record_after_it(
     assert not list((root / STAGING_DIR).iterdir())
 
 
+def test_retention_from_the_config_deletes_old_groups_periodically(
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
+) -> None:
+    root = tmp_path / "archive"
+    running = start_collector(collector_config(mqtt_broker, root, retention_days=1), retention_interval_s=0.2)
+    old = make_records("cam1", 4)  # November 2023: one key group
+    new = make_records("cam1", 4, first_seq=4, t0_ns=time.time_ns())  # today: a second group
+    publish_all(mqtt_broker, "cam1", old + new)
+    wait_for("the old group deleted", lambda: sorted(archived(root, "cam1")) == [4, 5, 6, 7])
+    running.stop()
+    assert running.collector.stats.stored == 8
+
+
 # ---------------------------------------------------------------------------------------- quarantine
 
 
 def test_hostile_and_malformed_messages_end_in_quarantine_inside_the_root(
-    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
     root = tmp_path / "archive"
     running = start_collector(collector_config(mqtt_broker, root))
@@ -299,7 +314,7 @@ def test_quarantine_names_its_files_itself_and_stops_keeping_at_its_cap(tmp_path
 def test_records_published_while_the_collector_is_away_arrive_after_it_returns(
     mqtt_broker: MqttBroker,
     tmp_path: Path,
-    start_collector: Callable[[CollectorConfig], Running],
+    start_collector: Callable[..., Running],
     protocol: str,
 ) -> None:
     root = tmp_path / "archive"
@@ -315,7 +330,7 @@ def test_records_published_while_the_collector_is_away_arrive_after_it_returns(
 
 
 def test_a_shared_group_stores_every_frame_exactly_once(
-    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+    mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
     roots = [tmp_path / "archive-a", tmp_path / "archive-b"]
     running = [
@@ -336,7 +351,7 @@ def test_a_shared_group_stores_every_frame_exactly_once(
 
 
 def test_collector_over_tls_with_a_client_certificate(
-    mqtt_broker_tls: MqttBroker, tmp_path: Path, start_collector: Callable[[CollectorConfig], Running]
+    mqtt_broker_tls: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
     root = tmp_path / "archive"
     b = mqtt_broker_tls
