@@ -40,6 +40,9 @@ class _Held:
     planes: Planes
 
 
+_NO_PLANES: Planes = np.zeros((0, 0, 0), dtype=np.uint8)
+
+
 def intra_stages(pixel_format: PixelFormat, tolerance: int) -> tuple[Stage, ...]:
     colour = (Stage.RCT,) if pixel_format is PixelFormat.BGR8 else ()
     quant = (Stage.QUANTIZE,) if tolerance else ()
@@ -120,7 +123,8 @@ class FrameEncoder:
         )
         held = _Held(seq, recon)
         if decision.is_key:
-            self._key = held
+            # With chained references the key's pixels are never needed again once it is the previous frame.
+            self._key = held if self.settings.reference != "previous" else _Held(seq, _NO_PLANES)
         self._previous = held
         self.next_seq = seq + 1
         return Record(header, payload)

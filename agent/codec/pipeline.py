@@ -38,6 +38,44 @@ def signedness(stages: tuple[Stage, ...], channels: int) -> tuple[bool, ...]:
     return (True,) * channels
 
 
+BAND_ROWS = 64
+"""Pixel stages run over bands of this many rows, so their int16 temporaries stay small (RSS on a Pi)."""
+
+
+def _pixel_band(
+    planes: Planes,
+    stages: tuple[Stage, ...],
+    reference: Planes | None,
+    tolerance: int,
+    signed: tuple[bool, ...],
+    rows: slice,
+) -> tuple[Planes, Planes | None]:
+    """Pixel stages for one band of rows; returns (coded band, reconstructed band or None when exact).
+
+    MED needs the row above the band, so the band is computed with one extra row on top and that row's
+    output is dropped (MED for row y reads only rows y and y−1).
+    """
+    top = rows.start - 1 if rows.start > 0 and Stage.MED in stages else rows.start
+    window = slice(top, rows.stop)
+    data = planes[:, window]
+    recon: Planes | None = None
+    for stage in stages:
+        if stage is Stage.RESIDUAL:
+            assert reference is not None
+            data = transforms.residual(data, reference[:, window])
+        elif stage is Stage.RESIDUAL_Q:
+            assert reference is not None
+            data, recon = transforms.quantize_residual(data, reference[:, window], tolerance)
+        elif stage is Stage.QUANTIZE:
+            data, recon = transforms.quantize(data, tolerance)
+        elif stage is Stage.RCT:
+            data = transforms.rct(data)
+        elif stage is Stage.MED:
+            data = transforms.med(data, signed)
+    skip = rows.start - top
+    return data[:, skip:], None if recon is None else recon[:, skip:]
+
+
 def encode_planes(
     planes: Planes,
     stages: tuple[Stage, ...],
@@ -47,31 +85,22 @@ def encode_planes(
     zstd_level: int = 1,
 ) -> tuple[bytes, Planes]:
     """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct."""
-    channels, _height, width = planes.shape
-    data = planes
-    recon = planes
-    for stage in stages:
-        if stage is Stage.RESIDUAL:
-            assert reference is not None
-            data = transforms.residual(data, reference)
-        elif stage is Stage.RESIDUAL_Q:
-            assert reference is not None
-            data, recon = transforms.quantize_residual(data, reference, tolerance)
-        elif stage is Stage.QUANTIZE:
-            data, recon = transforms.quantize(data, tolerance)
-        elif stage is Stage.RCT:
-            data = transforms.rct(data)
-        else:
-            break  # MED and byte stages: below, per plane
-    # MED and the byte stages run one plane at a time, streaming into zstd: a third of the temporaries.
+    channels, height, width = planes.shape
     signed = signedness(stages, channels)
+    quantising = Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages
+    data = np.empty_like(planes)
+    recon = np.empty_like(planes) if quantising else planes
+    for y in range(0, height, BAND_ROWS):
+        rows = slice(y, min(height, y + BAND_ROWS))
+        band, recon_band = _pixel_band(planes, stages, reference, tolerance, signed, rows)
+        data[:, rows] = band
+        if recon_band is not None:
+            recon[:, rows] = recon_band
+    # The byte stages run one plane at a time, streaming into zstd.
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
     parts: list[bytes] = []
     for index in range(channels):
-        plane = data[index : index + 1]
-        if Stage.MED in stages:
-            plane = transforms.med(plane, signed[index : index + 1])
-        chunk: bytes = np.ascontiguousarray(plane).tobytes()
+        chunk: bytes = data[index].tobytes()
         if Stage.PACKBITS in stages:
             chunk = packbits.encode_rows(chunk, width)
         parts.append(compressor.compress(chunk) if compressor else chunk)

@@ -140,27 +140,35 @@ def med(planes: Planes, signed: tuple[bool, ...]) -> Planes:
 
 
 def unmed(res: Planes, signed: tuple[bool, ...]) -> Planes:
-    """Inverse of :func:`med`, vectorised along anti-diagonals.
+    """Inverse of :func:`med`, one plane at a time, vectorised along anti-diagonals.
 
-    Every pixel of anti-diagonal d = x + y depends only on diagonals d−1 and d−2, so the frame is skewed
-    into rows of diagonals (``skew[c, d+1, y+1]`` holds pixel (y, x=d−y); index 0 is the zero border) and
-    decoded one contiguous diagonal at a time: H+W−1 vector steps instead of H·W scalar ones.
+    Every pixel of anti-diagonal d = x + y depends only on diagonals d−1 and d−2, so the plane is skewed
+    into rows of diagonals (``skew[d+1, y+1]`` holds pixel (y, x=d−y); index 0 is the zero border) and
+    decoded one contiguous diagonal at a time: H+W−1 vector steps instead of H·W scalar ones. One plane at
+    a time keeps the int16 working set to a third of the frame's size.
     """
-    c_, h, w = res.shape
+    out = np.empty_like(res)
+    for index in range(res.shape[0]):
+        out[index] = _unmed_plane(res[index])
+    return _flip(out, signed)
+
+
+def _unmed_plane(res: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    h, w = res.shape
     n_diag = h + w - 1
-    skew_res = np.zeros((c_, n_diag, h), dtype=np.int16)
+    skew_res = np.zeros((n_diag, h), dtype=np.uint8)
     for y in range(h):
-        skew_res[:, y : y + w, y] = res[:, y, :]
-    skew = np.zeros((c_, n_diag + 1, h + 1), dtype=np.int16)
+        skew_res[y : y + w, y] = res[y]
+    skew = np.zeros((n_diag + 1, h + 1), dtype=np.int16)
     for d in range(n_diag):
         y0 = max(0, d - w + 1)
         y1 = min(h - 1, d) + 1
-        a = skew[:, d, y0 + 1 : y1 + 1]
-        b = skew[:, d, y0:y1]
-        c = skew[:, d - 1, y0:y1] if d > 0 else skew[:, 0, y0:y1]
+        a = skew[d, y0 + 1 : y1 + 1]
+        b = skew[d, y0:y1]
+        c = skew[d - 1, y0:y1] if d > 0 else skew[0, y0:y1]
         pred = np.minimum(np.maximum(a + b - c, np.minimum(a, b)), np.maximum(a, b))
-        skew[:, d + 1, y0 + 1 : y1 + 1] = (skew_res[:, d, y0:y1] + pred) & 0xFF
+        skew[d + 1, y0 + 1 : y1 + 1] = (skew_res[d, y0:y1] + pred) & 0xFF
     out = np.empty_like(res)
     for y in range(h):
-        out[:, y, :] = skew[:, y + 1 : y + 1 + w, y + 1]
-    return _flip(out, signed)
+        out[y] = skew[y + 1 : y + 1 + w, y + 1]
+    return out
