@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from agent.capture.files import open_path
 from agent.codec.decoder import FrameDecoder
