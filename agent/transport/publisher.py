@@ -1,9 +1,10 @@
 """Publishing records to the broker with paho-mqtt 2.x, reporting each record's fate exactly once.
 
 Threads: paho's network thread (``loop_start``) runs every ``on_*`` callback below; the agent's thread
-calls ``publish_record`` and friends. ``_lock`` guards ``_by_mid``, ``_early`` and ``_running`` only; it
-is never held while calling into paho or into the agent's callbacks, because paho calls ``on_publish``
-while holding its own message lock (taking ours inside theirs, and never the reverse, cannot deadlock).
+calls ``publish_record`` and friends. ``_lock`` guards ``_by_mid``, ``_early``, ``_running``, ``_stopped``
+and each ``_Delivery``'s counters; it is never held while calling into paho or into the agent's callbacks,
+because paho calls ``on_publish`` while holding its own message lock (taking ours inside theirs, and never
+the reverse, cannot deadlock).
 
 Delivery contract (``docs/topics.md``): every ``publish_record`` call ends in exactly one
 ``on_done(seq, result)``: ok once the broker acknowledged all of the record's messages, not ok when it
@@ -255,18 +256,26 @@ class Publisher:
 
     def _track(self, mid: int, delivery: _Delivery | None) -> None:
         with self._lock:
+            stopped = self._stopped  # stop() has swept, or will sweep, only what is registered by now
             early = self._early.pop(mid, None)
-            if early is None or time.monotonic() - early[0] > _EARLY_ACK_TTL_S:
+            if early is not None and time.monotonic() - early[0] <= _EARLY_ACK_TTL_S:
+                outcome = self._settle(mid, delivery, early[1])
+            elif stopped:
+                outcome = None
+            else:
                 self._by_mid[mid] = delivery
                 return
-            outcome = self._settle(mid, delivery, early[1])
         _report(outcome)
+        if stopped and delivery is not None:
+            self._settle_locally(delivery, "Publisher stopped")
 
     def _settle_locally(self, delivery: _Delivery, reason: str) -> None:
-        if not delivery.done:
+        with self._lock:
+            if delivery.done:
+                return
             delivery.done = True
-            log.warning("record seq=%d not delivered: %s", delivery.seq, reason)
-            _report((delivery.on_done, delivery.seq, DeliveryResult(False, reason, retryable=True)))
+        log.warning("record seq=%d not delivered: %s", delivery.seq, reason)
+        _report((delivery.on_done, delivery.seq, DeliveryResult(False, reason, retryable=True)))
 
     def _settle(
         self, mid: int, delivery: _Delivery | None, reason: ReasonCode
