@@ -179,7 +179,12 @@ class EdgeAgent:
         if not self.drain_at_end:
             return
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        while not sender.idle() and publisher.connected() and time.monotonic() < deadline:
+        while (
+            not sender.idle()
+            and publisher.connected()
+            and not sender.backing_off
+            and time.monotonic() < deadline
+        ):
             sender.wake()
             time.sleep(0.05)
 

@@ -66,6 +66,11 @@ class Sender:
             pending = bool(self._results)
         return not pending and not self._inflight and len(self._spool) == 0
 
+    @property
+    def backing_off(self) -> bool:
+        """The broker refused a record lately (ACL, size): nothing will be sent before the retry time."""
+        return time.monotonic() < self._retry_at
+
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
         self._wake.set()

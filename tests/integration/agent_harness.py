@@ -110,7 +110,9 @@ class AgentProcess:
             if needle in self.text():
                 return
             time.sleep(0.1)
-        raise AssertionError(f"{needle!r} not in the agent's log within {timeout_s} s:\n{self.text()[-3000:]}")
+        raise AssertionError(
+            f"{needle!r} not in the agent's log within {timeout_s} s:\n{self.text()[-3000:]}"
+        )
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -188,3 +190,60 @@ class Recorder:
         with self._lock:
             ordered = sorted(self.records.items())
         return {seq: decoder.decode(record) for seq, record in ordered}
+
+
+def write_collector_config(path: Path, *, port: int, root: Path, client_id: str = "test-collector") -> Path:
+    path.write_text(
+        f'[collector]\narchive_root = "{root}"\n\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'client_id = "{client_id}"\nreconnect_max_s = 2\n'
+    )
+    return path
+
+
+class CollectorProcess(AgentProcess):
+    """``python -m agent collect --config FILE``."""
+
+    def start(self) -> CollectorProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "collect",
+                    "--config",
+                    str(self.config),
+                    "--stats-interval",
+                    "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+            )
+        return self
+
+
+def archived_seqs(root: Path, site: str = "lab", camera: str = "cam1") -> list[int]:
+    """Seqs the archive has committed for one camera, in index order (empty before the first record)."""
+    import sqlite3
+
+    from agent.archive.reader import CameraReader
+
+    if not (root / site / camera / "index.sqlite").exists():
+        return []
+    try:
+        with CameraReader(root, site, camera) as reader:
+            return [row.seq for row in reader.rows()]
+    except sqlite3.OperationalError:  # the collector is creating the index right now
+        return []
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval_s)
+    return check()

@@ -6,6 +6,7 @@ with a persistent-session subscriber. Figures are printed (``pytest -s`` or ``-r
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -36,15 +37,25 @@ def _file_capture(path: Path) -> str:
     return f'kind = "file"\npath = "{path}"'
 
 
+def _next_seq(spool: Path) -> int:
+    """The agent's next seq, read without opening the spool (which locks it)."""
+    return int(json.loads((spool / "state.json").read_text())["next_seq"])
+
+
 def _spooled_seqs(spool: Path) -> set[int]:
     headers, _bad = scan(spool)
     return {h.seq for h in headers}
 
 
-def test_every_captured_frame_arrives_bit_exact(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path) -> None:
+def test_every_captured_frame_arrives_bit_exact(
+    mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path
+) -> None:
     recorder = Recorder(mqtt_broker.port).start()
     config = write_config(
-        tmp_path / "agent.toml", port=mqtt_broker.port, spool=tmp_path / "spool", capture=_file_capture(pets_cut)
+        tmp_path / "agent.toml",
+        port=mqtt_broker.port,
+        spool=tmp_path / "spool",
+        capture=_file_capture(pets_cut),
     )
     agent = AgentProcess(config, tmp_path / "agent.log").start()
     try:
@@ -74,7 +85,9 @@ def test_every_captured_frame_arrives_bit_exact(mqtt_broker: MqttBroker, pets_cu
 def test_broker_down_mid_stream_loses_nothing(mqtt_broker_factory: BrokerFactory, tmp_path: Path) -> None:
     broker = mqtt_broker_factory(persistence=True)
     recorder = Recorder(broker.port).start()
-    config = write_config(tmp_path / "agent.toml", port=broker.port, spool=tmp_path / "spool", capture=SIMULATED)
+    config = write_config(
+        tmp_path / "agent.toml", port=broker.port, spool=tmp_path / "spool", capture=SIMULATED
+    )
     agent = AgentProcess(config, tmp_path / "agent.log").start()
     try:
         recorder.wait_for(lambda s: len(s) >= 20, 30)
@@ -86,12 +99,16 @@ def test_broker_down_mid_stream_loses_nothing(mqtt_broker_factory: BrokerFactory
         assert agent.terminate() == 0
     finally:
         agent.close()
-    expected = Spool(tmp_path / "spool", 2**30).load_state()["next_seq"]
+    expected = _next_seq(tmp_path / "spool")
     seqs = recorder.wait_for(lambda s: len(s) >= expected, 30)
     recorder.stop()
     first_arrival: list[int] = list(dict.fromkeys(recorder.arrivals))
-    print(f"\noutage {OUTAGE_S:.0f} s: {spooled_during_outage} records waited in the spool; {len(seqs)} delivered")
-    assert spooled_during_outage >= OUTAGE_S * 5, "frames kept being captured into the spool during the outage"
+    print(
+        f"\noutage {OUTAGE_S:.0f} s: {spooled_during_outage} records waited in the spool; {len(seqs)} delivered"
+    )
+    assert spooled_during_outage >= OUTAGE_S * 5, (
+        "frames kept being captured into the spool during the outage"
+    )
     assert seqs == set(range(expected)), f"missing: {sorted(set(range(expected)) - seqs)[:20]}"
     assert first_arrival == sorted(first_arrival), "records arrive in capture order"
     recorder.decode_all()  # every frame reconstructs and matches its hash
@@ -124,10 +141,12 @@ def test_kill_9_mid_publish_loses_nothing(mqtt_broker: MqttBroker, pets_cut: Pat
         assert agent.terminate() == 0
     finally:
         agent.close()
-    produced = Spool(spool, 2**30).load_state()["next_seq"]
+    produced = _next_seq(spool)
     seqs = recorder.wait_for(lambda s: must_arrive <= s and len(s) >= produced - 3, 30)
     recorder.stop()
-    print(f"\n3 × kill -9: {produced} seqs used, {len(seqs)} delivered, {len(must_arrive)} were in the spool at a kill")
+    print(
+        f"\n3 × kill -9: {produced} seqs used, {len(seqs)} delivered, {len(must_arrive)} were in the spool at a kill"
+    )
     assert len(must_arrive) >= 3, "the kills happened with records in flight"
     assert must_arrive <= seqs, f"spooled records lost: {sorted(must_arrive - seqs)}"
     # A kill between reserving a seq and storing its record leaves at most one gap per kill, never a reuse.
@@ -172,7 +191,9 @@ def test_spool_cap_evicts_whole_groups(mqtt_broker_factory: BrokerFactory, tmp_p
         agent.close()
     recorder.stop()
     first_run = {s for s in recorder.seqs() if s < produced}
-    print(f"\ncap 1 MB: {produced} frames, {totals['evicted_groups']} groups ({totals['evicted_records']} records) evicted")
+    print(
+        f"\ncap 1 MB: {produced} frames, {totals['evicted_groups']} groups ({totals['evicted_records']} records) evicted"
+    )
     assert first_run == {e.seq for e in entries}
     assert len(set(range(produced)) - first_run) == totals["evicted_records"] + totals["refused_records"]
     recorder.decode_all()  # no orphan: every delivered member decodes from delivered records
@@ -196,6 +217,6 @@ def test_acl_denial_is_logged_and_nothing_is_lost(mqtt_broker_acl: MqttBroker, t
     finally:
         agent.close()
     held = _spooled_seqs(spool)
-    produced = Spool(spool, 2**30).load_state()["next_seq"]
+    produced = _next_seq(spool)
     assert "stays in the spool" in agent.text()
     assert held == set(range(produced)), "every refused record is still in the spool"
