@@ -22,7 +22,9 @@ class MissingReferenceError(CctvError):
     """A member record refers to a frame the decoder does not hold (yet)."""
 
     def __init__(self, camera_id: str, seq: int, ref_seq: int) -> None:
-        super().__init__(f"camera {camera_id!r}: record seq={seq} needs reference seq={ref_seq}, which is not held")
+        super().__init__(
+            f"camera {camera_id!r}: record seq={seq} needs reference seq={ref_seq}, which is not held"
+        )
         self.camera_id = camera_id
         self.seq = seq
         self.ref_seq = ref_seq

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.data"]
-
-for _plugin in ("broker", "rtsp"):
-    if (Path(__file__).parent / "fixtures" / f"{_plugin}.py").exists():
-        pytest_plugins.append(f"tests.fixtures.{_plugin}")
+pytest_plugins = ["tests.fixtures.data", "tests.fixtures.broker", "tests.fixtures.rtsp"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

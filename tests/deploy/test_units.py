@@ -6,6 +6,7 @@ role's defaults, so a directive changed on one side only fails here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -98,34 +99,41 @@ def ansible_playbook() -> Path:
     binary = cache / "ansible-venv" / "bin" / "ansible-playbook"
     if not binary.exists():
         if os.geteuid() != 0:
-            pytest.skip(f"no Ansible venv at {binary.parent} (run tests/deploy/run-deploy-test.sh as root once)")
+            pytest.skip(
+                f"no Ansible venv at {binary.parent} (run tests/deploy/run-deploy-test.sh as root once)"
+            )
         subprocess.run(["bash", str(SCRIPT), "--ansible-venv-only"], check=True, timeout=900)
     return binary
 
 
-RENDER_PLAY = """\
-- name: Render the roles' templates with their defaults
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars:
-    out: "{out}"
-  tasks:
-    - name: Agent
-      block:
-        - ansible.builtin.include_vars: {{file: "{roles}/cctv_agent/defaults/main.yml"}}
-        - ansible.builtin.include_vars: {{file: "{roles}/cctv_agent/vars/main.yml"}}
-        - ansible.builtin.set_fact: {{cctv_agent_credentials: {{mqtt-password: unused}}}}
-        - ansible.builtin.template: {{src: "{roles}/cctv_agent/templates/cctv-agent.service.j2", dest: "{{{{ out }}}}/cctv-agent.service", mode: "0644"}}
-        - ansible.builtin.template: {{src: "{roles}/cctv_agent/templates/config.toml.j2", dest: "{{{{ out }}}}/config.toml", mode: "0644"}}
-    - name: Collector
-      block:
-        - ansible.builtin.include_vars: {{file: "{roles}/cctv_collector/defaults/main.yml"}}
-        - ansible.builtin.include_vars: {{file: "{roles}/cctv_collector/vars/main.yml"}}
-        - ansible.builtin.set_fact: {{cctv_collector_credentials: {{mqtt-password: unused}}}}
-        - ansible.builtin.template: {{src: "{roles}/cctv_collector/templates/cctv-collector.service.j2", dest: "{{{{ out }}}}/cctv-collector.service", mode: "0644"}}
-        - ansible.builtin.template: {{src: "{roles}/cctv_collector/templates/collector.toml.j2", dest: "{{{{ out }}}}/collector.toml", mode: "0644"}}
-"""
+def render_play(out: Path) -> list[dict[str, object]]:
+    """A playbook (JSON is YAML) that loads each role's defaults and vars and renders its templates."""
+    roles = ANSIBLE / "roles"
+    tasks: list[dict[str, object]] = []
+    for role, unit, config in (
+        ("cctv_agent", "cctv-agent.service", "config.toml"),
+        ("cctv_collector", "cctv-collector.service", "collector.toml"),
+    ):
+        block: list[dict[str, object]] = [
+            {"ansible.builtin.include_vars": {"file": str(roles / role / "defaults" / "main.yml")}},
+            {"ansible.builtin.include_vars": {"file": str(roles / role / "vars" / "main.yml")}},
+            # The canonical units show one credential; the roles' default is none.
+            {"ansible.builtin.set_fact": {f"{role}_credentials": {"mqtt-password": "unused"}}},
+        ]
+        block += [
+            {
+                "ansible.builtin.template": {
+                    "src": str(roles / role / "templates" / f"{name}.j2"),
+                    "dest": str(out / name),
+                    "mode": "0644",
+                }
+            }
+            for name in (unit, config)
+        ]
+        tasks.append({"name": role, "block": block})
+    return [
+        {"name": "Render", "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +141,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary = ansible_playbook()
     out = tmp_path_factory.mktemp("rendered")
     play = out / "render.yml"
-    play.write_text(RENDER_PLAY.format(out=out, roles=ANSIBLE / "roles"), encoding="utf-8")
+    play.write_text(json.dumps(render_play(out)), encoding="utf-8")
     env = {"PATH": f"{binary.parent}:/usr/bin:/bin", "HOME": str(out), "LANG": "C.UTF-8",
            "ANSIBLE_LOCAL_TEMP": str(out / "tmp"), "ANSIBLE_NOCOLOR": "1"}  # fmt: skip
     proc = subprocess.run(

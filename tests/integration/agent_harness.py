@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.codec.decoder import FrameDecoder
 from agent.codec.wire import Record, unpack_record

@@ -192,7 +192,8 @@ def test_spool_cap_evicts_whole_groups(mqtt_broker_factory: BrokerFactory, tmp_p
     recorder.stop()
     first_run = {s for s in recorder.seqs() if s < produced}
     print(
-        f"\ncap 1 MB: {produced} frames, {totals['evicted_groups']} groups ({totals['evicted_records']} records) evicted"
+        f"\ncap 1 MB: {produced} frames, {totals['evicted_groups']} groups "
+        f"({totals['evicted_records']} records) evicted"
     )
     assert first_run == {e.seq for e in entries}
     assert len(set(range(produced)) - first_run) == totals["evicted_records"] + totals["refused_records"]

@@ -51,7 +51,9 @@ def test_rct_inverts_exactly(planes: np.ndarray) -> None:
 def test_residual_is_modular_where_cv_subtract_saturates() -> None:
     key = np.array([[[200, 10, 0]]], dtype=np.uint8)
     member = np.array([[[10, 200, 255]]], dtype=np.uint8)
-    assert np.array_equal(cv2.add(cv2.subtract(member, key), key), np.array([[[200, 200, 255]]]))  # the seed's loss
+    assert np.array_equal(
+        cv2.add(cv2.subtract(member, key), key), np.array([[[200, 200, 255]]])
+    )  # the seed's loss
     assert np.array_equal(T.unresidual(T.residual(member, key), key), member)
 
 

@@ -100,8 +100,20 @@ def test_docs_state_the_version_the_code_speaks() -> None:
 
 
 def test_key_and_member_round_trip_with_all_fields() -> None:
-    key = Record(_header(seq=9, key_seq=9, ref_seq=9, kind=Kind.KEY, stages=(Stage.RCT, Stage.MED, Stage.ZSTD),
-                         pixel_format=PixelFormat.BGR8, clock_synced=False, ssim=1.0, tolerance=3), b"x" * 100)
+    key = Record(
+        _header(
+            seq=9,
+            key_seq=9,
+            ref_seq=9,
+            kind=Kind.KEY,
+            stages=(Stage.RCT, Stage.MED, Stage.ZSTD),
+            pixel_format=PixelFormat.BGR8,
+            clock_synced=False,
+            ssim=1.0,
+            tolerance=3,
+        ),
+        b"x" * 100,
+    )
     assert unpack_record(pack_record(key)) == key
 
 
