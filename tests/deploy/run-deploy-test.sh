@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Deploys the cctv_agent role into a Debian 12 tree with Ansible's chroot connection (twice: the second run must
+# change nothing), boots the tree with systemd-nspawn and checks the running service from inside: active,
+# frames reach a broker on the host, NoNewPrivs/seccomp/no capabilities, and the watchdog restarts a frozen agent.
+#
+# Needs root, debootstrap, systemd-nspawn (systemd-container), mosquitto + mosquitto-clients, python3 with venv.
+# Exit codes: 0 passed, 1 failed, 77 cannot run here (not root, a tool missing).
+# Caches (CCTV_DEPLOY_CACHE, default /var/cache/cctv-deploy): the Ansible venv, the debootstrap tree as a tar,
+# and the dependency wheels; a warm run skips all three. Everything else lives in a temporary directory that is
+# removed on exit, with the container stopped and every mount under it released.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=${CCTV_DEPLOY_CACHE:-/var/cache/cctv-deploy}
+SUITE=bookworm
+ANSIBLE_SPEC=('ansible-core>=2.17,<2.18' 'ansible>=10,<11' 'ansible-lint>=24,<26')
+CAMERA=cam-ci
+SITE=ci
+WATCHDOG_S=10
+PASSWORD=ci-$RANDOM-$RANDOM
+START=$(date +%s)
+
+log() { printf '[deploy %4ds] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+skip() { log "SKIP: $*"; exit 77; }
+
+# ------------------------------------------------------------------------------------------ Ansible venv
+AVENV=$CACHE/ansible-venv
+ensure_ansible_venv() {
+    if [[ ! -x $AVENV/bin/ansible-playbook || $(cat "$AVENV/.spec" 2>/dev/null) != "${ANSIBLE_SPEC[*]}" ]]; then
+        log "creating the Ansible venv in $AVENV"
+        rm -rf "$AVENV"
+        python3 -m venv "$AVENV"
+        "$AVENV/bin/pip" install -q "${ANSIBLE_SPEC[@]}" 2> >(grep -v "^WARNING: Location" >&2)
+        echo "${ANSIBLE_SPEC[*]}" >"$AVENV/.spec"
+    fi
+    "$AVENV/bin/ansible-galaxy" collection list community.general 2>/dev/null | grep -q community.general \
+        || fail "community.general is missing from the ansible package in $AVENV"
+}
+
+# --ansible-venv-only: make (or check) the cached Ansible venv and stop; tests/deploy/test_units.py uses it.
+if [[ ${1:-} == --ansible-venv-only ]]; then
+    mkdir -p "$CACHE"
+    ensure_ansible_venv
+    exit 0
+fi
+
+[[ $(id -u) -eq 0 ]] || skip "needs root (debootstrap, chroot, systemd-nspawn)"
+for tool in debootstrap systemd-nspawn nsenter mosquitto mosquitto_sub mosquitto_passwd python3 tar findmnt; do
+    command -v "$tool" >/dev/null || skip "$tool not found (apt-get install debootstrap systemd-container mosquitto mosquitto-clients)"
+done
+
+WORK=$(mktemp -d /var/tmp/cctv-deploy.XXXXXX)
+ROOT=$WORK/root
+MACHINE=cctv-deploy-$$
+NSPAWN_PID=
+LEADER=
+BROKER_PID=
+SUB_PID=
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        # The container is thrown away: killing its init ends its whole pid namespace at once, and nspawn then
+        # exits and undoes its own mounts. (An orderly shutdown waits for the agent's 20 s spool drain.)
+        [[ -n $LEADER ]] && kill -KILL "$LEADER" 2>/dev/null
+        kill -TERM "$NSPAWN_PID"
+        for _ in $(seq 100); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NSPAWN_PID" 2>/dev/null
+        wait "$NSPAWN_PID" 2>/dev/null
+    fi
+    rm -rf "/run/systemd/nspawn/propagate/$MACHINE"
+    for pid in $SUB_PID $BROKER_PID; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+    # Deepest mounts first; a lazy unmount for whatever is still busy.
+    findmnt -rn -o TARGET | grep -F "$WORK/" | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+    if findmnt -rn -o TARGET | grep -qF "$WORK/"; then
+        log "mounts left under $WORK; not removing it"
+    else
+        rm -rf --one-file-system "$WORK"
+    fi
+    if [[ $rc -ne 0 && $rc -ne 77 && -f $WORK/boot.log ]]; then tail -n 30 "$WORK/boot.log" >&2; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$CACHE"
+ensure_ansible_venv
+
+# ------------------------------------------------------------------------------ the Debian tree, cached
+mirror() {
+    # The Debian mirror apt already uses (deb822 or one-line sources), else the default one.
+    local uri
+    uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '
+        /^URIs:/ { u = $2 } /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "'$SUITE'") print u }' | head -n1)
+    [[ -n $uri ]] || uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | awk '$1 == "deb" && $3 == "'$SUITE'" { print $2; exit }')
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+TREE_TAR=$CACHE/$SUITE.tar
+if [[ ! -s $TREE_TAR ]]; then
+    MIRROR=$(mirror)
+    log "debootstrap $SUITE from $MIRROR (cold run, about 2 minutes)"
+    rm -rf "$CACHE/bootstrap.tmp"
+    debootstrap --variant=minbase --include=python3,python3-venv,systemd,systemd-sysv,dbus,ca-certificates \
+        "$SUITE" "$CACHE/bootstrap.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$CACHE/debootstrap.log" >&2; fail "debootstrap failed"; }
+    tar -C "$CACHE/bootstrap.tmp" --numeric-owner -cf "$TREE_TAR.tmp" .
+    mv "$TREE_TAR.tmp" "$TREE_TAR"
+    rm -rf "$CACHE/bootstrap.tmp"
+fi
+mkdir -p "$ROOT"
+tar -C "$ROOT" --numeric-owner -xf "$TREE_TAR"
+log "tree ready in $ROOT"
+
+# The host's CA bundle (it may hold a proxy's CA) becomes one more local CA of the target, so pip there works.
+if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
+    cp /etc/ssl/certs/ca-certificates.crt "$ROOT/usr/local/share/ca-certificates/host-bundle.crt"
+    chroot "$ROOT" update-ca-certificates >/dev/null 2>&1 || log "update-ca-certificates failed in the tree"
+fi
+echo "$MACHINE" >"$ROOT/etc/hostname"
+
+# --------------------------------------------------------------------------------------------- wheels
+PY=$REPO/.venv/bin/python
+[[ -x $PY ]] || PY=python3
+mkdir -p "$WORK/dist"
+"$PY" -m pip wheel -q --no-deps -w "$WORK/dist" "$REPO" 2> >(grep -v "^WARNING: Location" >&2)
+WHEEL=$(ls "$WORK"/dist/cctv_agent-*.whl)
+DEPS_KEY=$(sed -n '/^dependencies = \[/,/^\]/p' "$REPO/pyproject.toml" | sha256sum | cut -c1-12)
+WHEELHOUSE=$CACHE/wheels-$(uname -m)-py311-$DEPS_KEY
+if [[ ! -d $WHEELHOUSE ]]; then
+    log "downloading the dependency wheels into $WHEELHOUSE"
+    "$PY" -m pip download -q --only-binary=:all: --python-version 3.11 -d "$WHEELHOUSE.tmp" "$WHEEL" \
+        2> >(grep -v "^WARNING: Location" >&2)
+    rm -f "$WHEELHOUSE.tmp"/cctv_agent-*.whl
+    mv "$WHEELHOUSE.tmp" "$WHEELHOUSE"
+fi
+
+# ------------------------------------------------------------------------------- a broker on the host
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+mosquitto_passwd -b -c "$WORK/passwd" "$CAMERA" "$PASSWORD" 2>/dev/null
+chmod 0644 "$WORK/passwd"
+cat >"$WORK/mosquitto.conf" <<EOF
+listener $PORT 127.0.0.1
+allow_anonymous false
+password_file $WORK/passwd
+persistence false
+EOF
+chmod 0755 "$WORK"  # mosquitto drops to its own user before it reads the password file
+mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+BROKER_PID=$!
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    kill -0 "$BROKER_PID" 2>/dev/null || { cat "$WORK/mosquitto.log" >&2; fail "mosquitto did not start"; }
+    sleep 0.1
+done
+
+# ------------------------------------------------------------------------------------------- deploy
+cat >"$WORK/inventory.yml" <<EOF
+all:
+  children:
+    cctv_agents:
+      hosts:
+        edge:
+          ansible_connection: community.general.chroot
+          ansible_host: $ROOT
+          ansible_python_interpreter: /usr/bin/python3
+          cctv_agent_wheel_path: $WHEEL
+          cctv_agent_wheelhouse: $WHEELHOUSE
+          cctv_agent_camera_id: $CAMERA
+          cctv_agent_site: $SITE
+          cctv_agent_watchdog_sec: $WATCHDOG_S
+          cctv_agent_restart_sec: 1
+          cctv_agent_capture_simulated: {width: 320, height: 240, fps: 10.0}
+          cctv_agent_agent: {stats_interval_s: 10.0}
+          cctv_agent_mqtt: {host: 127.0.0.1, port: $PORT, username: $CAMERA, password_file: mqtt-password}
+          cctv_agent_credentials: {mqtt-password: "$PASSWORD"}
+EOF
+ansible_env=(env -i PATH="$AVENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$WORK" LANG=C.UTF-8
+    ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_LOCAL_TEMP="$WORK/ansible-local"
+    ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0)
+
+if [[ -z ${CCTV_DEPLOY_SKIP_LINT:-} ]]; then log "ansible-lint"
+(cd "$REPO/ansible" && "${ansible_env[@]}" ansible-lint --offline -q) || fail "ansible-lint"; fi
+
+mount -t proc proc "$ROOT/proc"  # for the chroot deploy only; unmounted before boot
+deploy() {
+    "${ansible_env[@]}" ansible-playbook -i "$WORK/inventory.yml" "${CCTV_DEPLOY_PLAYBOOK:-$REPO/ansible/site.yml}" --limit edge \
+        >"$WORK/deploy-$1.log" 2>&1 || { tail -n 40 "$WORK/deploy-$1.log" >&2; fail "deploy run $1"; }
+    grep -E '^edge +:' "$WORK/deploy-$1.log" >&2
+}
+log "deploy 1 (chroot)"
+deploy 1
+log "deploy 2 (chroot): must change nothing"
+deploy 2
+grep -qE '^edge +:.* changed=0 ' "$WORK/deploy-2.log" || {
+    grep -E '^changed:' "$WORK/deploy-2.log" >&2
+    fail "the second deploy changed something"
+}
+umount "$ROOT/proc"
+
+# --------------------------------------------------------------------------------------------- boot
+log "booting $MACHINE"
+systemd-nspawn -D "$ROOT" -M "$MACHINE" -b --register=no --keep-unit --console=read-only \
+    >"$WORK/boot.log" 2>&1 </dev/null &
+NSPAWN_PID=$!
+for _ in $(seq 100); do  # nspawn's first child is transient: wait for the one that runs systemd
+    LEADER=$(ps -o pid=,comm= --ppid "$NSPAWN_PID" | awk '$2 == "systemd" { print $1; exit }' || true)
+    [[ -n $LEADER ]] && break
+    sleep 0.1
+done
+[[ -n $LEADER ]] || fail "the container did not start"
+in_ct() { nsenter -t "$LEADER" -a -- "$@"; }
+state=
+for _ in $(seq 90); do  # systemctl needs the container's bus, which comes up during the boot
+    state=$(in_ct systemctl is-system-running 2>/dev/null || true)
+    [[ $state == running || $state == degraded ]] && break
+    sleep 1
+done
+log "container booted: $state"
+in_ct systemctl --failed --no-legend --plain >&2 || true
+
+main_pid() { in_ct systemctl show -P MainPID cctv-agent.service; }
+wait_active() {
+    for _ in $(seq 60); do
+        [[ $(in_ct systemctl is-active cctv-agent.service || true) == active && $(main_pid) != 0 ]] && return 0
+        sleep 1
+    done
+    in_ct journalctl -u cctv-agent.service --no-pager -n 40 >&2
+    fail "cctv-agent.service is not active"
+}
+wait_active
+PID1=$(main_pid)
+log "cctv-agent.service active, MainPID $PID1"
+
+# Frames reach the host's broker (the container shares the host's network).
+FRAMES=20
+count=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u "$CAMERA" -P "$PASSWORD" \
+    -t "cctv/$SITE/$CAMERA/frame" -q 1 -C "$FRAMES" -F '%t' 2>/dev/null | wc -l || true)
+[[ $count -ge $FRAMES ]] || { in_ct journalctl -u cctv-agent.service --no-pager -n 40 >&2; fail "$count/$FRAMES frames reached the broker"; }
+log "$count frame messages received on the host"
+
+# The sandbox is in effect on the running process.
+status=$(in_ct cat "/proc/$PID1/status")
+field() { awk -v k="$1:" '$1 == k { print $2 }' <<<"$status"; }
+[[ $(field NoNewPrivs) == 1 ]] || fail "NoNewPrivs is $(field NoNewPrivs)"
+[[ $(field Seccomp) == 2 ]] || fail "Seccomp is $(field Seccomp), not 2 (filter)"
+for cap in CapEff CapPrm CapBnd CapAmb; do
+    [[ $(field $cap) =~ ^0+$ ]] || fail "$cap is $(field $cap), not empty"
+done
+uid=$(in_ct id -u cctv-agent)
+[[ $(field Uid) == "$uid" ]] || fail "runs as uid $(field Uid), not cctv-agent ($uid)"
+groups=$(in_ct id -nG cctv-agent)
+grep -qw video <<<"$groups" || fail "cctv-agent is not in the video group"
+log "NoNewPrivs=1 Seccomp=2 capabilities empty, uid $uid (cctv-agent, in video)"
+
+# A frozen agent stops pinging: the watchdog kills it and Restart= brings a new one.
+in_ct /bin/sh -c "kill -STOP $PID1"  # a pid of the container's pid namespace; dash has kill built in
+log "agent $PID1 frozen (SIGSTOP); waiting for the watchdog (WatchdogSec=${WATCHDOG_S}s)"
+PID2=$PID1
+for _ in $(seq $((WATCHDOG_S + 30))); do
+    sleep 1
+    PID2=$(main_pid)
+    [[ $PID2 != 0 && $PID2 != "$PID1" ]] && break
+done
+[[ $PID2 != 0 && $PID2 != "$PID1" ]] || fail "no restart after SIGSTOP (MainPID still $PID2)"
+journal=$(in_ct journalctl -u cctv-agent.service --no-pager -o cat)
+grep -q "Watchdog timeout" <<<"$journal" || fail "the restart was not the watchdog's"
+wait_active
+log "watchdog restarted the agent: MainPID $PID1 -> $(main_pid)"
+
+# A clean stop within TimeoutStopSec: the agent flushes and exits 0.
+t0=$(date +%s)
+in_ct systemctl stop cctv-agent.service
+result=$(in_ct systemctl show -P Result cctv-agent.service)
+[[ $result == success ]] || fail "stop ended with Result=$result"
+log "stopped cleanly in $(($(date +%s) - t0)) s"
+
+log "PASS in $(($(date +%s) - START)) s"
