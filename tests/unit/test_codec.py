@@ -1,0 +1,180 @@
+"""The codec as a whole: exact on real footage, bounded error over long chains, hostile records refused."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from agent.capture.files import iter_images
+from agent.codec.decoder import FrameDecoder, decode_record
+from agent.codec.encoder import FrameEncoder
+from agent.codec.settings import CodecSettings
+from agent.codec.wire import Kind, Stage, pack_record, unpack_record
+from agent.errors import MissingReferenceError, WireFormatError
+from tests.fixtures.data import shared_set
+
+FRAMES_PER_SET = {"pets": 60, "intel": 60, "motorway": 60, "lta": 12}
+
+
+def _frames(path: Path, limit: int) -> Iterator[np.ndarray]:
+    return iter_images(path, limit)
+
+
+def _round_trip(frames: Iterator[np.ndarray], codec: CodecSettings) -> tuple[int, int, int, int]:
+    """Encode, serialise, parse and decode every frame; return (frames, max error, raw bytes, wire bytes)."""
+    encoder, decoder = FrameEncoder("cam", codec), FrameDecoder()
+    n = worst = raw = wire = 0
+    for i, frame in enumerate(frames):
+        data = pack_record(encoder.encode(frame, 1_000_000_000 * i))
+        image = decoder.decode(unpack_record(data))
+        assert image.shape == frame.shape
+        worst = max(worst, int(cv2.norm(image, frame, cv2.NORM_INF)))
+        n, raw, wire = n + 1, raw + frame.nbytes, wire + len(data)
+    return n, worst, raw, wire
+
+
+def test_lossless_is_bit_exact_on_the_committed_clip(pets_cut: Path) -> None:
+    n, worst, raw, wire = _round_trip(_frames(pets_cut, 120), CodecSettings())
+    assert n == 120
+    assert worst == 0
+    assert raw / wire > 5, "chained residuals compress real video well beyond PNG's ~2x"
+
+
+@pytest.mark.parametrize("name", sorted(FRAMES_PER_SET))
+@pytest.mark.parametrize("tolerance", [0, 2])
+def test_real_footage_reconstructs_within_tolerance(name: str, tolerance: int) -> None:
+    path = shared_set(name)
+    n, worst, raw, wire = _round_trip(_frames(path, FRAMES_PER_SET[name]), CodecSettings(tolerance=tolerance))
+    print(f"\n{name} T={tolerance}: {n} frames, ratio {raw / wire:.2f}, max error {worst}")
+    assert n == FRAMES_PER_SET[name]
+    assert worst <= tolerance
+    if tolerance == 0:
+        assert worst == 0
+
+
+@pytest.mark.parametrize("reference", ["key", "previous", "auto"])
+def test_every_reference_mode_is_exact(pets_cut: Path, reference: str) -> None:
+    _n, worst, _raw, _wire = _round_trip(_frames(pets_cut, 25), CodecSettings(reference=reference))  # type: ignore[arg-type]
+    assert worst == 0
+
+
+def test_tolerance_holds_over_a_long_chain() -> None:
+    """A slow ramp with noise: without closed-loop prediction the error would accumulate along the chain."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    frames = (
+        np.clip(base.astype(int) + i // 3 + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8)
+        for i in range(300)
+    )
+    codec = CodecSettings(tolerance=3, threshold=0.0, max_key_interval_frames=10_000)
+    n, worst, _raw, _wire = _round_trip(frames, codec)
+    assert n == 300
+    assert worst <= 3
+
+
+frames_strategy = st.integers(1, 4).flatmap(
+    lambda n: st.tuples(
+        st.sampled_from([(16, 24), (20, 20, 3), (17, 31, 3), (33, 18)]),
+        st.integers(0, 2**32 - 1),
+        st.just(n),
+    )
+)
+
+
+@given(frames_strategy, st.integers(0, 4), st.sampled_from(["key", "previous", "auto"]))
+@settings(max_examples=60, deadline=None)
+def test_random_frames_round_trip(
+    spec: tuple[tuple[int, ...], int, int], tolerance: int, reference: str
+) -> None:
+    shape, seed, count = spec
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, 256, shape, dtype=np.uint8)
+    frames = [first] + [
+        np.where(rng.random(shape) < 0.2, rng.integers(0, 256, shape, dtype=np.uint8), first)
+        for _ in range(count)
+    ]
+    codec = CodecSettings(tolerance=tolerance, reference=reference, threshold=0.0, ssim_downscale=1)  # type: ignore[arg-type]
+    _n, worst, _raw, _wire = _round_trip(iter(frames), codec)
+    assert worst <= tolerance
+
+
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(11, 30), st.integers(11, 30), st.just(3))))
+@settings(max_examples=40, deadline=None)
+def test_any_single_frame_round_trips(frame: np.ndarray) -> None:
+    record = FrameEncoder("c").encode(frame, 0)
+    assert record.header.kind is Kind.KEY
+    assert np.array_equal(decode_record(unpack_record(pack_record(record))), frame)
+
+
+def test_a_missing_reference_is_named(pets_cut: Path) -> None:
+    frames = list(_frames(pets_cut, 3))
+    encoder = FrameEncoder("cam")
+    records = [encoder.encode(f, 0) for f in frames]
+    with pytest.raises(MissingReferenceError, match="needs reference seq=1"):
+        FrameDecoder().decode(records[2])
+
+
+def test_a_frame_that_does_not_match_its_hash_is_refused(pets_cut: Path) -> None:
+    frames = list(_frames(pets_cut, 2))
+    encoder = FrameEncoder("cam")
+    key, member = (encoder.encode(f, 0) for f in frames)
+    wrong_reference = np.ascontiguousarray(frames[0][::-1])
+    with pytest.raises(WireFormatError, match="does not match its hash"):
+        decode_record(member, wrong_reference)
+    assert np.array_equal(decode_record(member, decode_record(key)), frames[1])
+
+
+def test_format_change_forces_a_key() -> None:
+    encoder = FrameEncoder("cam", CodecSettings(threshold=0.0))
+    a = encoder.encode(np.zeros((32, 32, 3), np.uint8), 0)
+    b = encoder.encode(np.zeros((32, 32, 3), np.uint8), 1)
+    c = encoder.encode(np.zeros((40, 32, 3), np.uint8), 2)
+    d = encoder.encode(np.zeros((40, 32), np.uint8), 3)
+    assert [r.header.kind for r in (a, b, c, d)] == [Kind.KEY, Kind.MEMBER, Kind.KEY, Kind.KEY]
+    encoder.request_key()
+    assert encoder.encode(np.zeros((40, 32), np.uint8), 4).header.kind is Kind.KEY
+
+
+def test_ten_thousand_mutated_records_decode_or_raise_one_error(pets_cut: Path) -> None:
+    """Mutations with a repaired CRC reach the stage decoders: they must fail cleanly, never crash."""
+    frames = [cv2.resize(f, (96, 72)) for f in _frames(pets_cut, 3)]
+    encoder = FrameEncoder("cam", CodecSettings(ssim_downscale=1))
+    records = [encoder.encode(f, 0) for f in frames]
+    references = {0: None, 1: frames[0], 2: frames[1]}
+    packed = [pack_record(r) for r in records]
+    rng = random.Random(99)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(10_000):
+        index = rng.randrange(3)
+        data = bytearray(packed[index])
+        header_length = struct.unpack_from("<H", data, 8)[0]
+        for _ in range(rng.randint(1, 3)):  # mostly in the payload, where the stage decoders work
+            pos = rng.randrange(0 if rng.random() < 0.2 else header_length, len(data) - 4)
+            data[pos] = rng.randrange(256)
+        data[-4:] = struct.pack("<I", zlib.crc32(data[:-4]))
+        try:
+            decode_record(unpack_record(bytes(data)), references[index])
+            outcomes["decoded"] += 1
+        except WireFormatError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 9000, outcomes
+
+
+def test_member_recipes_are_recorded_in_the_record(pets_cut: Path) -> None:
+    frames = list(_frames(pets_cut, 5))
+    encoder = FrameEncoder("cam")
+    records = [encoder.encode(f, 0) for f in frames]
+    assert records[0].header.stages == (Stage.RCT, Stage.MED, Stage.ZSTD)
+    for record in records[1:]:
+        assert record.header.stages[:2] == (Stage.RESIDUAL, Stage.RCT)
+        assert record.header.ref_seq == record.header.seq - 1
