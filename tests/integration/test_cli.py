@@ -1,0 +1,161 @@
+"""The real CLI as a subprocess: encode/decode/bench, check-config, help, the demo, and systemd notifications."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.cli.codec_commands import BENCH_KEYS
+from tests.fixtures.broker import MqttBroker
+from tests.integration.agent_harness import REPO, write_config
+
+COMMANDS = ["encode", "decode", "bench", "run", "check-config", "collect", "archive", "simulate", "demo"]
+
+
+def cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+
+
+def test_help_lists_and_explains_every_command() -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    for command in COMMANDS:
+        assert command in top.stdout
+        sub = cli(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert len(sub.stdout) > 200, f"'{command} --help' should teach, not just list flags"
+
+
+def test_encode_then_decode_gives_back_every_frame(pets_cut: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clip.cctv"
+    encoded = cli("encode", str(pets_cut), "--out", str(out), "--frames", "40")
+    assert encoded.returncode == 0, encoded.stderr
+    assert "40 frames" in encoded.stdout
+    decoded = cli("decode", str(out), "--out", str(tmp_path / "png"))
+    assert decoded.returncode == 0, decoded.stderr
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:08d}.png" for i in range(40)]
+    cap = cv2.VideoCapture(str(pets_cut))
+    for png in pngs:
+        assert np.array_equal(cv2.imread(str(png)), cap.read()[1]), png.name
+
+
+def test_decode_reports_a_corrupt_file_clearly(pets_cut: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clip.cctv"
+    assert cli("encode", str(pets_cut), "--out", str(out), "--frames", "3").returncode == 0
+    data = bytearray(out.read_bytes())
+    data[200] ^= 0xFF
+    out.write_bytes(bytes(data))
+    result = cli("decode", str(out), "--out", str(tmp_path / "png"))
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_json_has_exactly_the_documented_keys(pets_cut: Path) -> None:
+    result = cli("bench", str(pets_cut), "--frames", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert tuple(figures) == BENCH_KEYS
+    assert figures["frames"] == 20
+    assert figures["bit_exact"] is True
+    assert figures["max_abs_error"] == 0
+    assert figures["ratio"] > 5
+    tolerant = json.loads(cli("bench", str(pets_cut), "--frames", "20", "--json", "--tolerance", "2").stdout)
+    assert 0 < tolerant["max_abs_error"] <= 2
+
+
+def test_check_config_exit_codes_and_messages(tmp_path: Path) -> None:
+    assert cli("check-config", str(REPO / "config.toml")).returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[agent]\ncamera_id = "cam1"\n[capture]\nkind = "rtsp"\n[mqtt]\nhots = "x"\n[codec]\nthreshold = "0.5"\n'
+    )
+    result = cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert "mqtt.hots: unknown key" in result.stderr
+    assert "did you mean 'host'" in result.stderr
+    assert "codec.threshold" in result.stderr
+    assert "capture.url" in result.stderr
+    collector = cli("check-config", "--collector", str(REPO / "docs" / "collector.example.toml"))
+    assert collector.returncode == 0, collector.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_job_and_reports(tmp_path: Path) -> None:
+    result = cli(
+        "demo",
+        "--duration",
+        "4",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "--workdir",
+        str(tmp_path),
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hashes match capture   yes, every frame bit for bit" in result.stdout
+    assert "archive verify         OK" in result.stdout
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_agent_speaks_the_systemd_notify_protocol(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(0.5)
+    config = write_config(
+        tmp_path / "agent.toml",
+        port=mqtt_broker.port,
+        spool=tmp_path / "spool",
+        capture='kind = "simulated"\n[capture.simulated]\nwidth = 160\nheight = 120\nfps = 10',
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "10000000"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=REPO, env=env
+    )
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in messages) < 5:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+        agent.terminate()
+        assert agent.wait(30) == 0
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                break
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        sock.close()
+    text = "\n".join(messages)
+    assert "READY=1" in text
+    assert text.index("READY=1") < text.index("WATCHDOG=1")
+    assert "STATUS=capturing from simulated" in text
+    assert "STOPPING=1" in text
