@@ -68,6 +68,10 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
     return lists
 
 
+INTRA_WORTH_TRYING_RATIO = 8.0
+"""Intra coding is only estimated for a member whose best residual compresses worse than this."""
+
+
 class FrameEncoder:
     """Turns a camera's frames, in capture order, into wire records with consecutive sequence numbers."""
 
@@ -152,11 +156,19 @@ class FrameEncoder:
             references = [self._previous]
         else:
             references = [self._previous, self._key]
-        candidates: list[tuple[tuple[Stage, ...], _Held | None]] = [
-            (stages, held) for held in references for stages in residual_stage_lists(settings, pixel_format)
+        sized: list[tuple[int, tuple[Stage, ...], _Held | None]] = [
+            (self._estimate(planes, stages, held), stages, held)
+            for held in references
+            for stages in residual_stage_lists(settings, pixel_format)
         ]
-        candidates += [(stages, None) for stages in intra_stage_lists(pixel_format, settings.tolerance)]
-        stages, held = min(candidates, key=lambda c: self._estimate(planes, c[0], c[1]))
+        best_size = min(size for size, _stages, _held in sized)
+        if best_size * INTRA_WORTH_TRYING_RATIO > planes.nbytes / self._sample_fraction(planes):
+            # A poor residual (a scene change, sparse stills): intra coding may win.
+            sized += [
+                (self._estimate(planes, stages, None), stages, None)
+                for stages in intra_stage_lists(pixel_format, settings.tolerance)
+            ]
+        _size, stages, held = min(sized, key=lambda c: c[0])
         payload, recon = encode_planes(
             planes,
             stages,
@@ -165,6 +177,11 @@ class FrameEncoder:
             zstd_level=settings.zstd_level,
         )
         return payload, recon, stages, self.next_seq if held is None else held.seq
+
+    @staticmethod
+    def _sample_fraction(planes: Planes) -> float:
+        rows = sample_rows(planes.shape[1])
+        return 1.0 if isinstance(rows, slice) else planes.shape[1] / len(rows)
 
     def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> int:
         """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all."""
@@ -177,12 +194,13 @@ class FrameEncoder:
 
 
 SAMPLE_BAND = 8
-SAMPLE_EVERY = 64
+SAMPLE_EVERY = 128
 
 
 def sample_rows(height: int) -> npt.NDArray[np.intp] | slice:
-    """Bands of 8 rows, one every 64: an eighth of the frame, spread over all of it."""
-    if height < 4 * SAMPLE_EVERY:
+    """Bands of 8 rows spread over the frame: one every 128 rows on big frames, at least 8 bands on small ones."""
+    every = min(SAMPLE_EVERY, height // 8)
+    if every < 2 * SAMPLE_BAND:
         return slice(None)
-    starts = np.arange(0, height - SAMPLE_BAND + 1, SAMPLE_EVERY)
+    starts = np.arange(0, height - SAMPLE_BAND + 1, every)
     return (starts[:, None] + np.arange(SAMPLE_BAND)[None, :]).ravel()
