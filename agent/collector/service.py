@@ -30,6 +30,7 @@ from agent.collector.staging import ChunkStaging
 from agent.collector.stats import CollectorStats
 from agent.config.models import CollectorConfig
 from agent.errors import ArchiveError, WireFormatError
+from agent.sdnotify import Notifier
 from agent.transport.chunks import Reassembler, is_chunk, parse_chunk
 from agent.transport.topics import parse_frame_topic
 
@@ -89,13 +90,19 @@ class Collector:
         self._next_stats = now + self.stats_interval_s
         self._next_retention = now  # once at start, then every retention_interval_s
         self.link.start()
+        notifier = Notifier()
+        notifier.ready(
+            f"collecting {self.config.collector.subscription} into {self.config.collector.archive_root}"
+        )
         try:
             while not stop.is_set():
                 batch = self._take(POLL_S)
                 if batch:
                     self.process(batch)
                 self._timers()
+                notifier.watchdog()  # the loop turns at least every POLL_S, busy or idle
         finally:
+            notifier.stopping()
             self.link.stop()
             try:
                 self.archive.close()

@@ -24,9 +24,9 @@ from agent.codec.encoder import FrameEncoder
 from agent.codec.wire import Kind, pack_record
 from agent.config import AgentConfig
 from agent.errors import CaptureError, SpoolError
-from agent.runtime.sdnotify import Notifier
 from agent.runtime.sender import Sender
 from agent.runtime.wiring import make_source, make_spool, mqtt_settings
+from agent.sdnotify import Notifier
 from agent.spool import Spool, SpoolEntry
 from agent.transport.publisher import Publisher
 
@@ -107,7 +107,7 @@ class EdgeAgent:
             self._loop(source, encoder, spool, sender, publisher)
         finally:
             source.close()
-            self.notifier.stopping()
+            self.notifier.stopping("stopping: flushing the spool")
             self._drain(sender, publisher)
             sender.stop()
             publisher.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from agent.cli.codec_commands import BENCH_KEYS
 from tests.fixtures.broker import MqttBroker
-from tests.integration.agent_harness import REPO, write_config
+from tests.integration.agent_harness import REPO, write_collector_config, write_config
 
 COMMANDS = ["encode", "decode", "bench", "run", "check-config", "collect", "archive", "simulate", "demo"]
 
@@ -158,4 +159,41 @@ def test_agent_speaks_the_systemd_notify_protocol(mqtt_broker: MqttBroker, tmp_p
     assert "READY=1" in text
     assert text.index("READY=1") < text.index("WATCHDOG=1")
     assert "STATUS=capturing from simulated" in text
+    assert "STOPPING=1" in text
+
+
+def test_collector_speaks_the_systemd_notify_protocol_even_when_idle(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(0.5)
+    config = write_collector_config(
+        tmp_path / "collector.toml", port=mqtt_broker.port, root=tmp_path / "archive"
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(address)}
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "agent", "collect", "--config", str(config)], cwd=REPO, env=env
+    )
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in messages) < 3:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+        collector.terminate()
+        assert collector.wait(30) == 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                messages.append(sock.recv(4096).decode())
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+        sock.close()
+    text = "\n".join(messages)
+    assert "READY=1" in text
+    assert text.count("WATCHDOG=1") >= 3, "the watchdog is fed while no frame arrives"
     assert "STOPPING=1" in text

@@ -45,5 +45,5 @@ class Notifier:
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
 
-    def stopping(self) -> None:
-        self.send("STOPPING=1", "STATUS=stopping: flushing the spool")
+    def stopping(self, status: str = "stopping") -> None:
+        self.send("STOPPING=1", f"STATUS={status}")
