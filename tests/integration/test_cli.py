@@ -197,3 +197,14 @@ def test_collector_speaks_the_systemd_notify_protocol_even_when_idle(
     assert "READY=1" in text
     assert text.count("WATCHDOG=1") >= 3, "the watchdog is fed while no frame arrives"
     assert "STOPPING=1" in text
+
+
+def test_simulate_writes_the_deterministic_scene(tmp_path: Path) -> None:
+    from agent.simulate.scene import Scene, SceneSettings
+
+    args = ["--out", str(tmp_path), "--frames", "3", "--width", "160", "--height", "120", "--seed", "4"]
+    result = cli("simulate", *args)
+    assert result.returncode == 0, result.stderr
+    scene = Scene(SceneSettings(seed=4, width=160, height=120))
+    for index in range(3):
+        assert np.array_equal(cv2.imread(str(tmp_path / f"{index:08d}.png")), scene.frame(index))
