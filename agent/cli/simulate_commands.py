@@ -62,6 +62,9 @@ def register(sub: Any) -> None:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--tolerance", type=int, default=0, help="0 = exact (default)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--noise", type=float, default=2.0, help="sensor noise sigma of the scene (default: %(default)s)"
+    )
     p.set_defaults(handler=cmd_demo)
 
 
@@ -138,5 +141,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             fps=args.fps,
             tolerance=args.tolerance,
             seed=args.seed,
+            noise=args.noise,
         )
     )
