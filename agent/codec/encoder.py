@@ -68,6 +68,11 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
     return lists
 
 
+QUANTISED_MUST_SAVE = 0.4
+"""With a tolerance, a quantised recipe is chosen only when estimated at least this much smaller than an exact one.
+Greedy per-frame choice without it made T=2 19-22 % *larger* than exact on PETS and the motorway clip: once a
+frame is quantised, exact residuals against its reconstruction carry its error and quantising always looks
+cheaper from then on. With 0.4, T=2 is at least as small as exact on every public set (docs/benchmarks.md)."""
 INTRA_WORTH_TRYING_RATIO = 8.0
 """Intra coding is only estimated for a member whose best residual compresses worse than this."""
 
@@ -156,7 +161,7 @@ class FrameEncoder:
             references = [self._previous]
         else:
             references = [self._previous, self._key]
-        sized: list[tuple[int, tuple[Stage, ...], _Held | None]] = [
+        sized: list[tuple[float, tuple[Stage, ...], _Held | None]] = [
             (self._estimate(planes, stages, held), stages, held)
             for held in references
             for stages in residual_stage_lists(settings, pixel_format)
@@ -183,14 +188,20 @@ class FrameEncoder:
         rows = sample_rows(planes.shape[1])
         return 1.0 if isinstance(rows, slice) else planes.shape[1] / len(rows)
 
-    def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> int:
-        """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all."""
+    def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> float:
+        """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all.
+
+        A quantising recipe must win clearly (QUANTISED_MUST_SAVE): its reconstruction error re-appears as noise
+        in every later residual of the chain, a cost the size of this one frame does not show.
+        """
         rows = sample_rows(planes.shape[1])
         reference = None if held is None else held.planes[:, rows]
         payload, _ = encode_planes(
             planes[:, rows], stages, reference=reference, tolerance=self.settings.tolerance, zstd_level=1
         )
-        return len(payload)
+        if Stage.QUANTIZE in stages or Stage.RESIDUAL_Q in stages:
+            return len(payload) / (1.0 - QUANTISED_MUST_SAVE)
+        return float(len(payload))
 
 
 SAMPLE_BAND = 8
