@@ -7,8 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.config import check_config_main, load_agent_config
-
 log = logging.getLogger(__name__)
 
 
@@ -43,10 +41,13 @@ def register(sub: Any) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import check_config_main
+
     return check_config_main(args.file, "collector" if args.collector else "agent")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import load_agent_config
     from agent.runtime.agent import EdgeAgent
 
     config = load_agent_config(args.config)

@@ -7,13 +7,13 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.archive.export import count_frames, export, export_format
-from agent.archive.maintenance import CameraInfo, info, verify
-from agent.archive.store import Archive
 from agent.errors import CctvError
 from agent.progress import Progress
+
+if TYPE_CHECKING:
+    from agent.archive.maintenance import CameraInfo
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def _table(cameras: list[CameraInfo]) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from agent.archive.maintenance import info
+
     cameras = info(args.root)
     if args.json:
         print(json.dumps([c.as_dict() for c in cameras]))
@@ -125,6 +127,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.archive.maintenance import info, verify
+
     total = sum(c.frames for c in info(args.root)) if (args.root / "VERSION").exists() else None
     with Progress(total, "verifying") as bar:
         report = verify(args.root, on_record=bar.advance)
@@ -140,6 +144,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from agent.archive.export import count_frames, export, export_format
+
     fmt = export_format(args.out)
     total = count_frames(args.root, args.camera, args.site, args.start, args.end)
     with Progress(total, f"exporting {fmt}") as bar:
@@ -161,6 +167,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from agent.archive.store import Archive
+
     if args.max_age_days is None and args.max_bytes is None:
         raise CctvError("prune: give --max-age-days and/or --max-bytes")
     if not (args.root / "VERSION").is_file():

@@ -10,9 +10,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.collector import Collector
-from agent.config import load_collector_config
-
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +29,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from agent.collector import Collector  # imported here: other commands need none of it
+    from agent.config import load_collector_config
+
     config = load_collector_config(args.config)
     logging.getLogger().setLevel(config.collector.log_level)
     stop = threading.Event()

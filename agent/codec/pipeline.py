@@ -164,11 +164,12 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
     if len(raw) != frame_bytes:
         raise WireFormatError(f"payload decodes to {len(raw)} bytes, the frame needs {frame_bytes}")
     data: Planes = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
+    del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
     for stage in reversed(stages):
         if stage is Stage.MED:
             data = transforms.unmed(data, signedness(stages, channels))
         elif stage is Stage.RCT:
-            data = transforms.unrct(data)
+            data = transforms.unrct(data, in_place=data.flags.writeable and data.base is None)
         elif stage is Stage.QUANTIZE:
             data = transforms.dequantize(data, header.tolerance)
         elif stage is Stage.RESIDUAL:

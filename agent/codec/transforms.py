@@ -94,15 +94,19 @@ def rct(planes: Planes) -> Planes:
     return out
 
 
-def unrct(planes: Planes) -> Planes:
-    g, cb, cr = planes
-    out = np.empty_like(planes)
-    out[1] = g
-    np.add(cb, g, out=out[0], dtype=np.uint8)
-    np.add(cr, g, out=out[2], dtype=np.uint8)
-    out[0] -= np.uint8(128)
-    out[2] -= np.uint8(128)
-    return out
+def unrct(planes: Planes, *, in_place: bool = False) -> Planes:
+    """Inverse of :func:`rct`; ``in_place`` reuses ``planes`` (which must be writable) and one spare plane."""
+    if not in_place:
+        planes = planes.copy()
+    g = planes[0].copy()
+    planes[0] = planes[1]
+    planes[1] = g
+    # planes now hold (Cb, G, Cr): B = Cb + G − 128, R = Cr + G − 128, all mod 256
+    np.add(planes[0], g, out=planes[0], dtype=np.uint8)
+    np.add(planes[2], g, out=planes[2], dtype=np.uint8)
+    planes[0] -= np.uint8(128)
+    planes[2] -= np.uint8(128)
+    return planes
 
 
 # --- spatial prediction (MED) ------------------------------------------------------------------------------
