@@ -37,6 +37,22 @@ FLUSH_TIMEOUT_S = 20.0
 PREVIEW_WIDTH = 640
 
 
+def first_seq(state: dict[str, object], last_spooled: int | None) -> int:
+    """Where this run's sequence numbers start: after everything this spool ever reserved or held.
+
+    A spool with no history (a new or reinstalled camera) starts at the UTC clock in microseconds rather than
+    0, so that a camera set up again never reuses a seq the archive already holds (the collector would refuse
+    those frames as conflicts). Cameras produce far fewer than a million frames a second, so the seqs of the
+    earlier installation stay below it.
+    """
+    reserved = state.get("next_seq")
+    if isinstance(reserved, int) and reserved >= 0:
+        return max(reserved, (last_spooled if last_spooled is not None else -1) + 1)
+    if last_spooled is not None:
+        return last_spooled + 1
+    return time.time_ns() // 1000
+
+
 @dataclass
 class AgentStats:
     frames: int = 0
@@ -84,7 +100,7 @@ class EdgeAgent:
         cfg = self.config
         spool = self._spool = make_spool(cfg)
         state = spool.load_state()
-        next_seq = max(int(state.get("next_seq", 0)), (spool.last_seq or -1) + 1)
+        next_seq = first_seq(state, spool.last_seq)
         encoder = FrameEncoder(cfg.agent.camera_id, cfg.codec.to_codec_settings(), first_seq=next_seq)
         publisher = Publisher(mqtt_settings(cfg.mqtt, site=cfg.agent.site, camera=cfg.agent.camera_id))
         sender = Sender(spool, publisher, cfg.mqtt.max_inflight)

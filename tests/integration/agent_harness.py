@@ -37,7 +37,16 @@ def write_config(
     codec: str = "",
     mqtt_extra: str = "",
     spool_max_bytes: int = 256 * 1024 * 1024,
+    seqs_from_zero: bool = True,
 ) -> Path:
+    """An agent config; ``seqs_from_zero`` gives the spool a history that starts at seq 0.
+
+    A spool without history starts at the clock in microseconds (``agent.runtime.agent.first_seq``); the tests
+    that count frames by seq are easier to read from 0, and one test checks the fresh-spool start itself.
+    """
+    if seqs_from_zero and not (spool / "state.json").exists():
+        spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (spool / "state.json").write_text('{"next_seq": 0}')
     path.write_text(
         f"""
 [agent]

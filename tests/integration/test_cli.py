@@ -208,3 +208,29 @@ def test_simulate_writes_the_deterministic_scene(tmp_path: Path) -> None:
     scene = Scene(SceneSettings(seed=4, width=160, height=120))
     for index in range(3):
         assert np.array_equal(cv2.imread(str(tmp_path / f"{index:08d}.png")), scene.frame(index))
+
+
+def test_a_fresh_spool_starts_its_seqs_at_the_clock(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
+    """A reinstalled camera must never reuse a seq the archive already holds for it."""
+    spool = tmp_path / "spool"
+    config = write_config(
+        tmp_path / "agent.toml",
+        port=mqtt_broker.port,
+        spool=spool,
+        capture='kind = "simulated"\n[capture.simulated]\nwidth = 64\nheight = 48\nfps = 10',
+        seqs_from_zero=False,
+    )
+    before_us = time.time_ns() // 1000
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    agent.terminate()
+    _out, log = agent.communicate(timeout=30)
+    assert agent.returncode == 0, log
+    first = int(log.split("starting at seq=")[1].split(",")[0])
+    assert before_us <= first <= time.time_ns() // 1000
+    assert json.loads((spool / "state.json").read_text())["next_seq"] > first
