@@ -43,28 +43,30 @@ class _Held:
 _NO_PLANES: Planes = np.zeros((0, 0, 0), dtype=np.uint8)
 
 
-def intra_stage_lists(pixel_format: PixelFormat, tolerance: int) -> list[tuple[Stage, ...]]:
+def intra_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> list[tuple[Stage, ...]]:
     """Intra recipes: exact, and with a tolerance also quantised (the estimate picks; exact is within any T)."""
     colour = (Stage.RCT,) if pixel_format is PixelFormat.BGR8 else ()
-    exact = (*colour, Stage.MED, Stage.ZSTD)
-    return [(Stage.QUANTIZE, *exact), exact] if tolerance else [exact]
+    exact = (*colour, Stage.MED, settings.entropy_stage)
+    return [(Stage.QUANTIZE, *exact), exact] if settings.tolerance else [exact]
 
 
 def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> list[tuple[Stage, ...]]:
-    """Residual recipes tried per member: PackBits runs for exact-zero regions, MED for noisy ones.
+    """Residual recipes tried per member: without a spatial predictor (exact-zero regions), and with MED (noise).
 
     On colour frames the residual goes through RCT: decoded video carries 4:2:0 chroma, so the three
     residual planes move together and RCT takes that shared part out (measured: 5.6× → 9.9× on PETS).
-    With a tolerance the quantised residual is tried first, and the exact one too: quantised codes are
-    scattered small values that zstd's Huffman stage cannot code below one bit each, so on clean video
-    the exact residual (long runs of zeros) is sometimes smaller, and it is always within tolerance.
+    With zstd, the recipe without MED runs PackBits first (``packbits``). With a tolerance the quantised
+    residual is tried first, and the exact one too: on clean video the exact residual is sometimes
+    smaller, and it is always within tolerance.
     """
+    entropy = settings.entropy_stage
+    flat: tuple[Stage, ...] = (Stage.PACKBITS,) if settings.packbits and entropy is Stage.ZSTD else ()
     kinds = [Stage.RESIDUAL_Q, Stage.RESIDUAL] if settings.tolerance else [Stage.RESIDUAL]
     lists: list[tuple[Stage, ...]] = []
     for kind in kinds:
         first: tuple[Stage, ...] = (kind, Stage.RCT) if pixel_format is PixelFormat.BGR8 else (kind,)
-        lists.append((*first, Stage.PACKBITS, Stage.ZSTD) if settings.packbits else (*first, Stage.ZSTD))
-        lists.append((*first, Stage.MED, Stage.ZSTD))
+        lists.append((*first, *flat, entropy))
+        lists.append((*first, Stage.MED, entropy))
     return lists
 
 
@@ -109,7 +111,7 @@ class FrameEncoder:
         seq = self.next_seq
         tolerance = self.settings.tolerance
         if decision.is_key:
-            candidates = intra_stage_lists(pixel_format, tolerance)
+            candidates = intra_stage_lists(self.settings, pixel_format)
             stages = (
                 min(candidates, key=lambda c: self._estimate(planes, c, None))
                 if len(candidates) > 1
@@ -171,7 +173,7 @@ class FrameEncoder:
             # A poor residual (a scene change, sparse stills): intra coding may win.
             sized += [
                 (self._estimate(planes, stages, None), stages, None)
-                for stages in intra_stage_lists(pixel_format, settings.tolerance)
+                for stages in intra_stage_lists(settings, pixel_format)
             ]
         _size, stages, held = min(sized, key=lambda c: c[0])
         payload, recon = encode_planes(

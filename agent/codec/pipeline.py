@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import zstandard
 
-from agent.codec import packbits, transforms
+from agent.codec import native, packbits, transforms
 from agent.codec.transforms import Planes
 from agent.codec.wire import REFERENCE_STAGES, RecordHeader, Stage
 from agent.errors import WireFormatError
@@ -114,6 +114,8 @@ def encode_planes(
         data[:, rows] = band
         if recon_band is not None:
             recon[:, rows] = recon_band
+    if Stage.CTX in stages:
+        return native.ctx_encode(data), recon
     # The byte stages run one plane at a time, streaming into zstd.
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
     parts: list[bytes] = []
@@ -154,17 +156,21 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
                 f"record seq={header.seq} is {channels}x{height}x{width} but its reference is "
                 f"{'x'.join(map(str, reference.shape))}"
             )
-    raw = payload
-    packed_bound = frame_bytes + frame_bytes // 128 + channels * height + 16
-    for stage in reversed(stages):
-        if stage is Stage.ZSTD:
-            raw = _unzstd(raw, packed_bound if Stage.PACKBITS in stages else frame_bytes)
-        elif stage is Stage.PACKBITS:
-            raw = packbits.decode_rows(raw, width, channels * height)
-    if len(raw) != frame_bytes:
-        raise WireFormatError(f"payload decodes to {len(raw)} bytes, the frame needs {frame_bytes}")
-    data: Planes = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
-    del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
+    data: Planes
+    if Stage.CTX in stages:
+        data = native.ctx_decode(payload, channels, height, width)
+    else:
+        raw = payload
+        packed_bound = frame_bytes + frame_bytes // 128 + channels * height + 16
+        for stage in reversed(stages):
+            if stage is Stage.ZSTD:
+                raw = _unzstd(raw, packed_bound if Stage.PACKBITS in stages else frame_bytes)
+            elif stage is Stage.PACKBITS:
+                raw = packbits.decode_rows(raw, width, channels * height)
+        if len(raw) != frame_bytes:
+            raise WireFormatError(f"payload decodes to {len(raw)} bytes, the frame needs {frame_bytes}")
+        data = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
+        del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
     for stage in reversed(stages):
         if stage is Stage.MED:
             data = transforms.unmed(data, signedness(stages, channels))

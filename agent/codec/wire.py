@@ -1,7 +1,9 @@
-"""Wire format v1: one self-describing, checksummed record per frame.
+"""Wire format v2 (and v1): one self-describing, checksummed record per frame.
 
 The byte layout is specified in ``docs/wire-format.md``; this module follows that document (a test checks that
-the version there matches :data:`VERSION`). Everything is little-endian. Parsing untrusted bytes raises only
+the version there matches :data:`VERSION`). A record carries the lowest version that has all its stages, so a
+record without the CTX stage is still a valid v1 record for v1 decoders. Everything is little-endian.
+Parsing untrusted bytes raises only
 :class:`~agent.errors.WireFormatError`, and never trusts a declared size beyond :class:`Limits`.
 """
 
@@ -18,7 +20,8 @@ from typing import BinaryIO
 from agent.errors import WireFormatError
 
 MAGIC = b"CCTV"
-VERSION = 1
+VERSION = 2
+"""The newest version this code reads and writes; it reads every version from 1."""
 
 # magic, version, kind, flags, pixel_format, header_length, width, height, tolerance, stage_count,
 # payload_length, seq, key_seq, ref_seq, capture_time_ns, ssim, frame_hash
@@ -72,6 +75,17 @@ class Stage(IntEnum):
     """TIFF PackBits, one stream per plane row."""
     ZSTD = 7
     """Zstandard frame."""
+    CTX = 8
+    """Context-modelled rANS over each plane (wire format ≥ 2)."""
+
+
+STAGE_SINCE = {Stage.CTX: 2}
+"""The wire format version that introduced a stage (the others are in every version)."""
+
+
+def record_version(stages: tuple[Stage, ...]) -> int:
+    """The lowest version that can carry ``stages``: what :func:`pack_record` writes."""
+    return max((STAGE_SINCE.get(s, 1) for s in stages), default=1)
 
 
 _PIXEL_STAGE_ORDER = (
@@ -79,7 +93,7 @@ _PIXEL_STAGE_ORDER = (
     (Stage.RCT,),
     (Stage.MED,),
     (Stage.PACKBITS,),
-    (Stage.ZSTD,),
+    (Stage.ZSTD, Stage.CTX),
 )
 REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q})
 
@@ -187,6 +201,10 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
             position += 1
         _check(position < len(_PIXEL_STAGE_ORDER), f"stages out of order or repeated: {_names(stages)}")
         position += 1
+    _check(
+        not (Stage.PACKBITS in stages and Stage.CTX in stages),
+        "PACKBITS and CTX do not go together (CTX codes planes, PackBits output is not one)",
+    )
     if Stage.RCT in stages:
         _check(pixel_format is PixelFormat.BGR8, "RCT needs a BGR frame")
     if Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages:
@@ -208,7 +226,7 @@ def pack_record(record: Record) -> bytes:
         raise WireFormatError(f"payload of {len(record.payload)} bytes does not fit a record")
     fixed = _FIXED.pack(
         MAGIC,
-        VERSION,
+        record_version(h.stages),
         h.kind,
         flags,
         h.pixel_format,
@@ -236,7 +254,10 @@ def record_length(prefix: bytes | memoryview) -> int:
     )
     magic, version = bytes(prefix[:4]), prefix[4]
     _check(magic == MAGIC, f"bad magic {magic!r}, expected {MAGIC!r}")
-    _check(version == VERSION, f"unsupported wire format version {version} (this decoder reads {VERSION})")
+    _check(
+        1 <= version <= VERSION,
+        f"unsupported wire format version {version} (this decoder reads 1..{VERSION})",
+    )
     header_length, payload_length = (
         struct.unpack_from("<H", prefix, 8)[0],
         struct.unpack_from("<I", prefix, 16)[0],
@@ -253,7 +274,7 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
     _check(zlib.crc32(view[: total - CRC_SIZE]) == crc, "checksum mismatch: record is corrupted")
     (
         _magic,
-        _version,
+        version,
         kind,
         flags,
         pixel_format,
@@ -291,6 +312,10 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
         stages = tuple(Stage(b) for b in stage_bytes)
     except ValueError as e:
         raise WireFormatError(f"unknown stage in {stage_bytes.hex()}") from e
+    _check(
+        record_version(stages) <= version,
+        f"stages {_names(stages)} need wire format version {record_version(stages)}, the record says {version}",
+    )
     _check(ssim == ssim and -1.0 <= ssim <= 1.0, f"SSIM {ssim} outside -1..1")
     header = RecordHeader(
         camera_id=camera_id,

@@ -13,7 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.codec.settings import CodecSettings, Reference
+from agent.codec.settings import CodecSettings, Entropy, Reference
 from agent.config import checks
 from agent.errors import ConfigError, ConfigErrors
 
@@ -198,6 +198,7 @@ class CodecSection(_Validated):
     ssim_downscale: int = 4
     zstd_level: int = 1
     packbits: bool = True
+    entropy: Entropy = "auto"
 
     def to_codec_settings(self) -> CodecSettings:
         """The encoder's settings; their own checks are reported under ``codec.<field>``."""

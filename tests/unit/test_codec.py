@@ -174,7 +174,7 @@ def test_member_recipes_are_recorded_in_the_record(pets_cut: Path) -> None:
     frames = list(_frames(pets_cut, 5))
     encoder = FrameEncoder("cam")
     records = [encoder.encode(f, 0) for f in frames]
-    assert records[0].header.stages == (Stage.RCT, Stage.MED, Stage.ZSTD)
+    assert records[0].header.stages == (Stage.RCT, Stage.MED, Stage.CTX)
     for record in records[1:]:
         assert record.header.stages[:2] == (Stage.RESIDUAL, Stage.RCT)
         assert record.header.ref_seq == record.header.seq - 1

@@ -150,7 +150,7 @@ def test_corruption_truncation_and_version_are_reported() -> None:
     with pytest.raises(WireFormatError, match="truncated"):
         unpack_record(data[:10])
     with pytest.raises(WireFormatError, match="version"):
-        unpack_record(data[:4] + b"\x02" + data[5:])
+        unpack_record(data[:4] + b"\x03" + data[5:])
     with pytest.raises(WireFormatError, match="magic"):
         unpack_record(b"XXXX" + data[4:])
 

@@ -1,0 +1,616 @@
+/*
+ * The codec's compiled loops: the CTX entropy stage and the MED predictor.
+ *
+ * CTX: static, context-modelled rANS over each plane of a frame.
+ *
+ * Why it exists: zstd's Huffman stage spends at least one bit on every residual byte that is not part of a
+ * match, so the small, scattered values left by prediction (and by near-lossless quantisation) cost far more
+ * than their entropy. Here every sample is coded with the histogram of its own context, the activity of its
+ * already-coded neighbours, by an rANS coder that can spend a few hundredths of a bit on a likely zero.
+ * The byte layout is specified in docs/wire-format.md; this file follows that text.
+ *
+ * The heavy loops run without the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROB_BITS 14
+#define PROB_SCALE (1u << PROB_BITS)
+#define RANS_L (1u << 23)
+#define NCTX 16
+#define NSTATES 4 /* interleaved rANS states: sample i uses state i mod 4 */
+#define MAX_ACT (6 * 128)
+#define MIN_TABLE_SAMPLES 4096
+#define CENTRE_ROW_STEP 8
+
+/* act = 2|a| + 2|b| + |c| + |d| over the magnitudes of the left, upper, upper-left and upper-right symbols;
+   the context is the number of these thresholds that act reaches. */
+static const int ACT_THRESHOLDS[NCTX - 1] = {1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 90, 128};
+static uint8_t ACT_CTX[MAX_ACT + 1];
+static uint8_t MAG[256];  /* |int8(symbol)| */
+static uint16_t MAG2[256]; /* 2 |int8(symbol)| */
+
+static void init_tables(void) {
+    for (int act = 0; act <= MAX_ACT; act++) {
+        int ctx = 0;
+        while (ctx < NCTX - 1 && act >= ACT_THRESHOLDS[ctx]) ctx++;
+        ACT_CTX[act] = (uint8_t)ctx;
+    }
+    for (int s = 0; s < 256; s++) {
+        MAG[s] = (uint8_t)(s < 128 ? s : 256 - s);
+        MAG2[s] = (uint16_t)(2 * MAG[s]);
+    }
+}
+
+/* Contexts of one row. mags holds two rows of magnitudes, each padded with a zero on both ends (set once by
+   the caller), so no loop needs a branch: the loops vectorise except for the one table lookup. The decoder
+   computes the same contexts sample by sample, as it learns the row. */
+static void row_contexts(const uint8_t *row, const uint8_t *above /* NULL on the first row */, uint8_t centre,
+                         Py_ssize_t w, uint8_t *mags /* 2 (w + 2) */, uint16_t *part /* w */,
+                         uint8_t *crow /* w */) {
+    uint8_t *mu = mags, *mc = mags + w + 2;
+    for (Py_ssize_t x = 0; x < w; x++) { /* |int8| as a byte: 0x80 stays 128 */
+        int8_t v = (int8_t)(uint8_t)((above ? above[x] : centre) - centre);
+        int8_t c = (int8_t)(uint8_t)(row[x] - centre);
+        mu[x + 1] = (uint8_t)(v < 0 ? -v : v);
+        mc[x + 1] = (uint8_t)(c < 0 ? -c : c);
+    }
+    for (Py_ssize_t x = 0; x < w; x++)
+        part[x] = (uint16_t)(2 * mu[x + 1] + mu[x] + mu[x + 2] + 2 * mc[x]);
+    for (Py_ssize_t x = 0; x < w; x++) crow[x] = ACT_CTX[part[x]];
+}
+
+/* ------------------------------------------------------------------------------------------------ tables */
+
+/* Scale counts to frequencies summing to PROB_SCALE; every symbol that occurs keeps at least 1. */
+static void normalise(const uint32_t *count, uint64_t total, uint32_t *freq) {
+    int64_t sum = 0;
+    int best = 0;
+    for (int s = 0; s < 256; s++) {
+        if (count[s] == 0) {
+            freq[s] = 0;
+            continue;
+        }
+        uint64_t f = ((uint64_t)count[s] * PROB_SCALE + total / 2) / total;
+        freq[s] = f ? (uint32_t)f : 1;
+        sum += freq[s];
+        if (count[s] > count[best]) best = s;
+    }
+    int64_t diff = (int64_t)PROB_SCALE - sum;
+    if (diff >= 0) {
+        freq[best] += (uint32_t)diff;
+        return;
+    }
+    while (diff < 0) { /* take from the largest frequencies, never below 1 */
+        int top = 0;
+        for (int s = 1; s < 256; s++)
+            if (freq[s] > freq[top]) top = s;
+        uint32_t take = (uint32_t)((-diff) < (int64_t)(freq[top] - 1) ? -diff : (int64_t)(freq[top] - 1));
+        if (take == 0) take = 1; /* unreachable: fewer than PROB_SCALE symbols occur */
+        freq[top] -= take;
+        diff += take;
+    }
+}
+
+static uint8_t *put_varint(uint8_t *p, uint32_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* A table is 256 frequencies as LEB128 varints; a zero is followed by one byte: how many more zeros follow. */
+static uint8_t *put_table(uint8_t *p, const uint32_t *freq) {
+    int s = 0;
+    while (s < 256) {
+        p = put_varint(p, freq[s]);
+        if (freq[s] == 0) {
+            int run = 0;
+            while (s + 1 + run < 256 && freq[s + 1 + run] == 0 && run < 255) run++;
+            *p++ = (uint8_t)run;
+            s += run;
+        }
+        s++;
+    }
+    return p;
+}
+
+typedef struct {
+    const uint8_t *p, *end;
+    int bad;
+} Reader;
+
+static uint32_t get_u8(Reader *r) {
+    if (r->p >= r->end) {
+        r->bad = 1;
+        return 0;
+    }
+    return *r->p++;
+}
+
+static uint32_t get_varint(Reader *r) {
+    uint32_t v = 0;
+    for (int shift = 0; shift < 21; shift += 7) {
+        uint32_t b = get_u8(r);
+        v |= (b & 0x7f) << shift;
+        if (!(b & 0x80)) return v;
+    }
+    r->bad = 1; /* longer than any frequency can be */
+    return 0;
+}
+
+static int get_table(Reader *r, uint32_t *freq) {
+    int s = 0;
+    uint32_t sum = 0;
+    while (s < 256) {
+        uint32_t f = get_varint(r);
+        if (r->bad || f > PROB_SCALE) return 0;
+        freq[s] = f;
+        sum += f;
+        if (f == 0) {
+            uint32_t run = get_u8(r);
+            if (r->bad || s + 1 + (int)run > 256) return 0;
+            for (uint32_t i = 0; i < run; i++) freq[++s] = 0;
+        }
+        s++;
+    }
+    return sum == PROB_SCALE;
+}
+
+/* -------------------------------------------------------------------------------------------------- rANS */
+
+typedef struct {
+    uint32_t x_max, rcp_freq, bias;
+    uint16_t cmpl_freq, rcp_shift;
+} EncSym;
+
+/* ryg's rans_byte symbol setup: division by the frequency becomes a multiply by its reciprocal. */
+static void enc_sym_init(EncSym *e, uint32_t start, uint32_t freq) {
+    e->x_max = ((RANS_L >> PROB_BITS) << 8) * freq;
+    e->cmpl_freq = (uint16_t)(PROB_SCALE - freq);
+    if (freq < 2) {
+        e->rcp_freq = ~0u;
+        e->rcp_shift = 0;
+        e->bias = start + PROB_SCALE - 1;
+    } else {
+        uint32_t shift = 0;
+        while (freq > (1u << shift)) shift++;
+        e->rcp_freq = (uint32_t)(((1ull << (shift + 31)) + freq - 1) / freq);
+        e->rcp_shift = (uint16_t)(shift - 1);
+        e->bias = start;
+    }
+}
+
+/* One symbol into one state. The state stays in [RANS_L, 256·RANS_L), so renormalising writes at most two
+   bytes (PROB_BITS ≤ 15): both are stored and the pointer moves by how many count, without a branch. */
+static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
+    uint8_t *ptr = *pptr;
+    uint32_t one = x >= e->x_max;
+    uint32_t two = (uint64_t)x >= ((uint64_t)e->x_max << 8);
+    uint32_t k = one + two;
+    ptr[-1] = (uint8_t)x;
+    ptr[-2] = (uint8_t)(x >> 8);
+    *pptr = ptr - k;
+    x = (uint32_t)((uint64_t)x >> (8 * k));
+    uint32_t q = (uint32_t)(((uint64_t)x * e->rcp_freq) >> 32) >> e->rcp_shift;
+    return x + e->bias + q * e->cmpl_freq;
+}
+
+/* --------------------------------------------------------------------------------------- plane encoding */
+
+/* Worst case of one coded plane: header, 16 tables of at most 3 bytes a symbol, four states, and at most
+   PROB_BITS + 8 bits a sample (a frequency of 1, plus a renormalisation byte). */
+static size_t plane_bound(size_t n) { return 2 + NCTX + (size_t)NCTX * 256 * 3 + 4 + 4 * NSTATES + n * 3 + 16; }
+
+/* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
+   Contexts are computed twice, once per pass, from two rows at a time: cheaper than storing them. */
+static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
+    size_t n = (size_t)h * (size_t)w;
+    uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1), *crow = malloc((size_t)w);
+    uint16_t *part = malloc(sizeof(uint16_t) * (size_t)w);
+    uint32_t *hist = calloc(4 * NCTX * 256, sizeof(uint32_t));
+    uint8_t *buf = malloc(n * 3 + 16);
+    EncSym *enc = malloc(sizeof(EncSym) * NCTX * 256);
+    size_t written = 0;
+    if (!mags || !crow || !part || !hist || !buf || !enc) goto done;
+
+    /* The centre is the commonest value (in every CENTRE_ROW_STEP-th row: any centre decodes right): symbols are values minus the centre, so residual planes centred
+       on 0 and chroma residuals centred on 128 both put their peak at symbol 0. */
+    uint32_t global[256] = {0};
+    for (Py_ssize_t y = 0; y < h; y += CENTRE_ROW_STEP)
+        for (Py_ssize_t x = 0; x < w; x++) global[plane[y * w + x]]++;
+    int best = 0;
+    for (int v = 1; v < 256; v++)
+        if (global[v] > global[best]) best = v;
+    const uint8_t centre = (uint8_t)best;
+
+    /* Four histograms taken in turn: repeated increments of one cell (a flat area) would stall on each other. */
+    uint32_t *h1 = hist + NCTX * 256, *h2 = h1 + NCTX * 256, *h3 = h2 + NCTX * 256;
+    for (Py_ssize_t y = 0; y < h; y++) {
+        const uint8_t *row = plane + y * w;
+        row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
+        Py_ssize_t x = 0;
+        for (; x + 3 < w; x += 4) {
+            hist[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+            h1[crow[x + 1] * 256 + (uint8_t)(row[x + 1] - centre)]++;
+            h2[crow[x + 2] * 256 + (uint8_t)(row[x + 2] - centre)]++;
+            h3[crow[x + 3] * 256 + (uint8_t)(row[x + 3] - centre)]++;
+        }
+        for (; x < w; x++) hist[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+    }
+    for (int k = 0; k < NCTX * 256; k++) hist[k] += h1[k] + h2[k] + h3[k];
+
+    /* Adjacent contexts (ordered by activity) share a table until it has MIN_TABLE_SAMPLES samples, so a
+       table's cost is always small beside what it codes; a short last group joins the one before it. */
+    uint8_t map[NCTX];
+    uint64_t group_total[NCTX] = {0};
+    int ntables = 0;
+    uint64_t open_total = 0;
+    for (int c = 0; c < NCTX; c++) {
+        uint64_t count = 0;
+        for (int s = 0; s < 256; s++) count += hist[c * 256 + s];
+        map[c] = (uint8_t)ntables;
+        open_total += count;
+        if (open_total >= MIN_TABLE_SAMPLES) {
+            group_total[ntables++] = open_total;
+            open_total = 0;
+        }
+    }
+    if (ntables == 0)
+        group_total[ntables++] = open_total;
+    else
+        group_total[ntables - 1] += open_total;
+    for (int c = 0; c < NCTX; c++)
+        if (map[c] >= ntables) map[c] = (uint8_t)(ntables - 1);
+
+    uint8_t *p = out;
+    *p++ = centre;
+    *p++ = (uint8_t)ntables;
+    memcpy(p, map, NCTX);
+    p += NCTX;
+    for (int t = 0; t < ntables; t++) {
+        uint32_t count[256] = {0}, freq[256];
+        for (int c = 0; c < NCTX; c++)
+            if (map[c] == t)
+                for (int s = 0; s < 256; s++) count[s] += hist[c * 256 + s];
+        if (group_total[t] == 0) count[0] = 1; /* an empty plane still needs a valid table */
+        normalise(count, group_total[t] ? group_total[t] : 1, freq);
+        p = put_table(p, freq);
+        uint32_t start = 0;
+        for (int s = 0; s < 256; s++) {
+            enc_sym_init(&enc[t * 256 + s], start, freq[s] ? freq[s] : 1);
+            start += freq[s];
+        }
+    }
+
+    /* Sample x of a row uses state x mod NSTATES; coded last sample first, so the decoder reads forwards. */
+    uint8_t *end = buf + n * 3 + 16, *ptr = end;
+    uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
+    for (Py_ssize_t y = h; y-- > 0;) {
+        const uint8_t *row = plane + y * w;
+        row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
+        for (Py_ssize_t x = 0; x < w; x++) crow[x] = map[crow[x]];
+        Py_ssize_t x = w;
+        while (x % NSTATES) {
+            x--;
+            st[x % NSTATES] = enc_put(st[x % NSTATES], &ptr, &enc[crow[x] * 256 + (uint8_t)(row[x] - centre)]);
+        }
+        while (x > 0) {
+            x -= NSTATES;
+            st[3] = enc_put(st[3], &ptr, &enc[crow[x + 3] * 256 + (uint8_t)(row[x + 3] - centre)]);
+            st[2] = enc_put(st[2], &ptr, &enc[crow[x + 2] * 256 + (uint8_t)(row[x + 2] - centre)]);
+            st[1] = enc_put(st[1], &ptr, &enc[crow[x + 1] * 256 + (uint8_t)(row[x + 1] - centre)]);
+            st[0] = enc_put(st[0], &ptr, &enc[crow[x] * 256 + (uint8_t)(row[x] - centre)]);
+        }
+    }
+    for (int k = NSTATES - 1; k >= 0; k--) {
+        ptr -= 4;
+        ptr[0] = (uint8_t)st[k];
+        ptr[1] = (uint8_t)(st[k] >> 8);
+        ptr[2] = (uint8_t)(st[k] >> 16);
+        ptr[3] = (uint8_t)(st[k] >> 24);
+    }
+    size_t len = (size_t)(end - ptr);
+    p[0] = (uint8_t)len;
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)(len >> 16);
+    p[3] = (uint8_t)(len >> 24);
+    p += 4;
+    memcpy(p, ptr, len);
+    written = (size_t)(p + len - out);
+    if (written >= n + 2) { /* noise: stored is smaller, and bounds the stage's output at n + 2 bytes */
+        out[0] = 0;
+        out[1] = 0;
+        memcpy(out + 2, plane, n);
+        written = n + 2;
+    }
+done:
+    free(mags);
+    free(crow);
+    free(part);
+    free(hist);
+    free(buf);
+    free(enc);
+    return written;
+}
+
+/* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. */
+static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane) {
+    uint32_t centre = get_u8(r), ntables = get_u8(r);
+    if (r->bad) return "CTX stage is truncated in a plane header";
+    if (ntables == 0) { /* stored */
+        size_t n = (size_t)h * (size_t)w;
+        if ((size_t)(r->end - r->p) < n) return "CTX stage is truncated in a stored plane";
+        memcpy(plane, r->p, n);
+        r->p += n;
+        return NULL;
+    }
+    if (ntables > NCTX) return "CTX stage declares an impossible number of tables";
+    uint8_t map[NCTX];
+    for (int c = 0; c < NCTX; c++) {
+        map[c] = (uint8_t)get_u8(r);
+        if (map[c] >= ntables) return "CTX stage maps a context to a table it does not have";
+    }
+    if (r->bad) return "CTX stage is truncated in a plane header";
+    static const char *nomem = "no memory";
+    uint32_t(*fstart)[256] = malloc(sizeof(uint32_t[256]) * ntables); /* freq << 16 | start */
+    uint8_t(*lut)[PROB_SCALE] = malloc(sizeof(uint8_t[PROB_SCALE]) * ntables);
+    uint8_t *rows = malloc((size_t)(w + 3) + sizeof(uint16_t) * (size_t)w);
+    const char *err = NULL;
+    if (!fstart || !lut || !rows) {
+        err = nomem;
+        goto done;
+    }
+    for (uint32_t t = 0; t < ntables; t++) {
+        uint32_t f[256];
+        if (!get_table(r, f)) {
+            err = "CTX stage holds a malformed frequency table";
+            goto done;
+        }
+        uint32_t s0 = 0;
+        for (int s = 0; s < 256; s++) {
+            fstart[t][s] = f[s] << 16 | s0;
+            if (f[s]) memset(&lut[t][s0], s, f[s]);
+            s0 += f[s];
+        }
+    }
+    uint32_t len = get_u8(r);
+    len |= get_u8(r) << 8;
+    len |= get_u8(r) << 16;
+    len |= get_u8(r) << 24;
+    if (r->bad || len < 4 * NSTATES || (size_t)(r->end - r->p) < len) {
+        err = "CTX stage is truncated in a plane's coded samples";
+        goto done;
+    }
+    const uint8_t *ptr = r->p, *end = r->p + len;
+    r->p = end;
+    uint32_t st[NSTATES];
+    for (int k = 0; k < NSTATES; k++) {
+        st[k] = (uint32_t)ptr[0] | (uint32_t)ptr[1] << 8 | (uint32_t)ptr[2] << 16 | (uint32_t)ptr[3] << 24;
+        ptr += 4;
+        if (st[k] < RANS_L) {
+            err = "CTX stage has an invalid coder state";
+            goto done;
+        }
+    }
+    /* The sample loop is one dependency chain (symbol → magnitude → context → table → symbol), so
+       everything it looks up is folded into as few loads as possible. */
+    uint8_t tab_of[MAX_ACT + 1];
+    for (int act = 0; act <= MAX_ACT; act++) tab_of[act] = map[ACT_CTX[act]];
+    uint8_t *upper = rows;
+    uint16_t *part = (uint16_t *)(rows + w + 2 + (w & 1));
+    memset(upper, 0, (size_t)(w + 2));
+    for (Py_ssize_t y = 0; y < h; y++) {
+        uint8_t *orow = plane + y * w;
+        for (Py_ssize_t x = 0; x < w; x++)
+            part[x] = (uint16_t)(2 * upper[x + 1] + upper[x] + upper[x + 2]);
+        uint32_t left2 = 0; /* 2 × the left neighbour's magnitude */
+        for (Py_ssize_t x = 0; x < w; x++) {
+            uint32_t t = tab_of[part[x] + left2];
+            uint32_t xs = st[x % NSTATES];
+            uint32_t slot = xs & (PROB_SCALE - 1);
+            uint8_t s = lut[t][slot];
+            uint32_t fs = fstart[t][s];
+            xs = (fs >> 16) * (xs >> PROB_BITS) + slot - (fs & 0xffff);
+            while (xs < RANS_L) {
+                if (ptr >= end) {
+                    err = "CTX stage runs out of coded bytes";
+                    goto done;
+                }
+                xs = (xs << 8) | *ptr++;
+            }
+            st[x % NSTATES] = xs;
+            orow[x] = s;
+            left2 = MAG2[s];
+        }
+        for (Py_ssize_t x = 0; x < w; x++) {
+            orow[x] = (uint8_t)(orow[x] + centre);
+            upper[x + 1] = MAG[(uint8_t)(orow[x] - centre)];
+        }
+    }
+    if (ptr != end || st[0] != RANS_L || st[1] != RANS_L || st[2] != RANS_L || st[3] != RANS_L) err = "CTX stage does not end where its coder does";
+done:
+    free(fstart);
+    free(lut);
+    free(rows);
+    return err;
+}
+
+/* ---------------------------------------------------------------------------------------------- Python */
+
+static int plane_shape(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width, Py_ssize_t *n) {
+    if (channels < 1 || channels > 4 || height < 1 || width < 1 || height > (1 << 16) || width > (1 << 16)) {
+        PyErr_Format(PyExc_ValueError, "CTX stage: bad shape %zd x %zd x %zd", channels, height, width);
+        return 0;
+    }
+    *n = height * width;
+    return 1;
+}
+
+PyDoc_STRVAR(encode_doc,
+             "encode(planes, channels, height, width) -> bytes\n\n"
+             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane.");
+
+static PyObject *ctx_encode(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t channels, height, width, n;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &channels, &height, &width)) return NULL;
+    if (!plane_shape(channels, height, width, &n)) goto fail;
+    if (view.len != channels * n) {
+        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view.len, channels * n);
+        goto fail;
+    }
+    size_t bound = plane_bound((size_t)n) * (size_t)channels;
+    uint8_t *out = malloc(bound);
+    if (!out) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    size_t total = 0;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t c = 0; c < channels && ok; c++) {
+        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total);
+        ok = len > 0;
+        total += len;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    if (!ok) {
+        free(out);
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)total);
+    free(out);
+    return result;
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+PyDoc_STRVAR(decode_doc,
+             "decode(payload, channels, height, width) -> bytes\n\n"
+             "Inverse of encode; raises ValueError on any inconsistency, never reads past the payload.");
+
+static PyObject *ctx_decode(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t channels, height, width, n;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &channels, &height, &width)) return NULL;
+    if (!plane_shape(channels, height, width, &n)) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, channels * n);
+    if (!result) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint8_t *planes = (uint8_t *)PyBytes_AS_STRING(result);
+    Reader r = {(const uint8_t *)view.buf, (const uint8_t *)view.buf + view.len, 0};
+    const char *err = NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t c = 0; c < channels && !err; c++) err = decode_plane(&r, height, width, planes + c * n);
+    if (!err && r.p != r.end) err = "CTX stage has bytes after its last plane";
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    if (err) {
+        Py_DECREF(result);
+        if (strcmp(err, "no memory") == 0) return PyErr_NoMemory();
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return result;
+}
+
+/* -------------------------------------------------------------------------------------------------- MED */
+
+/* The MED stage (LOCO-I median edge detector), as docs/wire-format.md defines it and agent/codec/transforms.py
+   implements it with numpy: here because decoding is sequential (numpy walks anti-diagonals, ~10x slower).
+   flip is 0x80 for a plane of signed values (predicted on its bytes XOR 0x80), else 0. */
+static void med_plane(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_t w, uint8_t flip, int inverse) {
+    for (Py_ssize_t y = 0; y < h; y++) {
+        const uint8_t *src = in + y * w;
+        uint8_t *dst = out + y * w;
+        const uint8_t *up = inverse ? out + (y - 1) * w : in + (y - 1) * w; /* values, flipped unless inverse */
+        int a = 0, c = 0;
+        for (Py_ssize_t x = 0; x < w; x++) {
+            int b = y ? (up[x] ^ flip) : 0;
+            int lo = a < b ? a : b, hi = a < b ? b : a;
+            int p = a + b - c;
+            p = p < lo ? lo : (p > hi ? hi : p);
+            int v;
+            if (inverse) {
+                v = (src[x] + p) & 0xff;
+                dst[x] = (uint8_t)(v ^ flip);
+            } else {
+                v = src[x] ^ flip;
+                dst[x] = (uint8_t)(v - p);
+            }
+            a = v;
+            c = b;
+        }
+    }
+}
+
+static PyObject *med_call(PyObject *args, int inverse) {
+    Py_buffer view, flips;
+    Py_ssize_t channels, height, width, n;
+    if (!PyArg_ParseTuple(args, "y*y*nnn", &view, &flips, &channels, &height, &width)) return NULL;
+    PyObject *result = NULL;
+    if (!plane_shape(channels, height, width, &n)) goto done;
+    if (view.len != channels * n || flips.len != channels) {
+        PyErr_SetString(PyExc_ValueError, "MED: buffer sizes do not match the shape");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, channels * n);
+    if (!result) goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    const uint8_t *flip = (const uint8_t *)flips.buf;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t k = 0; k < channels; k++)
+        med_plane((const uint8_t *)view.buf + k * n, out + k * n, height, width, flip[k] ? 0x80 : 0, inverse);
+    Py_END_ALLOW_THREADS;
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&flips);
+    return result;
+}
+
+PyDoc_STRVAR(med_doc, "med(planes, signed, channels, height, width) -> bytes\n\n"
+                      "MED residuals of (channels, height, width) uint8 planes; signed[k] != 0 for signed planes.");
+static PyObject *med_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    return med_call(args, 0);
+}
+
+PyDoc_STRVAR(unmed_doc, "unmed(residuals, signed, channels, height, width) -> bytes\n\nInverse of med.");
+static PyObject *med_inverse(PyObject *self, PyObject *args) {
+    (void)self;
+    return med_call(args, 1);
+}
+
+static PyMethodDef methods[] = {
+    {"encode", ctx_encode, METH_VARARGS, encode_doc},
+    {"decode", ctx_decode, METH_VARARGS, decode_doc},
+    {"med", med_forward, METH_VARARGS, med_doc},
+    {"unmed", med_inverse, METH_VARARGS, unmed_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "agent.codec._native", "The CTX entropy stage and MED (see docs/wire-format.md).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    init_tables();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,75 @@
+"""The codec's compiled loops (``agent/codec/_native.c``): the CTX entropy stage, and MED.
+
+zstd's Huffman stage cannot spend less than a bit on a byte it does not match, and prediction residuals are
+mostly small values scattered among zeros. CTX codes each sample with the histogram of its context (the
+activity of its already-coded neighbours) near the entropy: 15-25 % smaller than zstd on the public footage
+(``docs/benchmarks.md``). It is C because decoding is one loop over every sample in which each step needs
+the one before, which numpy cannot vectorise.
+
+MED is there too because its decoder is one such loop (numpy walks anti-diagonals instead, ~10× slower).
+
+The byte layout is in ``docs/wire-format.md``. When the extension was not built (no compiler at install
+time) :data:`AVAILABLE` is false: the encoder falls back to zstd, and decoding a record that needs the
+extension says how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import WireFormatError
+
+Planes = npt.NDArray[np.uint8]
+
+_native: ModuleType | None
+try:
+    _native = importlib.import_module("agent.codec._native")
+except ImportError:  # pragma: no cover - exercised only on installs without a C compiler
+    _native = None
+
+AVAILABLE = _native is not None
+MISSING = (
+    "this record needs the compiled module agent.codec._native, which this install lacks: "
+    "reinstall cctv-agent where a C compiler and the Python headers are present (Debian: gcc python3-dev)"
+)
+
+
+def _module() -> ModuleType:
+    if _native is None:
+        raise WireFormatError(MISSING)
+    return _native
+
+
+def ctx_encode(planes: Planes) -> bytes:
+    """Code a ``(C, H, W)`` uint8 array; at most ``C·H·W + 2·C`` bytes (a plane that would grow is stored)."""
+    channels, height, width = planes.shape
+    out: bytes = _module().encode(np.ascontiguousarray(planes).data, channels, height, width)
+    return out
+
+
+def ctx_decode(payload: bytes | memoryview, channels: int, height: int, width: int) -> Planes:
+    """Inverse of :func:`ctx_encode`; allocates exactly ``C·H·W`` bytes whatever the payload says."""
+    try:
+        raw: bytes = _module().decode(payload, channels, height, width)
+    except ValueError as e:
+        raise WireFormatError(str(e)) from e
+    return np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
+
+
+def med(planes: Planes, signed: tuple[bool, ...]) -> Planes:
+    """The MED stage's residuals (``transforms.med`` says what they are)."""
+    return _med_call("med", planes, signed)
+
+
+def unmed(residuals: Planes, signed: tuple[bool, ...]) -> Planes:
+    """Inverse of :func:`med`: one sequential pass, about ten times faster than numpy's anti-diagonals."""
+    return _med_call("unmed", residuals, signed)
+
+
+def _med_call(name: str, planes: Planes, signed: tuple[bool, ...]) -> Planes:
+    out: bytes = getattr(_module(), name)(np.ascontiguousarray(planes).data, bytes(signed), *planes.shape)
+    return np.frombuffer(out, dtype=np.uint8).reshape(planes.shape)

@@ -1,0 +1,164 @@
+"""The CTX entropy stage: exact on any planes, bounded in size and allocation, and hostile bytes refused.
+
+The codec-level tests (test_codec.py) run CTX on real footage, since it is the default; these pin the stage on
+its own, including the golden bytes that ``docs/wire-format.md`` describes. ``test_ctx_spec.py`` decodes the
+same bytes with a decoder written from that document alone.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from agent.capture.files import iter_images
+from agent.codec import native
+from agent.codec.decoder import FrameDecoder
+from agent.codec.encoder import FrameEncoder
+from agent.codec.settings import CodecSettings
+from agent.codec.wire import Kind, Stage, pack_record, record_version, unpack_record
+from agent.errors import WireFormatError
+
+
+def test_the_compiled_coder_is_built() -> None:
+    """A silent fallback to zstd would hide a broken build: the test environment must have the extension."""
+    assert native.AVAILABLE, native.MISSING
+    assert CodecSettings().entropy_stage is Stage.CTX
+
+
+planes_strategy = hnp.arrays(
+    np.uint8,
+    st.tuples(st.sampled_from([1, 3]), st.integers(1, 40), st.integers(1, 40)),
+    elements=st.one_of(st.integers(0, 255), st.sampled_from([0, 1, 255, 128, 127, 2, 254])),
+)
+
+
+@given(planes_strategy)
+@settings(max_examples=300, deadline=None)
+def test_any_planes_round_trip_within_the_size_bound(planes: np.ndarray) -> None:
+    payload = native.ctx_encode(planes)
+    assert len(payload) <= planes.size + 2 * planes.shape[0]
+    decoded = native.ctx_decode(payload, *planes.shape)
+    assert np.array_equal(decoded, planes)
+
+
+def test_noise_is_stored_and_residuals_shrink() -> None:
+    rng = np.random.default_rng(5)
+    noise = rng.integers(0, 256, (3, 64, 80), dtype=np.uint8)
+    payload = native.ctx_encode(noise)
+    assert len(payload) == noise.size + 6
+    assert payload[:2] == b"\x00\x00"  # stored: centre 0, no tables
+    small = (rng.laplace(0, 1.5, (3, 64, 80)).round().astype(np.int16) % 256).astype(np.uint8)
+    assert len(native.ctx_encode(small)) < small.size / 2.5
+
+
+def test_golden_bytes() -> None:
+    """Pins the layout of docs/wire-format.md on an 8×8 plane of 5s with three other values."""
+    plane = np.full((1, 8, 8), 5, dtype=np.uint8)
+    plane[0, 2, 3] = plane[0, 7, 0] = 6
+    plane[0, 5, 5] = 4
+    payload = native.ctx_encode(plane)
+    assert payload[0] == 5  # centre: the commonest value
+    assert payload[1] == 1  # one table: the plane has fewer than 4096 samples
+    assert payload[2:18] == bytes(16)  # every context maps to table 0
+    # Symbols 0 (61×), 1 (2×), 255 (1×) → 15616, 512, 256 of 16384: LEB128 varints, one zero and a run of 252.
+    table = bytes.fromhex("807a 8004 00fc 8002")
+    assert payload[18:26] == table
+    (length,) = struct.unpack_from("<I", payload, 26)
+    assert length == 16  # four 32-bit states and no renormalisation byte: 64 samples cost 12.4 bits
+    assert len(payload) == 30 + length
+    assert payload.hex() == GOLDEN_HEX
+    assert np.array_equal(native.ctx_decode(payload, 1, 8, 8), plane)
+
+
+GOLDEN_HEX = "0501" + "00" * 16 + "807a800400fc8002" + "10000000" + "001be02000b0be4100cf13010031dd20"
+
+
+def _payload(rows: int = 24, cols: int = 40) -> tuple[bytes, np.ndarray]:
+    rng = np.random.default_rng(8)
+    planes = (rng.laplace(0, 2.0, (3, rows, cols)).round().astype(np.int16) % 256).astype(np.uint8)
+    return native.ctx_encode(planes), planes
+
+
+def test_every_truncation_is_refused() -> None:
+    payload, planes = _payload()
+    for cut in range(len(payload)):
+        with pytest.raises(WireFormatError):
+            native.ctx_decode(payload[:cut], *planes.shape)
+    with pytest.raises(WireFormatError, match="after its last plane"):
+        native.ctx_decode(payload + b"\x00", *planes.shape)
+
+
+def test_mutated_payloads_decode_or_raise_one_error() -> None:
+    """Random byte changes never crash the decoder nor make it read or write out of bounds."""
+    payload, planes = _payload()
+    rng = random.Random(3)
+    refused = 0
+    for _ in range(5000):
+        data = bytearray(payload)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            decoded = native.ctx_decode(bytes(data), *planes.shape)
+        except WireFormatError:
+            refused += 1
+        else:
+            assert decoded.shape == planes.shape
+    assert refused > 4000, refused
+
+
+def test_bad_shapes_are_refused_before_allocating() -> None:
+    with pytest.raises(WireFormatError, match="bad shape"):
+        native.ctx_decode(b"", 3, 0, 10)
+    with pytest.raises(WireFormatError, match="bad shape"):
+        native.ctx_decode(b"", 9, 10, 10)
+
+
+def test_records_carry_the_lowest_version_that_has_their_stages(pets_cut: Path) -> None:
+    frame = next(iter_images(pets_cut, 1))
+    ctx_record = pack_record(FrameEncoder("cam").encode(frame, 0))
+    zstd_record = pack_record(FrameEncoder("cam", CodecSettings(entropy="zstd")).encode(frame, 0))
+    assert ctx_record[4] == 2
+    assert unpack_record(ctx_record).header.stages[-1] is Stage.CTX
+    assert zstd_record[4] == 1
+    assert unpack_record(zstd_record).header.stages[-1] is Stage.ZSTD
+    assert record_version((Stage.RCT, Stage.MED, Stage.CTX)) == 2
+    # A version-1 record cannot list CTX: rewrite the version byte (and the CRC) and it is refused.
+    forged = bytearray(ctx_record)
+    forged[4] = 1
+    forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
+    with pytest.raises(WireFormatError, match="need wire format version 2"):
+        unpack_record(bytes(forged))
+
+
+@pytest.mark.parametrize("entropy", ["ctx", "zstd"])
+def test_both_entropy_stages_are_exact_on_the_committed_clip(pets_cut: Path, entropy: str) -> None:
+    encoder = FrameEncoder("cam", CodecSettings(entropy=entropy))  # type: ignore[arg-type]
+    decoder = FrameDecoder()
+    stages = set()
+    for i, frame in enumerate(iter_images(pets_cut, 30)):
+        record = encoder.encode(frame, i)
+        stages.add(record.header.stages[-1])
+        image = decoder.decode(unpack_record(pack_record(record)))
+        assert cv2.norm(image, frame, cv2.NORM_INF) == 0
+        assert record.header.kind is (Kind.KEY if i == 0 else Kind.MEMBER)
+    assert stages == {Stage.CTX if entropy == "ctx" else Stage.ZSTD}
+
+
+def test_ctx_beats_zstd_on_the_committed_clip(pets_cut: Path) -> None:
+    """The reason CTX is the default; the measured margin on all public sets is in docs/benchmarks.md."""
+    sizes = {}
+    for entropy in ("ctx", "zstd"):
+        encoder = FrameEncoder("cam", CodecSettings(entropy=entropy))  # type: ignore[arg-type]
+        sizes[entropy] = sum(
+            len(encoder.encode(f, i).payload) for i, f in enumerate(iter_images(pets_cut, 20))
+        )
+    assert sizes["ctx"] < 0.9 * sizes["zstd"], sizes
