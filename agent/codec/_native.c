@@ -535,25 +535,40 @@ static PyObject *ctx_decode(PyObject *self, PyObject *args) {
 /* The MED stage (LOCO-I median edge detector), as docs/wire-format.md defines it and agent/codec/transforms.py
    implements it with numpy: here because decoding is sequential (numpy walks anti-diagonals, ~10x slower).
    flip is 0x80 for a plane of signed values (predicted on its bytes XOR 0x80), else 0. */
-static void med_plane(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_t w, uint8_t flip, int inverse) {
+static void med_plane(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_t w, uint8_t flip, int inverse,
+                      int16_t *rows /* 2 (w + 1) */) {
+    if (!inverse) { /* every residual depends on inputs only: rows of int16 with a zero in front vectorise */
+        int16_t *up = rows, *cur = rows + w + 1;
+        memset(rows, 0, sizeof(int16_t) * (size_t)(2 * (w + 1)));
+        for (Py_ssize_t y = 0; y < h; y++) {
+            const uint8_t *src = in + y * w;
+            uint8_t *dst = out + y * w;
+            for (Py_ssize_t x = 0; x < w; x++) cur[x + 1] = (int16_t)(src[x] ^ flip);
+            for (Py_ssize_t x = 0; x < w; x++) {
+                int16_t a = cur[x], b = up[x + 1], c = up[x];
+                int16_t lo = a < b ? a : b, hi = a < b ? b : a;
+                int16_t p = (int16_t)(a + b - c);
+                p = p < lo ? lo : (p > hi ? hi : p);
+                dst[x] = (uint8_t)(cur[x + 1] - p);
+            }
+            int16_t *t = up;
+            up = cur;
+            cur = t;
+        }
+        return;
+    }
     for (Py_ssize_t y = 0; y < h; y++) {
         const uint8_t *src = in + y * w;
         uint8_t *dst = out + y * w;
-        const uint8_t *up = inverse ? out + (y - 1) * w : in + (y - 1) * w; /* values, flipped unless inverse */
+        const uint8_t *up = out + (y - 1) * w;
         int a = 0, c = 0;
         for (Py_ssize_t x = 0; x < w; x++) {
             int b = y ? (up[x] ^ flip) : 0;
             int lo = a < b ? a : b, hi = a < b ? b : a;
             int p = a + b - c;
             p = p < lo ? lo : (p > hi ? hi : p);
-            int v;
-            if (inverse) {
-                v = (src[x] + p) & 0xff;
-                dst[x] = (uint8_t)(v ^ flip);
-            } else {
-                v = src[x] ^ flip;
-                dst[x] = (uint8_t)(v - p);
-            }
+            int v = (src[x] + p) & 0xff;
+            dst[x] = (uint8_t)(v ^ flip);
             a = v;
             c = b;
         }
@@ -574,10 +589,18 @@ static PyObject *med_call(PyObject *args, int inverse) {
     if (!result) goto done;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
     const uint8_t *flip = (const uint8_t *)flips.buf;
+    int16_t *rows = malloc(sizeof(int16_t) * (size_t)(2 * (width + 1)));
+    if (!rows) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t k = 0; k < channels; k++)
-        med_plane((const uint8_t *)view.buf + k * n, out + k * n, height, width, flip[k] ? 0x80 : 0, inverse);
+        med_plane((const uint8_t *)view.buf + k * n, out + k * n, height, width, flip[k] ? 0x80 : 0, inverse,
+                  rows);
     Py_END_ALLOW_THREADS;
+    free(rows);
 done:
     PyBuffer_Release(&view);
     PyBuffer_Release(&flips);
