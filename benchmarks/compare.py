@@ -37,9 +37,16 @@ X264_LIMIT_PIXELS = 1920 * 1080
 """Frames this large get x264 veryslow on the first ``--x264-limit`` frames only (~1 s a frame on 2 cores)."""
 
 
-def run_ours(frames: Sequence[Image], tolerance: int = 0, fps: float = 10.0) -> MethodResult:
-    """Our encoder, one thread; each record is packed to wire bytes, parsed back and decoded to check it."""
+def run_ours(
+    frames: Sequence[Image], tolerance: int = 0, fps: float = 10.0, entropy: str = "auto"
+) -> MethodResult:
+    """Our encoder, one thread; each record is packed to wire bytes, parsed back and decoded to check it.
+
+    ``entropy`` is the codec setting: "auto" (CTX with the compiled coder, the default) or "zstd" (faster).
+    """
     name = "ours (lossless)" if tolerance == 0 else f"ours (tolerance {tolerance})"
+    if entropy != "auto":
+        name = name[:-1] + f", {entropy})"
     raw = sum(f.nbytes for f in frames)
     try:
         from agent.codec.decoder import FrameDecoder
@@ -48,7 +55,7 @@ def run_ours(frames: Sequence[Image], tolerance: int = 0, fps: float = 10.0) -> 
         from agent.codec.wire import Kind, pack_record, unpack_record
     except ImportError as e:
         return MethodResult(name, len(frames), raw, None, None, None, note=f"n/a: codec not importable ({e})")
-    encoder = FrameEncoder("bench", CodecSettings(tolerance=tolerance))
+    encoder = FrameEncoder("bench", CodecSettings(tolerance=tolerance, entropy=entropy))  # type: ignore[arg-type]
     decoder = FrameDecoder()
     step_ns = int(1e9 / fps) if fps > 0 else 100_000_000
     t0 = time.time_ns()
@@ -104,7 +111,7 @@ def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | 
     height, width = images[0].shape[:2]
     if x264_limit is None and height * width >= X264_LIMIT_PIXELS:
         x264_limit = 40
-    results = [run_ours(images, 0, fps)]
+    results = [run_ours(images, 0, fps), run_ours(images, 0, fps, "zstd")]
     if tolerance:
         results.append(run_ours(images, tolerance, fps))
     results += [run_seed(images), run_seed(images, exact=True)]

@@ -69,7 +69,14 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         help="force a key every N frames at most (default: %(default)s)",
     )
     p.add_argument(
-        "--zstd-level", type=int, default=d.zstd_level, help="entropy stage effort (default: %(default)s)"
+        "--entropy",
+        choices=["auto", "ctx", "zstd"],
+        default=d.entropy,
+        help="entropy stage: ctx (context-modelled, smaller), zstd (PackBits + zstd, faster), or auto "
+        "(ctx when the compiled coder is installed) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--zstd-level", type=int, default=d.zstd_level, help="zstd effort, with zstd (default: %(default)s)"
     )
     p.add_argument("--frames", type=int, default=None, metavar="N", help="only the first N frames")
     p.add_argument(
@@ -86,6 +93,7 @@ def _settings(args: argparse.Namespace) -> CodecSettings:
             max_key_interval_frames=args.max_key_interval,
             max_key_interval_s=0.0,
             zstd_level=args.zstd_level,
+            entropy=args.entropy,
         )
     except ValueError as e:
         raise CctvError(f"bad codec option: {e}") from e

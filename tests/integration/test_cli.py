@@ -83,6 +83,11 @@ def test_bench_json_has_exactly_the_documented_keys(pets_cut: Path) -> None:
     assert figures["ratio"] > 5
     tolerant = json.loads(cli("bench", str(pets_cut), "--frames", "20", "--json", "--tolerance", "2").stdout)
     assert 0 < tolerant["max_abs_error"] <= 2
+    with_zstd = json.loads(
+        cli("bench", str(pets_cut), "--frames", "20", "--json", "--entropy", "zstd").stdout
+    )
+    assert with_zstd["bit_exact"] is True
+    assert with_zstd["encoded_bytes"] > figures["encoded_bytes"] * 1.1, "CTX (the default) is the smaller"
 
 
 def test_check_config_exit_codes_and_messages(tmp_path: Path) -> None:
