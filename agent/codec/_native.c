@@ -204,9 +204,9 @@ static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
 
 /* --------------------------------------------------------------------------------------- plane encoding */
 
-/* Worst case of one coded plane: header, 16 tables of at most 3 bytes a symbol, four states, and at most
-   PROB_BITS + 8 bits a sample (a frequency of 1, plus a renormalisation byte). */
-static size_t plane_bound(size_t n) { return 2 + NCTX + (size_t)NCTX * 256 * 3 + 4 + 4 * NSTATES + n * 3 + 16; }
+/* Room one plane needs in the output: its header and tables (16 tables of at most 3 bytes a symbol) are
+   written before the encoder knows whether the plane will be stored (n + 2 bytes) or coded (less). */
+static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)NCTX * 256 * 3 + 4; }
 
 /* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
    Contexts are computed twice, once per pass, from two rows at a time: cheaper than storing them. */
@@ -215,7 +215,9 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1), *crow = malloc((size_t)w);
     uint16_t *part = malloc(sizeof(uint16_t) * (size_t)w);
     uint32_t *hist = calloc(4 * NCTX * 256, sizeof(uint32_t));
-    uint8_t *buf = malloc(n * 3 + 16);
+    /* rANS output: a sample writes at most two bytes; coding stops once it is larger than the stored plane. */
+    const size_t buf_size = n + 2 * (size_t)w + 4 * NSTATES + 16;
+    uint8_t *buf = malloc(buf_size);
     EncSym *enc = malloc(sizeof(EncSym) * NCTX * 256);
     size_t written = 0;
     if (!mags || !crow || !part || !hist || !buf || !enc) goto done;
@@ -290,7 +292,7 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     }
 
     /* Sample x of a row uses state x mod NSTATES; coded last sample first, so the decoder reads forwards. */
-    uint8_t *end = buf + n * 3 + 16, *ptr = end;
+    uint8_t *end = buf + buf_size, *ptr = end;
     uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
     for (Py_ssize_t y = h; y-- > 0;) {
         const uint8_t *row = plane + y * w;
@@ -308,6 +310,7 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
             st[1] = enc_put(st[1], &ptr, &enc[crow[x + 1] * 256 + (uint8_t)(row[x + 1] - centre)]);
             st[0] = enc_put(st[0], &ptr, &enc[crow[x] * 256 + (uint8_t)(row[x] - centre)]);
         }
+        if ((size_t)(end - ptr) > n) break; /* it will be stored */
     }
     for (int k = NSTATES - 1; k >= 0; k--) {
         ptr -= 4;
@@ -317,6 +320,13 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
         ptr[3] = (uint8_t)(st[k] >> 24);
     }
     size_t len = (size_t)(end - ptr);
+    if ((size_t)(p - out) + 4 + len >= n + 2) { /* noise: stored is smaller, and bounds the output at n + 2 */
+        out[0] = 0;
+        out[1] = 0;
+        memcpy(out + 2, plane, n);
+        written = n + 2;
+        goto done;
+    }
     p[0] = (uint8_t)len;
     p[1] = (uint8_t)(len >> 8);
     p[2] = (uint8_t)(len >> 16);
@@ -324,12 +334,6 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     p += 4;
     memcpy(p, ptr, len);
     written = (size_t)(p + len - out);
-    if (written >= n + 2) { /* noise: stored is smaller, and bounds the stage's output at n + 2 bytes */
-        out[0] = 0;
-        out[1] = 0;
-        memcpy(out + 2, plane, n);
-        written = n + 2;
-    }
 done:
     free(mags);
     free(crow);
@@ -445,7 +449,9 @@ done:
 /* ---------------------------------------------------------------------------------------------- Python */
 
 static int plane_shape(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width, Py_ssize_t *n) {
-    if (channels < 1 || channels > 4 || height < 1 || width < 1 || height > (1 << 16) || width > (1 << 16)) {
+    /* Bounded so that every size below fits a 32-bit size_t too (armhf): at most 2^28 samples a plane. */
+    if (channels < 1 || channels > 4 || height < 1 || width < 1 || height > (1 << 16) || width > (1 << 16) ||
+        (int64_t)height * (int64_t)width > ((int64_t)1 << 28)) {
         PyErr_Format(PyExc_ValueError, "CTX stage: bad shape %zd x %zd x %zd", channels, height, width);
         return 0;
     }

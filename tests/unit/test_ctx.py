@@ -24,7 +24,7 @@ from agent.codec import native
 from agent.codec.decoder import FrameDecoder
 from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
-from agent.codec.wire import Kind, Stage, pack_record, record_version, unpack_record
+from agent.codec.wire import Kind, Record, Stage, pack_record, record_version, unpack_record
 from agent.errors import WireFormatError
 
 
@@ -162,3 +162,28 @@ def test_ctx_beats_zstd_on_the_committed_clip(pets_cut: Path) -> None:
             len(encoder.encode(f, i).payload) for i, f in enumerate(iter_images(pets_cut, 20))
         )
     assert sizes["ctx"] < 0.9 * sizes["zstd"], sizes
+
+
+def test_without_the_compiled_coder_the_codec_falls_back_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, pets_cut: Path
+) -> None:
+    """An install without a C compiler: "auto" codes with zstd and numpy's MED, "ctx" is refused with the
+    reason, and a CTX record names what is missing instead of failing obscurely."""
+    frames = list(iter_images(pets_cut, 3))
+    ctx_records = [pack_record(r) for r in _encode_all(frames, CodecSettings())]
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "AVAILABLE", False)
+    assert CodecSettings().entropy_stage is Stage.ZSTD
+    with pytest.raises(ValueError, match="gcc python3-dev"):
+        CodecSettings(entropy="ctx")
+    decoder = FrameDecoder()
+    for frame, record in zip(frames, _encode_all(frames, CodecSettings()), strict=True):
+        assert record.header.stages[-1] is Stage.ZSTD
+        assert cv2.norm(decoder.decode(unpack_record(pack_record(record))), frame, cv2.NORM_INF) == 0
+    with pytest.raises(WireFormatError, match="compiled module"):
+        FrameDecoder().decode(unpack_record(ctx_records[0]))
+
+
+def _encode_all(frames: list[np.ndarray], codec: CodecSettings) -> list[Record]:
+    encoder = FrameEncoder("cam", codec)
+    return [encoder.encode(frame, i) for i, frame in enumerate(frames)]
