@@ -1,0 +1,101 @@
+"""The compiled codec under AddressSanitizer and UndefinedBehaviorSanitizer.
+
+``_native.c`` parses bytes that come from the network, so a read past a buffer would be a security bug that
+ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
+truncated CTX payloads, and frames of every kind, at it in a child process; any invalid access aborts it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[2] / "agent" / "codec" / "_native.c"
+
+FUZZ = textwrap.dedent(
+    """
+    import importlib.util, random, sys
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("_native", sys.argv[1])
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    rng, nrng = random.Random(1), np.random.default_rng(1)
+    refused = 0
+    for trial in range(60):
+        shape = (rng.choice([1, 3]), rng.randint(1, 40), rng.randint(1, 40))
+        scale = rng.choice([0.3, 1.0, 3.0, 30.0])
+        planes = (nrng.laplace(0, scale, shape).round().astype(int) % 256).astype(np.uint8)
+        payload = native.encode(planes.tobytes(), *shape)
+        assert native.decode(payload, *shape) == planes.tobytes()
+        signed = bytes([1] * shape[0])
+        assert native.unmed(native.med(planes.tobytes(), signed, *shape), signed, *shape) == planes.tobytes()
+        for _ in range(300):
+            data = bytearray(payload)
+            pick = rng.random()
+            if pick < 0.6:
+                for _ in range(rng.randint(1, 4)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            elif pick < 0.8:
+                data = data[: rng.randrange(len(data))]
+            else:
+                data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            try:
+                native.decode(bytes(data), *shape)
+            except ValueError:
+                refused += 1
+    for shape in [(3, 300, 401), (1, 1, 5000), (1, 5000, 1)]:
+        for planes in (nrng.integers(0, 256, shape, dtype=np.uint8), np.zeros(shape, np.uint8)):
+            payload = native.encode(planes.tobytes(), *shape)
+            assert native.decode(payload, *shape) == planes.tobytes()
+    print("ok", refused)
+    """
+)
+
+
+def _runtime(name: str) -> str | None:
+    found = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True, check=False)
+    path = Path(found.stdout.strip())
+    return str(path) if path.is_absolute() and path.exists() else None
+
+
+@pytest.mark.slow
+def test_the_compiled_codec_is_clean_under_sanitizers(tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc: the extension itself cannot be built here either")
+    asan, ubsan = _runtime("libasan.so"), _runtime("libubsan.so")
+    if asan is None or ubsan is None:
+        pytest.skip("gcc has no sanitizer runtimes here")
+    module = tmp_path / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    include = sysconfig.get_paths()["include"]
+    flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover"]
+    build = subprocess.run(
+        ["gcc", *flags, "-shared", "-fPIC", f"-I{include}", str(SOURCE), "-o", str(module)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    env = os.environ | {
+        "LD_PRELOAD": f"{asan} {ubsan}",
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        "PYTHONMALLOC": "malloc",  # small bytes objects from ASan's malloc too, not pymalloc's arenas
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", FUZZ, str(module)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stdout.startswith("ok"), run.stdout
+    assert int(run.stdout.split()[1]) > 10_000, "most mutations must be refused"
