@@ -626,11 +626,99 @@ static PyObject *med_inverse(PyObject *self, PyObject *args) {
     return med_call(args, 1);
 }
 
+/* ---------------------------------------------------------------------------------------------- PackBits */
+
+/* PackBits, one stream per row, byte for byte what agent/codec/packbits.py's numpy encoder emits (its
+   docstring gives the rules): runs of 3+ are repeat packets, a run of 2 is one only between row edges and
+   runs of 3+, literals gather the rest; packets hold at most 128 bytes, and a repeat run of 128k + 1 ends
+   on 127 + 2. The numpy version spends ~4 ms on a 768×576 residual, most of the zstd path's time. */
+static uint8_t *pack_literal(uint8_t *out, const uint8_t *src, Py_ssize_t len) {
+    while (len > 0) {
+        Py_ssize_t n = len > 128 ? 128 : len;
+        *out++ = (uint8_t)(n - 1);
+        memcpy(out, src, (size_t)n);
+        out += n;
+        src += n;
+        len -= n;
+    }
+    return out;
+}
+
+static uint8_t *pack_repeat(uint8_t *out, uint8_t value, Py_ssize_t len) {
+    while (len > 0) {
+        Py_ssize_t n = len > 128 ? 128 : len;
+        if (len == 129) n = 127; /* never leave a 1-byte tail */
+        *out++ = (uint8_t)(257 - n);
+        *out++ = value;
+        len -= n;
+    }
+    return out;
+}
+
+static uint8_t *pack_row(uint8_t *out, const uint8_t *row, Py_ssize_t w) {
+    Py_ssize_t literal_start = 0, i = 0;
+    Py_ssize_t before = 0; /* length of the run that ended at i (0 at the row start) */
+    while (i < w) {
+        Py_ssize_t j = i + 1;
+        while (j < w && row[j] == row[i]) j++;
+        Py_ssize_t run = j - i, after = 0;
+        int repeat = run >= 3;
+        if (run == 2) {
+            if (j < w) {
+                Py_ssize_t k = j + 1;
+                while (k < w && row[k] == row[j] && k - j < 3) k++;
+                after = k - j;
+            }
+            repeat = (i == 0 || before >= 3) && (j == w || after >= 3);
+        }
+        if (repeat) {
+            out = pack_literal(out, row + literal_start, i - literal_start);
+            out = pack_repeat(out, row[i], run);
+            literal_start = j;
+        }
+        before = run;
+        i = j;
+    }
+    return pack_literal(out, row + literal_start, w - literal_start);
+}
+
+PyDoc_STRVAR(packbits_doc, "packbits(data, row_bytes) -> bytes\n\n"
+                           "PackBits each row_bytes-long row of data on its own (as agent.codec.packbits).");
+static PyObject *packbits_encode(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t w;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &w)) return NULL;
+    PyObject *result = NULL;
+    if (w < 1 || view.len % w) {
+        PyErr_SetString(PyExc_ValueError, "PackBits: the data is not a whole number of rows");
+        goto done;
+    }
+    Py_ssize_t rows = view.len / w;
+    /* Worst case: all literal, one header per 128 bytes, at least one per row. */
+    size_t bound = (size_t)view.len + (size_t)rows * (size_t)((w + 127) / 128) + 1;
+    uint8_t *out = malloc(bound);
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint8_t *end = out;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t r = 0; r < rows; r++) end = pack_row(end, (const uint8_t *)view.buf + r * w, w);
+    Py_END_ALLOW_THREADS;
+    result = PyBytes_FromStringAndSize((const char *)out, end - out);
+    free(out);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode", ctx_encode, METH_VARARGS, encode_doc},
     {"decode", ctx_decode, METH_VARARGS, decode_doc},
     {"med", med_forward, METH_VARARGS, med_doc},
     {"unmed", med_inverse, METH_VARARGS, unmed_doc},
+    {"packbits", packbits_encode, METH_VARARGS, packbits_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,12 +20,14 @@ shorter than libtiff's (the bytes differ where the two choose differently for ru
 Decoding is strict: the stream must end exactly with the packet that completes the last row (a trailing
 no-op is trailing garbage), and it may not be longer than 2 bytes per output byte plus one no-op per row.
 
-Speed: the encoder finds runs and segments with boolean masks, block by block of rows (so the passes stay in
-cache), and does the rest with numpy on per-segment arrays; it never loops per byte or per packet in Python.
-The decoder must walk the header chain (each header says where the next one is), which is sequential; it
-does so in a tight loop of one iteration per *packet* (~50-90 ns each), then builds the output with one
-``np.repeat``. A 128-byte zero run is a single 2-byte packet, so residuals have few packets. Both are a few
-times slower than libtiff's C (through Pillow) on noisy residuals, and as fast on mostly-zero ones.
+Speed: the compiled encoder (``agent/codec/_native.c``, byte for byte the same output) is used when built.
+Without it, the numpy encoder below finds runs and segments with boolean masks, block by block of rows (so
+the passes stay in cache), and does the rest with numpy on per-segment arrays; it never loops per byte or per
+packet in Python. The decoder must walk the header chain (each header says where the next one is), which is
+sequential; it does so in a tight loop of one iteration per *packet* (~50-90 ns each), then builds the output
+with one ``np.repeat``. A 128-byte zero run is a single 2-byte packet, so residuals have few packets. Both
+numpy versions are a few times slower than libtiff's C (through Pillow) on noisy residuals, and as fast on
+mostly-zero ones.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from agent.codec import native
 from agent.errors import WireFormatError
 
-__all__ = ["decode_rows", "encode_rows"]
+__all__ = ["decode_rows", "encode_rows", "encode_rows_numpy"]
 
 _MAX_PACKET = 128
 _BLOCK_BYTES = 1 << 17  # per-byte passes work on this much at a time
@@ -79,7 +82,21 @@ def encode_rows(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
         raise ValueError(f"{total} bytes is not a whole number of {row_bytes}-byte rows")
     if total == 0:
         return b""
+    if native.AVAILABLE:
+        return native.packbits(src, row_bytes)
+    return _encode_rows_numpy(src, row_bytes)
 
+
+def encode_rows_numpy(data: Bytes | npt.NDArray[np.uint8], row_bytes: int) -> bytes:
+    """:func:`encode_rows` with numpy only: the fallback without the compiled module, and its reference."""
+    src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    if len(src) == 0:
+        return b""
+    return _encode_rows_numpy(src, row_bytes)
+
+
+def _encode_rows_numpy(src: npt.NDArray[np.uint8], row_bytes: int) -> bytes:
+    total = len(src)
     # The per-byte passes run block by block (whole rows) over reused scratch, so they stay in cache.
     # Positions fit int32 for any real frame, which halves the memory traffic of everything below.
     index: type[np.signedinteger[Any]] = np.int32 if total < _INT32_LIMIT else np.int64
