@@ -191,6 +191,18 @@ deploy() {
         >"$WORK/deploy-$1.log" 2>&1 || { tail -n 40 "$WORK/deploy-$1.log" >&2; fail "deploy run $1"; }
     grep -E '^edge +:' "$WORK/deploy-$1.log" >&2
 }
+log "preflight refuses a wheel built for another architecture"
+OTHER_ARCH=aarch64; [[ $(uname -m) == aarch64 ]] && OTHER_ARCH=x86_64
+FOREIGN=$WORK/foreign/$(basename "$WHEEL" | sed -E "s/_[a-z0-9_]+\.whl$/_$OTHER_ARCH.whl/")
+mkdir -p "$WORK/foreign" && cp "$WHEEL" "$FOREIGN"
+if "${ansible_env[@]}" ansible-playbook -i "$WORK/inventory.yml" "$REPO/ansible/site.yml" --limit edge \
+    --tags cctv_agent_preflight -e "cctv_agent_wheel_path=$FOREIGN" >"$WORK/deploy-foreign.log" 2>&1; then
+    fail "preflight accepted $(basename "$FOREIGN") on $(uname -m)"
+fi
+grep -q "was built for another machine" "$WORK/deploy-foreign.log" || {
+    tail -n 20 "$WORK/deploy-foreign.log" >&2
+    fail "preflight refused the foreign wheel without saying why"
+}
 log "deploy 1 (chroot)"
 deploy 1
 log "deploy 2 (chroot): must change nothing"
