@@ -16,6 +16,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #define PROB_BITS 14
@@ -204,26 +205,116 @@ static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
 
 /* --------------------------------------------------------------------------------------- plane encoding */
 
-/* Room one plane needs in the output: its header and tables (16 tables of at most 3 bytes a symbol) are
+/* Room one plane needs in the output: its header and tables (17 tables of at most 3 bytes a symbol) are
    written before the encoder knows whether the plane will be stored (n + 2 bytes) or coded (less). */
-static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)NCTX * 256 * 3 + 4; }
+static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)(NCTX + 1) * 256 * 3 + 4; }
+
+/* One row's coding events, in decoding order (docs/wire-format.md): where a sample's context is 0 (no activity
+   around it) a run event codes how many zero symbols follow from there: RUN_MAX for "255, or up to the row end",
+   r < RUN_MAX for exactly r, after which the next sample is coded with its context even if that is 0 again.
+   Event k's table is tab[k] (a context, or RUN) and its symbol sym[k]; returns the number of events (≤ 2w).
+   Static scenes become a few run events a row, which is what keeps coding and decoding them cheap. */
+#define RUN NCTX     /* the run table's index among the encoder's tables */
+#define RUN_MAX 255 /* the run symbol that means "up to 255 zeros or to the row end" */
+#define NO_RUNS 0x80 /* in a plane's table count: no run table, no run events */
+#define RUNS_SLACK_BITS 128.0 /* runs are chosen when at most this much larger: they decode much faster */
+static Py_ssize_t row_events(const uint8_t *row, const uint8_t *crow, uint8_t centre, Py_ssize_t w, int runs,
+                             uint8_t *tab, uint8_t *sym) {
+    Py_ssize_t m = 0, x = 0;
+    int after_run = !runs; /* without runs every event is a sample event */
+    while (x < w) {
+        if (crow[x] == 0 && !after_run) {
+            Py_ssize_t limit = w - x < RUN_MAX ? w - x : RUN_MAX, r = 0;
+            while (r < limit && row[x + r] == centre) r++;
+            tab[m] = RUN;
+            sym[m++] = (uint8_t)(r == limit ? RUN_MAX : r);
+            x += r;
+            after_run = r < limit;
+            continue;
+        }
+        tab[m] = crow[x];
+        sym[m++] = (uint8_t)(row[x] - centre);
+        x++;
+        after_run = !runs;
+    }
+    return m;
+}
+
+/* How one plane's symbols are grouped into tables: contexts (ordered by activity) share a table until it has
+   MIN_TABLE_SAMPLES samples, so a table's cost is always small beside what it codes, and a short last group
+   joins the one before it; with runs, the run table comes after them. cost estimates the coded plane in bits:
+   the tables as written plus each symbol's code length under its table. */
+typedef struct {
+    uint8_t map[NCTX + 1];
+    uint64_t total[NCTX + 1];
+    int ntables;
+    double cost;
+} Plan;
+
+static void table_freq(const uint32_t *hist, const Plan *plan, int t, uint32_t *freq) {
+    uint32_t count[256] = {0};
+    for (int c = 0; c <= NCTX; c++)
+        if (plan->map[c] == t)
+            for (int s = 0; s < 256; s++) count[s] += hist[c * 256 + s];
+    if (plan->total[t] == 0) count[0] = 1; /* an unused table still needs to be a valid one */
+    normalise(count, plan->total[t] ? plan->total[t] : 1, freq);
+}
+
+static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
+    memset(plan, 0, sizeof *plan);
+    uint64_t open_total = 0;
+    for (int c = 0; c < NCTX; c++) {
+        uint64_t count = 0;
+        for (int s = 0; s < 256; s++) count += hist[c * 256 + s];
+        plan->map[c] = (uint8_t)plan->ntables;
+        open_total += count;
+        if (open_total >= MIN_TABLE_SAMPLES) {
+            plan->total[plan->ntables++] = open_total;
+            open_total = 0;
+        }
+    }
+    if (plan->ntables == 0)
+        plan->total[plan->ntables++] = open_total;
+    else
+        plan->total[plan->ntables - 1] += open_total;
+    for (int c = 0; c < NCTX; c++)
+        if (plan->map[c] >= plan->ntables) plan->map[c] = (uint8_t)(plan->ntables - 1);
+    plan->map[RUN] = runs ? (uint8_t)plan->ntables : 0xff;
+    if (runs)
+        for (int s = 0; s < 256; s++) plan->total[plan->ntables] += hist[RUN * 256 + s];
+    uint8_t scratch[256 * 3 + 256];
+    double bits = 8.0 * (2 + NCTX + 4 + 4 * NSTATES);
+    for (int t = 0; t < plan->ntables + runs; t++) {
+        uint32_t freq[256];
+        table_freq(hist, plan, t, freq);
+        bits += 8.0 * (double)(put_table(scratch, freq) - scratch);
+        for (int c = 0; c <= NCTX; c++)
+            if (plan->map[c] == t)
+                for (int s = 0; s < 256; s++)
+                    if (hist[c * 256 + s]) bits += hist[c * 256 + s] * (PROB_BITS - log2((double)freq[s]));
+    }
+    plan->cost = bits;
+}
 
 /* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
-   Contexts are computed twice, once per pass, from two rows at a time: cheaper than storing them. */
+   Each row's contexts and events are computed twice, once per pass: cheaper than storing them. */
 static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
     size_t n = (size_t)h * (size_t)w;
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1), *crow = malloc((size_t)w);
+    uint8_t *tab = malloc((size_t)(2 * w)), *sym = malloc((size_t)(2 * w));
     uint16_t *part = malloc(sizeof(uint16_t) * (size_t)w);
-    uint32_t *hist = calloc(4 * NCTX * 256, sizeof(uint32_t));
-    /* rANS output: a sample writes at most two bytes; coding stops once it is larger than the stored plane. */
-    const size_t buf_size = n + 2 * (size_t)w + 4 * NSTATES + 16;
+    size_t *row_first = malloc(sizeof(size_t) * (size_t)h); /* index of each row's first event */
+    uint32_t *hist = calloc(5 * (NCTX + 1) * 256, sizeof(uint32_t));
+    /* rANS output: an event writes at most two bytes; coding stops once it is larger than the stored plane. */
+    const size_t buf_size = n + 4 * (size_t)w + 4 * NSTATES + 16;
     uint8_t *buf = malloc(buf_size);
-    EncSym *enc = malloc(sizeof(EncSym) * NCTX * 256);
+    EncSym *enc = malloc(sizeof(EncSym) * (NCTX + 1) * 256);
     size_t written = 0;
-    if (!mags || !crow || !part || !hist || !buf || !enc) goto done;
+    if (!mags || !crow || !tab || !sym || !part || !row_first || !hist || !buf || !enc) goto done;
 
-    /* The centre is the commonest value (in every CENTRE_ROW_STEP-th row: any centre decodes right): symbols are values minus the centre, so residual planes centred
-       on 0 and chroma residuals centred on 128 both put their peak at symbol 0. */
+    /* The centre is the commonest value (in every CENTRE_ROW_STEP-th row: any centre decodes right): symbols
+       are values minus the centre, so residual planes centred on 0 and chroma residuals centred on 128 both
+       put their peak at symbol 0. */
     uint32_t global[256] = {0};
     for (Py_ssize_t y = 0; y < h; y += CENTRE_ROW_STEP)
         for (Py_ssize_t x = 0; x < w; x++) global[plane[y * w + x]]++;
@@ -231,58 +322,47 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     for (int v = 1; v < 256; v++)
         if (global[v] > global[best]) best = v;
     const uint8_t centre = (uint8_t)best;
-
-    /* Four histograms taken in turn: repeated increments of one cell (a flat area) would stall on each other. */
-    uint32_t *h1 = hist + NCTX * 256, *h2 = h1 + NCTX * 256, *h3 = h2 + NCTX * 256;
+    /* Pass 1 counts both ways of coding the plane: with runs (events) and without (every sample by its
+       context). Runs pay where zeros dominate; elsewhere their table and short runs cost more than they save,
+       so the plane is coded the way whose tables and ideal code length add up to less. */
+    uint32_t *hist_runs = hist, *hist_all = hist + (NCTX + 1) * 256;
+    uint32_t *split[3] = {hist_all + (NCTX + 1) * 256, hist_all + 2 * (NCTX + 1) * 256,
+                          hist_all + 3 * (NCTX + 1) * 256};
+    size_t events = 0;
     for (Py_ssize_t y = 0; y < h; y++) {
         const uint8_t *row = plane + y * w;
         row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
+        Py_ssize_t m = row_events(row, crow, centre, w, 1, tab, sym);
+        row_first[y] = events;
+        events += (size_t)m;
+        for (Py_ssize_t k = 0; k < m; k++) hist_runs[tab[k] * 256 + sym[k]]++;
         Py_ssize_t x = 0;
-        for (; x + 3 < w; x += 4) {
-            hist[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
-            h1[crow[x + 1] * 256 + (uint8_t)(row[x + 1] - centre)]++;
-            h2[crow[x + 2] * 256 + (uint8_t)(row[x + 2] - centre)]++;
-            h3[crow[x + 3] * 256 + (uint8_t)(row[x + 3] - centre)]++;
+        for (; x + 3 < w; x += 4) { /* four histograms in turn: repeated increments of one cell stall */
+            hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+            split[0][crow[x + 1] * 256 + (uint8_t)(row[x + 1] - centre)]++;
+            split[1][crow[x + 2] * 256 + (uint8_t)(row[x + 2] - centre)]++;
+            split[2][crow[x + 3] * 256 + (uint8_t)(row[x + 3] - centre)]++;
         }
-        for (; x < w; x++) hist[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+        for (; x < w; x++) hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
     }
-    for (int k = 0; k < NCTX * 256; k++) hist[k] += h1[k] + h2[k] + h3[k];
-
-    /* Adjacent contexts (ordered by activity) share a table until it has MIN_TABLE_SAMPLES samples, so a
-       table's cost is always small beside what it codes; a short last group joins the one before it. */
-    uint8_t map[NCTX];
-    uint64_t group_total[NCTX] = {0};
-    int ntables = 0;
-    uint64_t open_total = 0;
-    for (int c = 0; c < NCTX; c++) {
-        uint64_t count = 0;
-        for (int s = 0; s < 256; s++) count += hist[c * 256 + s];
-        map[c] = (uint8_t)ntables;
-        open_total += count;
-        if (open_total >= MIN_TABLE_SAMPLES) {
-            group_total[ntables++] = open_total;
-            open_total = 0;
-        }
-    }
-    if (ntables == 0)
-        group_total[ntables++] = open_total;
-    else
-        group_total[ntables - 1] += open_total;
-    for (int c = 0; c < NCTX; c++)
-        if (map[c] >= ntables) map[c] = (uint8_t)(ntables - 1);
+    for (int k = 0; k < NCTX * 256; k++) hist_all[k] += split[0][k] + split[1][k] + split[2][k];
+    Plan with_runs, without_runs;
+    plan_tables(hist_runs, 1, &with_runs);
+    plan_tables(hist_all, 0, &without_runs);
+    const int runs = with_runs.cost <= without_runs.cost + RUNS_SLACK_BITS;
+    const Plan *chosen = runs ? &with_runs : &without_runs;
+    const uint32_t *counts = runs ? hist_runs : hist_all;
+    if (!runs)
+        for (Py_ssize_t y = 0; y < h; y++) row_first[y] = (size_t)y * (size_t)w;
 
     uint8_t *p = out;
     *p++ = centre;
-    *p++ = (uint8_t)ntables;
-    memcpy(p, map, NCTX);
+    *p++ = (uint8_t)(chosen->ntables | (runs ? 0 : NO_RUNS));
+    memcpy(p, chosen->map, NCTX);
     p += NCTX;
-    for (int t = 0; t < ntables; t++) {
-        uint32_t count[256] = {0}, freq[256];
-        for (int c = 0; c < NCTX; c++)
-            if (map[c] == t)
-                for (int s = 0; s < 256; s++) count[s] += hist[c * 256 + s];
-        if (group_total[t] == 0) count[0] = 1; /* an empty plane still needs a valid table */
-        normalise(count, group_total[t] ? group_total[t] : 1, freq);
+    for (int t = 0; t < chosen->ntables + runs; t++) {
+        uint32_t freq[256];
+        table_freq(counts, chosen, t, freq);
         p = put_table(p, freq);
         uint32_t start = 0;
         for (int s = 0; s < 256; s++) {
@@ -290,25 +370,32 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
             start += freq[s];
         }
     }
+    const uint8_t *map = chosen->map;
 
-    /* Sample x of a row uses state x mod NSTATES; coded last sample first, so the decoder reads forwards. */
+    /* Event k uses state k mod NSTATES; coded last event first, so the decoder reads forwards. */
     uint8_t *end = buf + buf_size, *ptr = end;
     uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
     for (Py_ssize_t y = h; y-- > 0;) {
         const uint8_t *row = plane + y * w;
         row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
-        for (Py_ssize_t x = 0; x < w; x++) crow[x] = map[crow[x]];
-        Py_ssize_t x = w;
-        while (x % NSTATES) {
-            x--;
-            st[x % NSTATES] = enc_put(st[x % NSTATES], &ptr, &enc[crow[x] * 256 + (uint8_t)(row[x] - centre)]);
+        Py_ssize_t k = row_events(row, crow, centre, w, runs, tab, sym);
+        const size_t first = row_first[y];
+        while (k > 0 && (first + (size_t)k) % NSTATES) {
+            k--;
+            const size_t state = (first + (size_t)k) % NSTATES;
+            st[state] = enc_put(st[state], &ptr, &enc[map[tab[k]] * 256 + sym[k]]);
         }
-        while (x > 0) {
-            x -= NSTATES;
-            st[3] = enc_put(st[3], &ptr, &enc[crow[x + 3] * 256 + (uint8_t)(row[x + 3] - centre)]);
-            st[2] = enc_put(st[2], &ptr, &enc[crow[x + 2] * 256 + (uint8_t)(row[x + 2] - centre)]);
-            st[1] = enc_put(st[1], &ptr, &enc[crow[x + 1] * 256 + (uint8_t)(row[x + 1] - centre)]);
-            st[0] = enc_put(st[0], &ptr, &enc[crow[x] * 256 + (uint8_t)(row[x] - centre)]);
+        while (k >= NSTATES) { /* first + k is a multiple of NSTATES here: events k-1 .. k-4 use states 3 .. 0 */
+            k -= NSTATES;
+            st[3] = enc_put(st[3], &ptr, &enc[map[tab[k + 3]] * 256 + sym[k + 3]]);
+            st[2] = enc_put(st[2], &ptr, &enc[map[tab[k + 2]] * 256 + sym[k + 2]]);
+            st[1] = enc_put(st[1], &ptr, &enc[map[tab[k + 1]] * 256 + sym[k + 1]]);
+            st[0] = enc_put(st[0], &ptr, &enc[map[tab[k]] * 256 + sym[k]]);
+        }
+        while (k > 0) {
+            k--;
+            const size_t state = (first + (size_t)k) % NSTATES;
+            st[state] = enc_put(st[state], &ptr, &enc[map[tab[k]] * 256 + sym[k]]);
         }
         if ((size_t)(end - ptr) > n) break; /* it will be stored */
     }
@@ -337,17 +424,38 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
 done:
     free(mags);
     free(crow);
+    free(tab);
+    free(sym);
     free(part);
+    free(row_first);
     free(hist);
     free(buf);
     free(enc);
     return written;
 }
 
+/* One rANS decoding step with table t; returns the symbol, or -1 when the coded bytes run out. */
+static inline int dec_get(uint32_t *state, const uint8_t **pptr, const uint8_t *end, const uint8_t *lut,
+                          const uint32_t *fstart) {
+    uint32_t xs = *state, slot = xs & (PROB_SCALE - 1);
+    uint8_t s = lut[slot];
+    uint32_t fs = fstart[s];
+    xs = (fs >> 16) * (xs >> PROB_BITS) + slot - (fs & 0xffff);
+    while (xs < RANS_L) {
+        if (*pptr >= end) return -1;
+        xs = (xs << 8) | *(*pptr)++;
+    }
+    *state = xs;
+    return s;
+}
+
 /* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. */
 static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane) {
     uint32_t centre = get_u8(r), ntables = get_u8(r);
     if (r->bad) return "CTX stage is truncated in a plane header";
+    const int runs = !(ntables & NO_RUNS);
+    ntables &= ~(uint32_t)NO_RUNS;
+    if (ntables == 0 && !runs) return "CTX stage declares a stored plane without runs";
     if (ntables == 0) { /* stored */
         size_t n = (size_t)h * (size_t)w;
         if ((size_t)(r->end - r->p) < n) return "CTX stage is truncated in a stored plane";
@@ -363,15 +471,16 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
     }
     if (r->bad) return "CTX stage is truncated in a plane header";
     static const char *nomem = "no memory";
-    uint32_t(*fstart)[256] = malloc(sizeof(uint32_t[256]) * ntables); /* freq << 16 | start */
-    uint8_t(*lut)[PROB_SCALE] = malloc(sizeof(uint8_t[PROB_SCALE]) * ntables);
+    const uint32_t all = ntables + (uint32_t)runs; /* the context tables, then the run table */
+    uint32_t(*fstart)[256] = malloc(sizeof(uint32_t[256]) * all); /* freq << 16 | start */
+    uint8_t(*lut)[PROB_SCALE] = malloc(sizeof(uint8_t[PROB_SCALE]) * all);
     uint8_t *rows = malloc((size_t)(w + 3) + sizeof(uint16_t) * (size_t)w);
     const char *err = NULL;
     if (!fstart || !lut || !rows) {
         err = nomem;
         goto done;
     }
-    for (uint32_t t = 0; t < ntables; t++) {
+    for (uint32_t t = 0; t < all; t++) {
         uint32_t f[256];
         if (!get_table(r, f)) {
             err = "CTX stage holds a malformed frequency table";
@@ -407,38 +516,55 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
        everything it looks up is folded into as few loads as possible. */
     uint8_t tab_of[MAX_ACT + 1];
     for (int act = 0; act <= MAX_ACT; act++) tab_of[act] = map[ACT_CTX[act]];
+    const uint8_t *run_lut = lut[all - 1];
+    const uint32_t *run_fstart = fstart[all - 1];
     uint8_t *upper = rows;
     uint16_t *part = (uint16_t *)(rows + w + 2 + (w & 1));
     memset(upper, 0, (size_t)(w + 2));
+    size_t event = 0;
     for (Py_ssize_t y = 0; y < h; y++) {
         uint8_t *orow = plane + y * w;
         for (Py_ssize_t x = 0; x < w; x++)
             part[x] = (uint16_t)(2 * upper[x + 1] + upper[x] + upper[x + 2]);
         uint32_t left2 = 0; /* 2 × the left neighbour's magnitude */
-        for (Py_ssize_t x = 0; x < w; x++) {
-            uint32_t t = tab_of[part[x] + left2];
-            uint32_t xs = st[x % NSTATES];
-            uint32_t slot = xs & (PROB_SCALE - 1);
-            uint8_t s = lut[t][slot];
-            uint32_t fs = fstart[t][s];
-            xs = (fs >> 16) * (xs >> PROB_BITS) + slot - (fs & 0xffff);
-            while (xs < RANS_L) {
-                if (ptr >= end) {
-                    err = "CTX stage runs out of coded bytes";
+        int after_run = !runs; /* without runs every event is a sample event */
+        Py_ssize_t x = 0;
+        while (x < w) {
+            uint32_t act = part[x] + left2;
+            int s;
+            if (act == 0 && !after_run) {
+                s = dec_get(&st[event++ % NSTATES], &ptr, end, run_lut, run_fstart);
+                if (s < 0) break;
+                Py_ssize_t zeros = s;
+                if (s == RUN_MAX) {
+                    zeros = w - x < RUN_MAX ? w - x : RUN_MAX;
+                } else if (s > RUN_MAX || s >= w - x) {
+                    err = "CTX stage has a run past the end of its row";
                     goto done;
                 }
-                xs = (xs << 8) | *ptr++;
+                memset(orow + x, 0, (size_t)zeros);
+                x += zeros;
+                if (zeros) left2 = 0;
+                after_run = s < RUN_MAX;
+                continue;
             }
-            st[x % NSTATES] = xs;
-            orow[x] = s;
+            s = dec_get(&st[event++ % NSTATES], &ptr, end, lut[tab_of[act]], fstart[tab_of[act]]);
+            if (s < 0) break;
+            orow[x++] = (uint8_t)s;
             left2 = MAG2[s];
+            after_run = !runs;
         }
-        for (Py_ssize_t x = 0; x < w; x++) {
-            orow[x] = (uint8_t)(orow[x] + centre);
-            upper[x + 1] = MAG[(uint8_t)(orow[x] - centre)];
+        if (x < w) {
+            err = "CTX stage runs out of coded bytes";
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < w; i++) {
+            orow[i] = (uint8_t)(orow[i] + centre);
+            upper[i + 1] = MAG[(uint8_t)(orow[i] - centre)];
         }
     }
-    if (ptr != end || st[0] != RANS_L || st[1] != RANS_L || st[2] != RANS_L || st[3] != RANS_L) err = "CTX stage does not end where its coder does";
+    if (ptr != end || st[0] != RANS_L || st[1] != RANS_L || st[2] != RANS_L || st[3] != RANS_L)
+        err = "CTX stage does not end where its coder does";
 done:
     free(fstart);
     free(lut);

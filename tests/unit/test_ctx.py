@@ -67,19 +67,39 @@ def test_golden_bytes() -> None:
     plane[0, 5, 5] = 4
     payload = native.ctx_encode(plane)
     assert payload[0] == 5  # centre: the commonest value
-    assert payload[1] == 1  # one table: the plane has fewer than 4096 samples
+    assert payload[1] == 1  # one context table: the plane has fewer than 4096 samples
     assert payload[2:18] == bytes(16)  # every context maps to table 0
-    # Symbols 0 (61×), 1 (2×), 255 (1×) → 15616, 512, 256 of 16384: LEB128 varints, one zero and a run of 252.
-    table = bytes.fromhex("807a 8004 00fc 8002")
-    assert payload[18:26] == table
-    (length,) = struct.unpack_from("<I", payload, 26)
-    assert length == 16  # four 32-bit states and no renormalisation byte: 64 samples cost 12.4 bits
-    assert len(payload) == 30 + length
+    # Six sample events (symbols 0 ×3, 1 ×2, 255 ×1 → 8192, 5461, 2731 of 16384), as LEB128 varints with
+    # one zero and a run of 252 more between symbols 1 and 255.
+    assert payload[18:26] == bytes.fromhex("8040 d52a 00fc ab15")
+    # Eleven run events: r = 0, 3 and 5 once each (1489 each), and 255 ("to the row end") eight times (11917).
+    assert payload[26:40] == bytes.fromhex("d10b 0001 d10b 0000 d10b 00f8 8d5d")
+    (length,) = struct.unpack_from("<I", payload, 40)
+    assert length == 16  # the four 32-bit states, and no renormalisation byte for so few events
+    assert len(payload) == 44 + length
     assert payload.hex() == GOLDEN_HEX
     assert np.array_equal(native.ctx_decode(payload, 1, 8, 8), plane)
 
 
-GOLDEN_HEX = "0501" + "00" * 16 + "807a800400fc8002" + "10000000" + "001be02000b0be4100cf13010031dd20"
+def test_golden_bytes_without_runs() -> None:
+    """A sparse plane costs less without a run table: the table count says so with its high bit (0x80)."""
+    plane = np.zeros((1, 16, 1000), dtype=np.uint8)
+    plane[0, 1, 300], plane[0, 3, 10], plane[0, 15, 999] = 1, 255, 2
+    payload = native.ctx_encode(plane)
+    assert payload[:2] == b"\x00\x81"  # centre 0; one context table, no run table
+    # Symbol 0 (15997 samples) 16381, symbols 1, 2 and 255: 1 each (the least a symbol that occurs gets);
+    # between 2 and 255 one zero and a run of 251 more.
+    assert payload[18:25] == bytes.fromhex("fd7f 01 01 00fb 01")
+    assert payload.hex() == (
+        "0081" + "00" * 16 + "fd7f010100fb01" + "13000000" + "9b38864231230a018cf6864243b08e42cc9100"
+    )
+    assert np.array_equal(native.ctx_decode(payload, 1, 16, 1000), plane)
+
+
+GOLDEN_HEX = (
+    "0501" + "00" * 16 + "8040d52a00fcab15" + "d10b0001d10b0000d10b00f88d5d" + "10000000"
+    "d773981ce0bd613eac09662d15ebab05"
+)
 
 
 def _payload(rows: int = 24, cols: int = 40) -> tuple[bytes, np.ndarray]:

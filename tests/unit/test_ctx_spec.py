@@ -3,13 +3,16 @@
 A subscriber in another language has nothing but the document. So the decoder below follows its words step
 by step (no code shared with ``agent/codec/_native.c``), and every payload the compiled encoder emits must
 decode to the same planes with it as with the compiled decoder. Where they disagree, the document is wrong
-or incomplete, and this file fails on purpose.
+or incomplete, and this file fails on purpose. An encoder written from the same words builds payloads the
+compiled encoder never writes (a table per context, runs split where it would not split them, runs past
+the end of a row), and the compiled decoder must read or refuse them as the document says.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -21,6 +24,7 @@ from agent.codec.transforms import med
 from agent.errors import WireFormatError
 
 Planes = npt.NDArray[np.uint8]
+Event = tuple[int, int]  # (slot, symbol): slot k (0..15) for a sample in context k, RUN for a run
 
 # --- the decoder, from the document alone
 
@@ -29,6 +33,9 @@ LOW = 1 << 23  # "Each initial state must be ≥ 2²³"; renormalise "while X < 
 THRESHOLDS = (1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 90, 128)
 CONTEXTS = 16  # "context k (0..15)"
 MAX_TABLES = 16  # "K, 0..16"
+RUN = CONTEXTS  # the slot of a run event; in the encoder below, also the run table's index (K = 16)
+LONG_RUN = 255  # "r = 255: the next min(255, W − x) samples are symbol 0"
+NO_RUNS = 0x80  # "bit 7: the plane has no runs (no run table, no run events)"; bits 0–6 are K
 
 
 class _Reader:
@@ -88,30 +95,50 @@ def _magnitude(s: int) -> int:
     return s if s < 128 else 256 - s
 
 
-def _context(symbols: list[list[int]], x: int, y: int) -> int:
-    """k for the sample at (x, y), from the symbols already decoded (rows above, columns to the left)."""
+def _activity(symbols: list[list[int]], x: int, y: int) -> int:
+    """act at (x, y), from the symbols already decoded (rows above, columns to the left)."""
     height, width = len(symbols), len(symbols[0])
 
     def mag(xx: int, yy: int) -> int:
         inside = 0 <= xx < width and 0 <= yy < height
         return _magnitude(symbols[yy][xx]) if inside else 0  # outside the plane counts 0
 
-    act = 2 * mag(x - 1, y) + 2 * mag(x, y - 1) + mag(x - 1, y - 1) + mag(x + 1, y - 1)
-    return sum(1 for t in THRESHOLDS if t <= act)  # how many of the thresholds are ≤ act
+    return 2 * mag(x - 1, y) + 2 * mag(x, y - 1) + mag(x - 1, y - 1) + mag(x + 1, y - 1)
 
 
-def _decode_plane(reader: _Reader, height: int, width: int) -> tuple[bytes, int]:
-    """One coded plane: (its H·W values, K), K = 0 meaning it was stored."""
+def _context_of(act: int) -> int:
+    """k: how many of the thresholds are ≤ act."""
+    return sum(1 for t in THRESHOLDS if t <= act)
+
+
+def _context(symbols: list[list[int]], x: int, y: int) -> int:
+    return _context_of(_activity(symbols, x, y))
+
+
+class _Plane(NamedTuple):
+    values: bytes  # H·W values, row by row
+    tables: int  # K; 0 means stored
+    runs: bool  # whether the plane has runs (a run table and run events)
+    events: list[Event]  # in decoding order; empty when stored
+
+
+def _decode_plane(reader: _Reader, height: int, width: int) -> _Plane:
+    """One coded plane: its values, K and the events it was read as."""
     centre = reader.byte()
-    k_tables = reader.byte()
+    tables_byte = reader.byte()
+    if tables_byte == 0:  # "The byte 0: stored": H·W bytes, the plane's values row by row; nothing else
+        return _Plane(reader.take(height * width), 0, False, [])
+    if tables_byte == NO_RUNS:
+        raise ValueError("the tables byte 0x80 (no tables, no runs)")
+    k_tables, has_runs = tables_byte & 0x7F, not tables_byte & NO_RUNS
     if k_tables > MAX_TABLES:
         raise ValueError(f"K = {k_tables} > {MAX_TABLES}")
-    if k_tables == 0:  # stored: H·W bytes, the plane's values row by row; nothing else
-        return reader.take(height * width), 0
     table_map = list(reader.take(CONTEXTS))
     if any(m >= k_tables for m in table_map):
         raise ValueError(f"map entry ≥ K = {k_tables}: {table_map}")
-    freqs = [_read_table(reader) for _ in range(k_tables)]
+    # "the K context tables, then the run table unless bit 7 is set"
+    freqs = [_read_table(reader) for _ in range(k_tables + has_runs)]
+    run_table = k_tables
     # start[s] is the sum of the frequencies below s; start[256] = 16384 closes the last interval
     starts = [[sum(f[:s]) for s in range(257)] for f in freqs]
     length = reader.u32()
@@ -121,48 +148,67 @@ def _decode_plane(reader: _Reader, height: int, width: int) -> tuple[bytes, int]
     states = [coded.u32() for _ in range(4)]  # state 0 first
     if any(x < LOW for x in states):
         raise ValueError(f"initial state below 2**23: {states}")
+    events: list[Event] = []
+
+    def decode(slot: int, table: int) -> int:
+        """The next event's symbol: event e (counted over the whole plane) uses state[e mod 4]."""
+        e = len(events)
+        f, start = freqs[table], starts[table]
+        state = states[e % 4]
+        slot_value = state % TOTAL
+        s = bisect_right(start, slot_value) - 1  # start[s] ≤ slot < start[s] + f[s] (skips f = 0)
+        state = f[s] * (state // TOTAL) + slot_value - start[s]
+        while state < LOW:
+            state = state * 256 + coded.byte()
+        states[e % 4] = state
+        events.append((slot, s))
+        return s
 
     symbols = [[0] * width for _ in range(height)]
     values = bytearray()
     for y in range(height):
-        for x in range(width):
-            table = table_map[_context(symbols, x, y)]  # the neighbours it reads are all decoded already
-            f, start = freqs[table], starts[table]
-            state = states[x % 4]
-            slot = state % TOTAL
-            s = bisect_right(start, slot) - 1  # start[s] ≤ slot < start[s] + f[s] (skips f = 0)
-            state = f[s] * (state // TOTAL) + slot - start[s]
-            while state < LOW:
-                state = state * 256 + coded.byte()
-            states[x % 4] = state
-            symbols[y][x] = s
-            values.append((s + centre) % 256)
+        row = symbols[y]
+        x = 0
+        after_short_run = False  # the row's previous event was a run with r < 255
+        while x < width:
+            act = _activity(symbols, x, y)  # the neighbours it reads are all decoded already
+            if has_runs and act == 0 and not after_short_run:
+                r = decode(RUN, run_table)
+                if r == LONG_RUN:
+                    n = min(LONG_RUN, width - x)
+                elif r >= width - x:
+                    raise ValueError(f"run r = {r} at x = {x} runs past the end of its row (W = {width})")
+                else:
+                    n = r  # and the sample after them is a sample event, whatever its act
+                after_short_run = r < LONG_RUN
+                row[x : x + n] = [0] * n
+                values += bytes([centre]) * n  # symbol 0: v = c
+                x += n
+            else:
+                s = decode(_context_of(act), table_map[_context_of(act)])
+                row[x] = s
+                values.append((s + centre) % 256)
+                x += 1
+                after_short_run = False
     if states != [LOW] * 4:
         raise ValueError(f"final states {states} are not all 2**23")
     if coded.pos != length:
         raise ValueError(f"{length - coded.pos} of the D = {length} coded bytes left unread")
-    return bytes(values), k_tables
+    return _Plane(bytes(values), k_tables, has_runs, events)
 
 
-def _spec_decode_with_tables(
-    payload: bytes, channels: int, height: int, width: int
-) -> tuple[bytes, list[int]]:
-    """The planes and each plane's K, so tests can tell which path (stored or coded) they exercised."""
+def _spec_decode_planes(payload: bytes, channels: int, height: int, width: int) -> list[_Plane]:
+    """Each plane with its K and events, so tests can tell which paths (stored, coded, runs) they exercised."""
     reader = _Reader(bytes(payload))
-    out = bytearray()
-    kinds = []
-    for _ in range(channels):
-        plane, k_tables = _decode_plane(reader, height, width)
-        out += plane
-        kinds.append(k_tables)
+    planes = [_decode_plane(reader, height, width) for _ in range(channels)]
     if reader.pos != len(reader.data):
         raise ValueError(f"{len(reader.data) - reader.pos} bytes after the last plane")
-    return bytes(out), kinds
+    return planes
 
 
 def _spec_decode(payload: bytes, channels: int, height: int, width: int) -> bytes:
     """C planes of H×W bytes, plane by plane, row by row; ValueError on anything the doc calls corrupted."""
-    return _spec_decode_with_tables(payload, channels, height, width)[0]
+    return b"".join(p.values for p in _spec_decode_planes(payload, channels, height, width))
 
 
 # --- an encoder, from the document too: payloads the compiled encoder would never write
@@ -194,7 +240,7 @@ def _write_table(freqs: list[int]) -> bytes:
 
 
 def _scale(counts: list[int]) -> list[int]:
-    """Counts to frequencies summing to 16384, every occurring symbol ≥ 1 (a context never seen: f[0] = 16384)."""
+    """Counts to frequencies summing to 16384, every occurring symbol ≥ 1 (a table never used: f[0] = 16384)."""
     total = sum(counts)
     if not total:
         return [TOTAL] + [0] * 255
@@ -203,36 +249,71 @@ def _scale(counts: list[int]) -> list[int]:
     return freqs
 
 
-def _spec_encode_plane(plane: Planes, centre: int) -> bytes:
-    """One coded plane with 16 tables and the identity map, so every threshold decides a table.
+def _events(symbols: list[list[int]], runs: bool = True) -> list[Event]:
+    """A plane's events as an encoder may choose them (the document leaves the choice of r open).
+
+    At a column where a run event is due: r = 255 when 255 zeros follow or the zeros reach the row's end,
+    else r = the number of zeros before the next nonzero symbol, which is then a sample event. Without
+    runs, every sample is a sample event.
+    """
+    events: list[Event] = []
+    for y, row in enumerate(symbols):
+        width = len(row)
+        x = 0
+        after_short_run = False
+        while x < width:
+            act = _activity(symbols, x, y)  # every neighbour precedes (x, y) in raster order
+            if runs and act == 0 and not after_short_run:
+                n = 0
+                while x + n < width and n < LONG_RUN and row[x + n] == 0:
+                    n += 1
+                after_short_run = n < LONG_RUN and x + n < width
+                events.append((RUN, n if after_short_run else LONG_RUN))
+                x += n
+            else:
+                events.append((_context_of(act), row[x]))
+                x += 1
+                after_short_run = False
+    return events
+
+
+def _spec_encode_events(centre: int, events: list[Event], runs: bool = True) -> bytes:
+    """One coded plane from its events: 16 tables and the identity map, so every threshold decides a table.
 
     The compiled encoder merges adjacent contexts until a table has 4096 samples, so on planes small enough
     for this file it never shows whether the decoder puts act = 3 or act = 4 in the right context; a table
-    per context does. rANS runs backwards: samples last to first, bytes pushed then reversed, so the
-    decoder's "while X < 2²³: X ← X·256 + the next byte" reads them forwards.
+    per context does. The run table comes last (index 16 = K), unless the plane has no runs (bit 7 of the
+    tables byte set, and no run table at all). rANS runs backwards: events last to first,
+    event e on state[e mod 4], bytes pushed then reversed, so the decoder's "while X < 2²³: X ← X·256 + the
+    next byte" reads them forwards.
     """
-    height, width = plane.shape
-    symbols = [[(int(v) - centre) % 256 for v in row] for row in plane]
-    contexts = [[_context(symbols, x, y) for x in range(width)] for y in range(height)]
-    counts = [[0] * 256 for _ in range(CONTEXTS)]
-    for y in range(height):
-        for x in range(width):
-            counts[contexts[y][x]][symbols[y][x]] += 1
+    assert runs or all(slot != RUN for slot, _ in events)
+    counts = [[0] * 256 for _ in range(CONTEXTS + runs)]
+    for slot, s in events:
+        counts[slot][s] += 1
     freqs = [_scale(c) for c in counts]
     starts = [[sum(f[:s]) for s in range(256)] for f in freqs]
     states = [LOW] * 4
     pushed = bytearray()
-    for y in reversed(range(height)):
-        for x in reversed(range(width)):
-            k, s = contexts[y][x], symbols[y][x]
-            f, state = freqs[k][s], states[x % 4]
-            while state >= (LOW // TOTAL) * 256 * f:  # so that the decoder's X lands back in [2²³, 2³¹)
-                pushed.append(state & 0xFF)
-                state >>= 8
-            states[x % 4] = (state // f) * TOTAL + state % f + starts[k][s]
+    for e in reversed(range(len(events))):
+        slot, s = events[e]
+        f, state = freqs[slot][s], states[e % 4]
+        while state >= (LOW // TOTAL) * 256 * f:  # so that the decoder's X lands back in [2²³, 2³¹)
+            pushed.append(state & 0xFF)
+            state >>= 8
+        states[e % 4] = (state // f) * TOTAL + state % f + starts[slot][s]
     coded = b"".join(x.to_bytes(4, "little") for x in states) + bytes(reversed(pushed))
     tables = b"".join(_write_table(f) for f in freqs)
-    return bytes([centre, CONTEXTS, *range(CONTEXTS)]) + tables + len(coded).to_bytes(4, "little") + coded
+    tables_byte = CONTEXTS if runs else CONTEXTS | NO_RUNS
+    return bytes([centre, tables_byte, *range(CONTEXTS)]) + tables + len(coded).to_bytes(4, "little") + coded
+
+
+def _symbols(plane: Planes, centre: int) -> list[list[int]]:
+    return [[(int(v) - centre) % 256 for v in row] for row in plane]
+
+
+def _spec_encode_plane(plane: Planes, centre: int, runs: bool = True) -> bytes:
+    return _spec_encode_events(centre, _events(_symbols(plane, centre), runs), runs)
 
 
 # --- inputs
@@ -254,10 +335,7 @@ def _gradient(shape: tuple[int, int, int]) -> Planes:
     return np.ascontiguousarray((planes % 256).astype(np.uint8))
 
 
-def _footage_crop(
-    path: Path, frame_index: int = 0, top: int = 100, left: int = 200, height: int = 32, width: int = 48
-) -> Planes:
-    """A crop of a real BGR frame, as planes (B, G, R)."""
+def _read_frame(path: Path, frame_index: int) -> npt.NDArray[np.uint8]:
     capture = cv2.VideoCapture(str(path))
     try:
         for _ in range(frame_index + 1):
@@ -265,7 +343,14 @@ def _footage_crop(
             assert ok, f"could not read frame {frame_index} from {path}"
     finally:
         capture.release()
-    crop = frame[top : top + height, left : left + width]
+    return np.asarray(frame, dtype=np.uint8)
+
+
+def _footage_crop(
+    path: Path, frame_index: int = 0, top: int = 100, left: int = 200, height: int = 32, width: int = 48
+) -> Planes:
+    """A crop of a real BGR frame, as planes (B, G, R)."""
+    crop = _read_frame(path, frame_index)[top : top + height, left : left + width]
     planes: Planes = np.ascontiguousarray(crop.transpose(2, 0, 1))
     return planes
 
@@ -276,10 +361,25 @@ def _sparse(shape: tuple[int, int, int], values: list[int], weights: list[float]
     return np.ascontiguousarray(chosen)
 
 
+def _zeros_but(shape: tuple[int, int, int], points: dict[tuple[int, int, int], int]) -> Planes:
+    """Zeros except at the given (plane, y, x)."""
+    planes = np.zeros(shape, dtype=np.uint8)
+    for (c, y, x), value in points.items():
+        planes[c, y, x] = value
+    return planes
+
+
+def _spikes(shape: tuple[int, int, int], density: float, seed: int) -> Planes:
+    """Isolated small values of both signs in zeros: runs of every length, ending before a nonzero."""
+    rng = _rng(seed)
+    values = rng.integers(1, 4, shape) * rng.choice([-1, 1], shape) * (rng.random(shape) < density)
+    return np.ascontiguousarray((values % 256).astype(np.uint8))
+
+
 SYNTHETIC: dict[str, Planes] = {
     "zeros-1x1": np.zeros((1, 1, 1), dtype=np.uint8),
     "zeros-3x5x7": np.zeros((3, 5, 7), dtype=np.uint8),
-    "constant-200": np.full((1, 17, 33), 200, dtype=np.uint8),  # one table, f[0] = 16384
+    "constant-200": np.full((1, 17, 33), 200, dtype=np.uint8),  # centre 200: all symbols 0, one run a row
     "random-1x1": _rng(1).integers(0, 256, (1, 1, 1), dtype=np.uint8),
     "random-1x17x33": _rng(2).integers(0, 256, (1, 17, 33), dtype=np.uint8),
     "random-3x24x40": _rng(3).integers(0, 256, (3, 24, 40), dtype=np.uint8),
@@ -288,7 +388,7 @@ SYNTHETIC: dict[str, Planes] = {
     "noise-0-3x24x40": _noise((3, 24, 40), 0, 4, 6),
     "noise-128-3x24x40": _noise((3, 24, 40), 128, 4, 7),
     "wide-noise-3x24x40": _noise((3, 24, 40), 0, 60, 8),
-    "narrow-2x9x1": _noise((2, 9, 1), 0, 2, 9),  # fewer columns than states: states 1-3 never move
+    "narrow-2x9x1": _noise((2, 9, 1), 0, 2, 9),  # a row is one or two events: states cycle across rows
     "narrow-1x6x3": _noise((1, 6, 3), 0, 2, 10),
     "sparse-0-1-2-254": _sparse((1, 17, 33), [0, 1, 2, 254], [0.7, 0.1, 0.1, 0.1], 0),
     "gradient-1x17x33": _gradient((1, 17, 33)),
@@ -302,16 +402,51 @@ SYNTHETIC: dict[str, Planes] = {
     ),
 }
 
+# Planes made for runs, each with run symbols its events must include (with the encoder above; the compiled
+# one is checked for them too, so that a change of its choices cannot silently drop the coverage).
+RUNS: dict[str, tuple[Planes, set[int]]] = {
+    # a row of exactly 255 zeros: one r = 255 covers it
+    "row-of-255-zeros": (np.zeros((1, 1, 255), dtype=np.uint8), {255}),
+    "rows-of-255-zeros": (np.zeros((2, 3, 255), dtype=np.uint8), {255}),
+    # 256 zeros: r = 255, then act = 0 again and r = 255 covers the one sample left
+    "rows-of-256-zeros": (np.zeros((1, 3, 256), dtype=np.uint8), {255}),
+    "rows-of-600-zeros": (np.zeros((1, 2, 600), dtype=np.uint8), {255}),  # 255 + 255 + 90
+    # r = 0: a nonzero where act = 0, first in the plane, then mid-row (x = 7: two columns after the 3)
+    "r-0-first-sample": (_zeros_but((1, 2, 40), {(0, 0, 0): 9}), {0, 255}),
+    "r-0-mid-row": (_zeros_but((1, 3, 40), {(0, 1, 5): 3, (0, 1, 7): 253}), {0, 5, 255}),
+    # runs ending right before a nonzero: the longest short run (254), and 255 zeros then r = 0
+    "r-254-then-nonzero": (_zeros_but((1, 2, 300), {(0, 1, 254): 5}), {254, 255}),
+    "r-255-then-r-0": (_zeros_but((1, 2, 300), {(0, 1, 255): 251}), {0, 255}),
+    # runs reaching the row end with fewer than 255 samples left (29 here), and with exactly 255 left
+    "run-to-row-end-short": (_zeros_but((1, 4, 31), {(0, 0, 0): 7, (0, 2, 0): 249}), {0, 255}),
+    "run-to-row-end-255-left": (_zeros_but((1, 2, 257), {(0, 1, 0): 7}), {0, 255}),
+    # all zeros except the last sample: r = W - 1 short of it, or 255 and then the rest
+    "last-sample-only-6x40": (_zeros_but((1, 6, 40), {(0, 5, 39): 1}), {39, 255}),
+    "last-sample-only-4x300": (_zeros_but((2, 4, 300), {(0, 3, 299): 1, (1, 3, 299): 255}), {44, 255}),
+}
 
-def _check(planes: Planes) -> list[int]:
-    """The spec decoder and the compiled one both give back the planes; returns each plane's K."""
+# Isolated spikes in zeros: runs of many lengths with the encoder above. The compiled encoder codes these
+# without runs (cheaper for it), so they are in SYNTHETIC for it and here for the encoder above.
+SPIKES: dict[str, tuple[Planes, set[int]]] = {
+    "spikes-1x24x300": (_spikes((1, 24, 300), 0.02, 21), {0, 1, 2, 255}),
+    "spikes-3x16x96": (_spikes((3, 16, 96), 0.1, 22), {0, 1, 2, 255}),
+}
+SYNTHETIC.update({name: planes for name, (planes, _) in SPIKES.items()})
+
+
+def _check(planes: Planes) -> list[_Plane]:
+    """The spec decoder and the compiled one both give back the planes; returns what the spec decoder read."""
     channels, height, width = planes.shape
     payload = ctx_encode(planes)
     assert len(payload) <= planes.size + 2 * channels  # "CTX never exceeds W·H·C + 2·C"
-    decoded, kinds = _spec_decode_with_tables(payload, channels, height, width)
-    assert decoded == planes.tobytes()
-    assert ctx_decode(payload, channels, height, width).tobytes() == decoded
-    return kinds
+    decoded = _spec_decode_planes(payload, channels, height, width)
+    assert b"".join(p.values for p in decoded) == planes.tobytes()
+    assert ctx_decode(payload, channels, height, width).tobytes() == planes.tobytes()
+    return decoded
+
+
+def _runs(planes: list[_Plane]) -> set[int]:
+    return {s for p in planes for slot, s in p.events if slot == RUN}
 
 
 # --- the compiled encoder's bytes, read by the document
@@ -322,19 +457,32 @@ def test_spec_decoder_reads_compiled_output(name: str) -> None:
     _check(np.ascontiguousarray(SYNTHETIC[name]))
 
 
-def test_both_plane_kinds_are_exercised() -> None:
-    """Random bytes cannot shrink, so they are stored (K = 0); residual-like noise is coded (K ≥ 1)."""
-    assert _check(SYNTHETIC["random-3x24x40"]) == [0, 0, 0]
-    assert all(k >= 1 for k in _check(SYNTHETIC["noise-0-3x24x40"]))
+def test_every_plane_kind_is_exercised() -> None:
+    """Random bytes cannot shrink, so they are stored (K = 0); residual-like noise is coded (K ≥ 1), with
+    runs or without (bit 7 of the tables byte), whichever the compiled encoder finds cheaper."""
+    assert [p.tables for p in _check(SYNTHETIC["random-3x24x40"])] == [0, 0, 0]
+    assert all(p.tables >= 1 for p in _check(SYNTHETIC["noise-0-3x24x40"]))
     stored, *coded = _check(SYNTHETIC["mixed-stored-and-coded"])
-    assert stored == 0
-    assert all(k >= 1 for k in coded)
+    assert stored.tables == 0
+    assert all(p.tables >= 1 for p in coded)
+    assert all(p.runs for p in _check(SYNTHETIC["constant-200"]))
+    without = _check(SYNTHETIC["spikes-3x16x96"]) + _check(SYNTHETIC["sparse-0-1-2-254"])
+    assert all(p.tables >= 1 and not p.runs for p in without)
+    assert all(slot != RUN for p in without for slot, _ in p.events)
+
+
+def test_a_constant_plane_is_one_run_a_row() -> None:
+    """Centre 200 makes every symbol 0 and act 0 everywhere, so each row of 33 is a single r = 255."""
+    (plane,) = _check(SYNTHETIC["constant-200"])
+    assert plane.tables >= 1
+    assert plane.events == [(RUN, LONG_RUN)] * 17
 
 
 def test_a_lone_zero_at_s_255_still_has_its_run_byte() -> None:
     """The doc says a z byte follows *each* 0, so also a lone 0 at s = 255, where z can only be 0."""
     payload = ctx_encode(SYNTHETIC["sparse-0-1-2-254"])
-    assert payload[:2] == b"\x00\x01"  # centre 0, one table
+    assert payload[0] == 0  # centre 0
+    assert payload[1] & 0x7F == 1  # one context table (then the run table, if it has runs)
     reader = _Reader(payload)
     reader.take(2 + CONTEXTS)
     freqs = _read_table(reader)
@@ -343,13 +491,38 @@ def test_a_lone_zero_at_s_255_still_has_its_run_byte() -> None:
     assert payload[reader.pos - 2 : reader.pos] == b"\x00\x00"  # f[255] = 0, z = 0
 
 
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_spec_decoder_reads_compiled_runs(name: str) -> None:
+    planes, expected = RUNS[name]
+    decoded = _check(planes)
+    assert all(p.tables >= 1 for p in decoded)
+    assert expected <= _runs(decoded), (
+        f"the compiled encoder no longer writes runs {expected - _runs(decoded)}"
+    )
+
+
+@pytest.mark.parametrize("runs", [True, False], ids=["runs", "no-runs"])
+@pytest.mark.parametrize("name", sorted(RUNS | SPIKES))
+def test_compiled_decoder_reads_spec_runs(name: str, runs: bool) -> None:
+    """The same planes coded by the encoder above, plane by plane, centre 0, with runs and without."""
+    planes, expected = (RUNS | SPIKES)[name]
+    channels, height, width = planes.shape
+    payload = b"".join(_spec_encode_plane(plane, 0, runs) for plane in planes)
+    decoded = _spec_decode_planes(payload, channels, height, width)
+    assert [p.runs for p in decoded] == [runs] * channels
+    assert [p.events for p in decoded] == [_events(_symbols(plane, 0), runs) for plane in planes]
+    assert _runs(decoded) >= expected if runs else not _runs(decoded)
+    assert b"".join(p.values for p in decoded) == planes.tobytes()
+    assert ctx_decode(payload, channels, height, width).tobytes() == planes.tobytes()
+
+
 @pytest.mark.parametrize("frame_index", [0, 5])
 def test_spec_decoder_reads_real_footage(pets_cut: Path, frame_index: int) -> None:
     """Real pixels and their MED residual (the planes CTX sees in a key frame)."""
     planes = _footage_crop(pets_cut, frame_index)
     _check(planes)
-    kinds = _check(np.ascontiguousarray(med(planes, (False, False, False))))
-    assert all(k >= 1 for k in kinds)  # a residual of real footage always shrinks
+    decoded = _check(np.ascontiguousarray(med(planes, (False, False, False))))
+    assert all(p.tables >= 1 for p in decoded)  # a residual of real footage always shrinks
 
 
 def test_spec_decoder_reads_a_real_temporal_residual(pets_cut: Path) -> None:
@@ -358,11 +531,21 @@ def test_spec_decoder_reads_a_real_temporal_residual(pets_cut: Path) -> None:
     _check(np.ascontiguousarray(np.subtract(b, a)))
 
 
+def test_spec_decoder_reads_a_wide_static_residual(pets_cut: Path) -> None:
+    """Full-width rows (768) of a static scene's frame difference: runs of 255 that go on, cut by motion."""
+    a, b = (_read_frame(pets_cut, i)[:16] for i in (0, 1))
+    planes = np.ascontiguousarray(np.subtract(b, a).transpose(2, 0, 1))
+    decoded = _check(planes)
+    assert all(p.tables >= 1 for p in decoded)
+    assert LONG_RUN in _runs(decoded)
+    assert len(_runs(decoded)) > 2  # short runs too
+
+
 def test_spec_decoder_reads_several_tables_and_a_real_map(pets_cut: Path) -> None:
     """Contexts only get tables of their own past 4096 samples, so this needs a bigger crop (120×160)."""
     planes = _footage_crop(pets_cut, top=0, left=0, height=120, width=160)
-    kinds = _check(np.ascontiguousarray(med(planes, (False, False, False))))
-    assert all(k >= 2 for k in kinds), kinds
+    decoded = _check(np.ascontiguousarray(med(planes, (False, False, False))))
+    assert all(p.tables >= 2 for p in decoded), [p.tables for p in decoded]
 
 
 def _activity_ramp(height: int, width: int, seed: int) -> Planes:
@@ -375,54 +558,118 @@ def _activity_ramp(height: int, width: int, seed: int) -> Planes:
     return np.ascontiguousarray((values % 256).astype(np.uint8))
 
 
+@pytest.mark.parametrize("runs", [True, False], ids=["runs", "no-runs"])
 @pytest.mark.parametrize(("height", "width", "centre"), [(32, 32, 0), (24, 41, 7), (9, 3, 250)])
-def test_sixteen_tables_pin_every_threshold(height: int, width: int, centre: int) -> None:
+def test_sixteen_tables_pin_every_threshold(height: int, width: int, centre: int, runs: bool) -> None:
     """A table per context, built from the document, must decode with the compiled decoder."""
     symbols = _activity_ramp(height, width, height)
     plane = ((symbols.astype(int) + centre) % 256).astype(np.uint8)
-    used = {_context(symbols.tolist(), x, y) for y in range(height) for x in range(width)}
+    events = _events(symbols.tolist(), runs)
     if height * width >= 1000:  # the tiny plane is there for widths below 4, not for coverage
-        assert used == set(range(CONTEXTS))
-    payload = _spec_encode_plane(plane, centre)
-    assert _spec_decode(payload, 1, height, width) == plane.tobytes()
+        # with runs, k = 0 still occurs: the sample after a run with r < 255, whatever its act
+        assert {slot for slot, _ in events} == {*range(CONTEXTS), RUN} if runs else set(range(CONTEXTS))
+    payload = _spec_encode_plane(plane, centre, runs)
+    (decoded,) = _spec_decode_planes(payload, 1, height, width)
+    assert decoded.events == events
+    assert decoded.values == plane.tobytes()
     assert ctx_decode(payload, 1, height, width).tobytes() == plane.tobytes()
 
 
 # --- payloads built by hand from the document: what any encoder may write
 
 CENTRE = 200
-HEIGHT, WIDTH = 3, 5
-ONE_TABLE = bytes.fromhex("808001 00fe")  # f[0] = 16384 (3 varint bytes), f[1] = 0 then 254 more zeros
+SHAPE = (1, 3, 5)
 FINAL = (1 << 23).to_bytes(4, "little") * 4
 
 
-def _constant_plane(
-    tables: bytes = ONE_TABLE, k_tables: int = 1, table_map: bytes = bytes(16), coded: bytes = FINAL
+def _only(s: int) -> bytes:
+    """A table with f[s] = 16384 and every other 0: decoding from it gives s and never moves a state."""
+    before = bytes([0, s - 1]) if s else b""  # f[0] = 0, then s − 1 more zeros not written
+    after = bytes([0, 254 - s]) if s < 255 else b""
+    return before + _leb128(TOTAL) + after
+
+
+ZERO, ONE = _only(0), _only(1)  # context tables: every sample is s = 0, or every sample s = 1
+RUN_255, RUN_0, RUN_2, RUN_5 = _only(255), _only(0), _only(2), _only(5)  # run tables: every run is that r
+
+
+def _degenerate_plane(
+    tables: bytes = ZERO + RUN_255, tables_byte: int = 1, table_map: bytes = bytes(16), coded: bytes = FINAL
 ) -> bytes:
-    """One plane whose every sample is s = 0: with f[0] = 16384 decoding never moves a state."""
-    return bytes([CENTRE, k_tables]) + table_map + tables + len(coded).to_bytes(4, "little") + coded
+    """One plane whose tables each hold one symbol, so its four states stay at 2²³ from first to last."""
+    return bytes([CENTRE, tables_byte]) + table_map + tables + len(coded).to_bytes(4, "little") + coded
 
 
-ACCEPTED: dict[str, bytes] = {
-    "minimal": _constant_plane(),
-    "zeros-written-out": _constant_plane(tables=bytes.fromhex("808001") + bytes.fromhex("0000") * 255),
-    "overlong-varints": _constant_plane(tables=bytes.fromhex("808001 808000 fe")),  # 0 in 3 bytes
-    "unused-table": _constant_plane(tables=ONE_TABLE * 2, k_tables=2),
-    "stored-any-centre": bytes([77, 0]) + bytes(range(HEIGHT * WIDTH)),  # K = 0: the values themselves
+def _values(shape: tuple[int, int, int], symbol: int) -> bytes:
+    return bytes([(symbol + CENTRE) % 256]) * (shape[0] * shape[1] * shape[2])
+
+
+ACCEPTED: dict[str, tuple[bytes, tuple[int, int, int], bytes]] = {
+    # every row is one run of 255 covering its 5 samples: 3 events; the context table is never used
+    "minimal": (_degenerate_plane(), SHAPE, _values(SHAPE, 0)),
+    "zeros-written-out": (
+        _degenerate_plane(tables=_leb128(TOTAL) + bytes(2) * 255 + bytes(2) * 255 + _leb128(TOTAL)),
+        SHAPE,
+        _values(SHAPE, 0),
+    ),
+    "overlong-varints": (  # f = 0 in 3 bytes, in both tables
+        _degenerate_plane(tables=bytes.fromhex("808001 808000 fe 808000 fe 808001")),
+        SHAPE,
+        _values(SHAPE, 0),
+    ),
+    "unused-table": (_degenerate_plane(tables=ZERO * 2 + RUN_255, tables_byte=2), SHAPE, _values(SHAPE, 0)),
+    # act = 0 only at (0, 0): a run of r = 0, then every sample a sample event with s = 1
+    "ones-after-r-0": (_degenerate_plane(tables=ONE + RUN_0), SHAPE, _values(SHAPE, 1)),
+    # all zeros as r = 0 and s = 0 in turn: the run rule at every column, the sample rule at every other
+    "zeros-as-r-0-and-samples": (_degenerate_plane(tables=ZERO + RUN_0), SHAPE, _values(SHAPE, 0)),
+    # W = 6: r = 2, then s = 0 where act = 0 (a sample event whatever its act), r = 2 (2 < W − 3), s = 0
+    "zeros-as-r-2-and-samples": (_degenerate_plane(tables=ZERO + RUN_2), (1, 3, 6), _values((1, 3, 6), 0)),
+    "stored-any-centre": (bytes([77, 0]) + bytes(range(15)), SHAPE, bytes(range(15))),  # K = 0: the values
+    # bit 7: no run table, and every sample a sample event, also where act = 0
+    "no-runs-zeros": (_degenerate_plane(tables=ZERO, tables_byte=0x81), SHAPE, _values(SHAPE, 0)),
+    "no-runs-ones": (_degenerate_plane(tables=ONE, tables_byte=0x81), SHAPE, _values(SHAPE, 1)),
+    "no-runs-unused-table": (
+        _degenerate_plane(tables=ONE + ZERO, tables_byte=0x82, table_map=bytes(15) + b"\x01"),
+        SHAPE,
+        _values(SHAPE, 1),
+    ),
 }
+
+ACCEPTED_EVENTS = {  # what each event was, run or sample, and its symbol
+    "minimal": [("run", 255)] * 3,
+    "ones-after-r-0": [("run", 0)] + [("sample", 1)] * 15,
+    "zeros-as-r-0-and-samples": [("run", 0), ("sample", 0)] * 15,
+    "zeros-as-r-2-and-samples": [("run", 2), ("sample", 0)] * 6,
+    "stored-any-centre": [],
+    "no-runs-zeros": [("sample", 0)] * 15,
+    "no-runs-ones": [("sample", 1)] * 15,
+}
+
+
+def _kinds(events: list[Event]) -> list[tuple[str, int]]:
+    return [("run" if slot == RUN else "sample", s) for slot, s in events]
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
 def test_both_decoders_accept_hand_built_payloads(name: str) -> None:
-    payload = ACCEPTED[name]
-    expected = (
-        bytes(range(HEIGHT * WIDTH)) if name.startswith("stored") else bytes([CENTRE]) * (HEIGHT * WIDTH)
-    )
-    assert _spec_decode(payload, 1, HEIGHT, WIDTH) == expected
-    assert ctx_decode(payload, 1, HEIGHT, WIDTH).tobytes() == expected
+    payload, shape, expected = ACCEPTED[name]
+    (decoded,) = _spec_decode_planes(payload, *shape)
+    assert decoded.values == expected
+    if name in ACCEPTED_EVENTS:
+        assert _kinds(decoded.events) == ACCEPTED_EVENTS[name]
+    assert ctx_decode(payload, *shape).tobytes() == expected
 
 
 # --- corruption the document names
+
+
+def _run_past_the_row_end() -> tuple[bytes, tuple[int, int, int]]:
+    """A real rANS stream whose last row opens with r = W: valid events up to there, then a run too long."""
+    planes = _spikes((1, 6, 20), 0.3, 23)
+    planes[0, -2] = 0  # so that act = 0 at the last row's first column: a run event is due there
+    symbols = _symbols(planes[0], 0)
+    events = [*_events(symbols[:-1]), (RUN, 20)]  # contexts of a row depend only on the rows above
+    return _spec_encode_events(0, events), planes.shape
 
 
 def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
@@ -431,7 +678,7 @@ def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
     shape = (1, 17, 33)
     payload = ctx_encode(planes)
     k_tables = payload[1]
-    assert k_tables >= 1, "expected a coded plane"
+    assert 1 <= k_tables <= MAX_TABLES, "expected a coded plane with runs"
     out: dict[str, tuple[bytes, tuple[int, int, int], str]] = {}
     out["last-byte-removed"] = (payload[:-1], shape, "too few bytes")
 
@@ -451,29 +698,76 @@ def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
     assert stored[1] == 0
     out["stored-short"] = (stored[:-1], shape, "too few bytes")
     out["k-above-16"] = (bytes([payload[0], 17]) + payload[2:], shape, "K = 17")
+    out["k-above-16-no-runs"] = (bytes([payload[0], 17 | NO_RUNS]) + payload[2:], shape, "K = 17")
+    out["tables-byte-0x80"] = (bytes([payload[0], NO_RUNS]) + payload[2:], shape, "tables byte 0x80")
+    out["tables-byte-0x80-stored"] = (bytes([0, NO_RUNS]) + stored[2:], shape, "tables byte 0x80")
 
-    small = (1, HEIGHT, WIDTH)
     below = (1 << 23) - 1
-    out["zero-run-past-255"] = (_constant_plane(tables=bytes.fromhex("808001 00ff")), small, "runs past")
-    out["varint-4-bytes"] = (_constant_plane(tables=bytes.fromhex("80808100 00fe")), small, "longer than 3")
-    out["frequency-16385"] = (_constant_plane(tables=bytes.fromhex("818001 00fe")), small, "16385 > 16384")
+    out["zero-run-past-255"] = (
+        _degenerate_plane(tables=bytes.fromhex("808001 00ff") + RUN_255),
+        SHAPE,
+        "past",
+    )
+    out["varint-4-bytes"] = (
+        _degenerate_plane(tables=bytes.fromhex("80808100 00fe") + RUN_255),
+        SHAPE,
+        "longer than 3",
+    )
+    out["frequency-16385"] = (
+        _degenerate_plane(tables=bytes.fromhex("818001 00fe") + RUN_255),
+        SHAPE,
+        "16385 > 16384",
+    )
+    out["run-table-sum"] = (_degenerate_plane(tables=ZERO + bytes.fromhex("00fe ff7f")), SHAPE, "not 16384")
+    out["run-table-zero-run-past-255"] = (
+        _degenerate_plane(tables=ZERO + bytes.fromhex("0000 00ff")),
+        SHAPE,
+        "runs past s = 255",
+    )
+    # bit 7 clear but no run table: the length and the states are read as the run table
+    out["no-run-table"] = (_degenerate_plane(tables=ZERO), SHAPE, "zero run of 128 runs past s = 255")
+    # bit 7 set but a run table written: its bytes are read as D (0x8080fe00)
+    out["run-table-without-runs"] = (
+        _degenerate_plane(tables=ZERO + RUN_255, tables_byte=0x81),
+        SHAPE,
+        "too few bytes",
+    )
     out["initial-state-low"] = (
-        _constant_plane(coded=below.to_bytes(4, "little") + FINAL[4:]),
-        small,
+        _degenerate_plane(coded=below.to_bytes(4, "little") + FINAL[4:]),
+        SHAPE,
         "below",
     )
     out["final-state-not-2**23"] = (
-        _constant_plane(coded=FINAL[:12] + ((1 << 23) + 1).to_bytes(4, "little")),
-        small,
+        _degenerate_plane(coded=FINAL[:12] + ((1 << 23) + 1).to_bytes(4, "little")),
+        SHAPE,
         "final states",
     )
-    out["coded-byte-unread"] = (_constant_plane(coded=FINAL + b"\x00"), small, "left unread")
-    out["d-below-16"] = (_constant_plane(coded=FINAL[:15]), small, "D = 15")
-    out["byte-after-last-plane"] = (_constant_plane() + b"\x00", small, "after the last plane")
+    out["coded-byte-unread"] = (_degenerate_plane(coded=FINAL + b"\x00"), SHAPE, "left unread")
+    out["d-below-16"] = (_degenerate_plane(coded=FINAL[:15]), SHAPE, "D = 15")
+    out["byte-after-last-plane"] = (_degenerate_plane() + b"\x00", SHAPE, "after the last plane")
+
+    # "a run r < 255 with r ≥ W − x": r = W − x exactly, at x = 0 and mid-row, and r > W − x
+    out["run-of-W-at-x-0"] = (
+        _degenerate_plane(tables=ZERO + RUN_5),
+        SHAPE,
+        "r = 5 at x = 0 runs past the end",
+    )
+    out["run-of-W-minus-x-mid-row"] = (  # W = 5: r = 2, s = 0 at x = 2, then r = 2 at x = 3
+        _degenerate_plane(tables=ZERO + RUN_2),
+        SHAPE,
+        "r = 2 at x = 3 runs past the end",
+    )
+    out["run-longer-than-row"] = (
+        _degenerate_plane(tables=ZERO + RUN_5),
+        (1, 3, 4),
+        "r = 5 at x = 0 runs past the end",
+    )
+    out["run-past-the-row-end-in-a-real-stream"] = (*_run_past_the_row_end(), "r = 20 at x = 0 runs past")
     return out
 
 
 CORRUPTIONS = _corruptions()
+RUN_CORRUPTIONS = sorted(name for name in CORRUPTIONS if name.startswith("run-") and "table" not in name)
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
@@ -483,3 +777,18 @@ def test_corrupted_payloads_are_rejected_by_both(name: str) -> None:
         _spec_decode(payload, c, h, w)
     with pytest.raises(WireFormatError):
         ctx_decode(payload, c, h, w)
+
+
+@pytest.mark.parametrize("name", RUN_CORRUPTIONS)
+def test_a_run_past_its_row_is_refused_as_such(name: str) -> None:
+    payload, (c, h, w), _ = CORRUPTIONS[name]
+    with pytest.raises(WireFormatError, match="run past the end of its row"):
+        ctx_decode(payload, c, h, w)
+
+
+def test_the_same_runs_fit_a_wider_row() -> None:
+    """The refused payloads are fine once the row is one column wider: only r ≥ W − x made them corrupt."""
+    for tables, shape in [(ZERO + RUN_5, (1, 3, 6)), (ZERO + RUN_2, (1, 3, 6))]:
+        payload = _degenerate_plane(tables=tables)
+        assert _spec_decode(payload, *shape) == _values(shape, 0)
+        assert ctx_decode(payload, *shape).tobytes() == _values(shape, 0)

@@ -76,7 +76,7 @@ def test_the_compiled_codec_is_clean_under_sanitizers(tmp_path: Path) -> None:
     include = sysconfig.get_paths()["include"]
     flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover"]
     build = subprocess.run(
-        ["gcc", *flags, "-shared", "-fPIC", f"-I{include}", str(SOURCE), "-o", str(module)],
+        ["gcc", *flags, "-shared", "-fPIC", f"-I{include}", str(SOURCE), "-lm", "-o", str(module)],
         capture_output=True,
         text=True,
         check=False,
