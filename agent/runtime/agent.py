@@ -115,7 +115,7 @@ class EdgeAgent:
             encoder.settings.entropy_stage.name,
         )
         if encoder.settings.entropy == "auto" and encoder.settings.entropy_stage is not Stage.CTX:
-            log.warning("coding with zstd, 15-25 %% larger than CTX: %s", MISSING.split(": ", 1)[1])
+            log.warning("coding with zstd, 17-29 %% larger than CTX: %s", MISSING.split(": ", 1)[1])
         publisher.start()
         sender.start()
         source = self._source = self._given_source or make_source(cfg)
