@@ -27,6 +27,7 @@ from agent.archive.paths import (
 )
 from agent.archive.reader import connect
 from agent.codec.wire import FIXED_SIZE, RecordHeader, record_length, unpack_record
+from agent.durable import fsync_dir
 from agent.errors import ArchiveError, CctvError
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class CameraStore:
                 os.fsync(segment.fd)
                 segment.dirty = False
         for directory in sorted(self._dirs_to_sync, key=lambda p: len(p.parts), reverse=True):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         self._dirs_to_sync.clear()
         self.conn.execute("COMMIT")
         self._in_tx = False
@@ -362,11 +363,3 @@ def _write_all(segment: _Segment, data: bytes) -> None:
         raise
     segment.size += written
     segment.dirty = True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

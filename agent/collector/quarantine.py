@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from enum import Enum
 from pathlib import Path
 
+from agent.durable import fsync_dir, write_synced
 from agent.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Quarantine:
             return None
         path = self._write_new(payload, reason)
         try:
-            _write_synced(path.with_suffix(".json"), sidecar)
+            write_synced(path.with_suffix(".json"), sidecar, exclusive=True)
         except OSError as e:
             raise ArchiveError(f"quarantine {self.directory}: cannot write {path.name}: {e}") from e
         self._bytes += len(payload) + len(sidecar)
@@ -96,7 +96,7 @@ class Quarantine:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
             path = self.directory / f"{stamp}-{self._counter:06d}-{reason.value}.bin"
             try:
-                _write_synced(path, payload)
+                write_synced(path, payload, exclusive=True)
             except FileExistsError:
                 continue
             except OSError as e:
@@ -109,23 +109,7 @@ class Quarantine:
         if not self._dirty:
             return
         try:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.directory)
         except OSError as e:
             raise ArchiveError(f"quarantine {self.directory}: cannot fsync: {e}") from e
         self._dirty = False
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    # O_EXCL: never overwrite what an earlier run kept
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

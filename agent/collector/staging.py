@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import struct
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.durable import fsync_dir, write_synced
 from agent.errors import ArchiveError, WireFormatError
 from agent.transport.chunks import parse_chunk
 
@@ -67,7 +67,7 @@ class ChunkStaging:
         data = _TOPIC_LENGTH.pack(len(topic.encode())) + topic.encode() + payload
         try:
             tmp = path.with_suffix(".tmp")
-            _write_synced(tmp, data)
+            write_synced(tmp, data)
             tmp.replace(path)
         except OSError as e:
             raise ArchiveError(f"chunk staging {self.directory}: cannot write {path.name}: {e}") from e
@@ -147,23 +147,8 @@ def _topic_hash(topic: str) -> str:
     return hashlib.sha256(topic.encode()).hexdigest()[:32]
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(directory: Path) -> None:
     try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
     except OSError as e:
         raise ArchiveError(f"chunk staging {directory}: cannot fsync: {e}") from e

@@ -15,6 +15,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.durable import fsync_dir, write_synced
+
 log = logging.getLogger(__name__)
 
 RECORD_SUFFIX = ".rec"
@@ -102,15 +104,6 @@ def read_data(path: Path) -> tuple[RecordHeader, bytes]:
     return header, data
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a create, rename or unlink in ``directory`` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, *chunks: bytes) -> None:
     """Write ``path`` so that after a crash it holds either nothing new or all of ``chunks``.
 
@@ -120,15 +113,7 @@ def atomic_write(path: Path, *chunks: bytes) -> None:
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(tmp, *chunks, mode=FILE_MODE)
         tmp.replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
