@@ -33,10 +33,10 @@ except ImportError:  # pragma: no cover - exercised only on installs without a C
     _native = None
 
 AVAILABLE = _native is not None
-MISSING = (
-    "this record needs the compiled module agent.codec._native, which this install lacks: "
+HOW_TO_GET = (
     "reinstall cctv-agent where a C compiler and the Python headers are present (Debian: gcc python3-dev)"
 )
+MISSING = f"this record needs the compiled module agent.codec._native, which this install lacks: {HOW_TO_GET}"
 
 
 def _module() -> ModuleType:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from agent.capture.base import CaptureSource, Frame
 from agent.codec.encoder import FrameEncoder
-from agent.codec.native import MISSING
+from agent.codec.native import HOW_TO_GET
 from agent.codec.wire import Kind, Stage, pack_record
 from agent.config import AgentConfig
 from agent.errors import CaptureError, SpoolError
@@ -115,7 +115,7 @@ class EdgeAgent:
             encoder.settings.entropy_stage.name,
         )
         if encoder.settings.entropy == "auto" and encoder.settings.entropy_stage is not Stage.CTX:
-            log.warning("coding with zstd, 17-29 %% larger than CTX: %s", MISSING.split(": ", 1)[1])
+            log.warning("coding with zstd, 17-29 %% larger than CTX: %s", HOW_TO_GET)
         publisher.start()
         sender.start()
         source = self._source = self._given_source or make_source(cfg)
