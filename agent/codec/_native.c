@@ -209,33 +209,68 @@ static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
    written before the encoder knows whether the plane will be stored (n + 2 bytes) or coded (less). */
 static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)(NCTX + 1) * 256 * 3 + 4; }
 
-/* One row's coding events, in decoding order (docs/wire-format.md): where a sample's context is 0 (no activity
-   around it) a run event codes how many zero symbols follow from there: RUN_MAX for "255, or up to the row end",
-   r < RUN_MAX for exactly r, after which the next sample is coded with its context even if that is 0 again.
-   Event k's table is tab[k] (a context, or RUN) and its symbol sym[k]; returns the number of events (≤ 2w).
-   Static scenes become a few run events a row, which is what keeps coding and decoding them cheap. */
+/* Runs (docs/wire-format.md): where a sample's context is 0 (no activity around it), and it is not the sample
+   right after a short run, a run event codes how many zero symbols follow from there: RUN_MAX for "255, or up
+   to the row end", r < RUN_MAX for exactly r, after which the next sample is coded with its context even if
+   that is 0 again. Every other sample is a sample event (its context's table, its symbol). Static scenes become
+   a few run events a row, which is what keeps coding and decoding them cheap. */
 #define RUN NCTX     /* the run table's index among the encoder's tables */
 #define RUN_MAX 255 /* the run symbol that means "up to 255 zeros or to the row end" */
 #define NO_RUNS 0x80 /* in a plane's table count: no run table, no run events */
 #define RUNS_SLACK_BITS 128.0 /* runs are chosen when at most this much larger: they decode much faster */
-static Py_ssize_t row_events(const uint8_t *row, const uint8_t *crow, uint8_t centre, Py_ssize_t w, int runs,
-                             uint8_t *tab, uint8_t *sym) {
+
+/* How many bytes from p on equal v, at most limit: eight at a time where the byte order allows. */
+static inline Py_ssize_t same_bytes(const uint8_t *p, uint8_t v, Py_ssize_t limit) {
+    Py_ssize_t r = 0;
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t pattern = 0x0101010101010101ull * v;
+    for (; r + 8 <= limit; r += 8) {
+        uint64_t word;
+        memcpy(&word, p + r, 8);
+        if (word != pattern) return r + (__builtin_ctzll(word ^ pattern) >> 3);
+    }
+#endif
+    while (r < limit && p[r] == v) r++;
+    return r;
+}
+
+/* The run events of one row: the x each starts at, the zeros it covers and its symbol; returns their number
+   (at most w). A run can start only where the context is 0, so the row is searched for those with memchr. */
+typedef struct {
+    uint32_t *at;
+    uint8_t *zeros, *sym;
+} Runs;
+
+static Py_ssize_t row_runs(const uint8_t *row, const uint8_t *crow, uint8_t centre, Py_ssize_t w, Runs *runs) {
     Py_ssize_t m = 0, x = 0;
-    int after_run = !runs; /* without runs every event is a sample event */
     while (x < w) {
-        if (crow[x] == 0 && !after_run) {
-            Py_ssize_t limit = w - x < RUN_MAX ? w - x : RUN_MAX, r = 0;
-            while (r < limit && row[x + r] == centre) r++;
-            tab[m] = RUN;
-            sym[m++] = (uint8_t)(r == limit ? RUN_MAX : r);
-            x += r;
-            after_run = r < limit;
-            continue;
-        }
-        tab[m] = crow[x];
-        sym[m++] = (uint8_t)(row[x] - centre);
-        x++;
-        after_run = !runs;
+        const uint8_t *quiet = memchr(crow + x, 0, (size_t)(w - x));
+        if (!quiet) break;
+        x = quiet - crow;
+        const Py_ssize_t limit = w - x < RUN_MAX ? w - x : RUN_MAX;
+        const Py_ssize_t r = same_bytes(row + x, centre, limit);
+        runs->at[m] = (uint32_t)x;
+        runs->zeros[m] = (uint8_t)r;
+        runs->sym[m++] = (uint8_t)(r == limit ? RUN_MAX : r);
+        x += r;
+        if (r < limit) x++; /* the sample after a short run is a sample event, whatever its context */
+    }
+    return m;
+}
+
+/* One row's events in decoding order: the sample events between runs, and the runs; returns their number
+   (at most 2w). Event k's table is tab[k] (a context, or RUN) and its symbol sym[k]. */
+static Py_ssize_t row_events(const uint8_t *row, const uint8_t *crow, uint8_t centre, Py_ssize_t w,
+                             const Runs *runs, Py_ssize_t nruns, uint8_t *tab, uint8_t *sym) {
+    Py_ssize_t m = 0, x = 0;
+    for (Py_ssize_t i = 0; i <= nruns; i++) {
+        const Py_ssize_t stop = i < nruns ? (Py_ssize_t)runs->at[i] : w;
+        memcpy(tab + m, crow + x, (size_t)(stop - x));
+        for (Py_ssize_t j = x; j < stop; j++) sym[m++] = (uint8_t)(row[j] - centre);
+        if (i == nruns) break;
+        tab[m] = RUN;
+        sym[m++] = runs->sym[i];
+        x = stop + runs->zeros[i];
     }
     return m;
 }
@@ -297,12 +332,15 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
 }
 
 /* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
-   Each row's contexts and events are computed twice, once per pass: cheaper than storing them. */
+   Pass 1 computes every sample's context once (kept for pass 2) and counts the plane both ways, with runs and
+   without; pass 2 codes the chosen way, last event first. */
 static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
     size_t n = (size_t)h * (size_t)w;
-    uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1), *crow = malloc((size_t)w);
+    uint8_t *ctx = malloc(n); /* every sample's context */
+    uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1);
     uint8_t *tab = malloc((size_t)(2 * w)), *sym = malloc((size_t)(2 * w));
     uint16_t *part = malloc(sizeof(uint16_t) * (size_t)w);
+    Runs runs_of_row = {malloc(sizeof(uint32_t) * (size_t)w), malloc((size_t)w), malloc((size_t)w)};
     size_t *row_first = malloc(sizeof(size_t) * (size_t)h); /* index of each row's first event */
     uint32_t *hist = calloc(5 * (NCTX + 1) * 256, sizeof(uint32_t));
     /* rANS output: an event writes at most two bytes; coding stops once it is larger than the stored plane. */
@@ -310,32 +348,43 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     uint8_t *buf = malloc(buf_size);
     EncSym *enc = malloc(sizeof(EncSym) * (NCTX + 1) * 256);
     size_t written = 0;
-    if (!mags || !crow || !tab || !sym || !part || !row_first || !hist || !buf || !enc) goto done;
+    if (!ctx || !mags || !tab || !sym || !part || !runs_of_row.at || !runs_of_row.zeros || !runs_of_row.sym ||
+        !row_first || !hist || !buf || !enc)
+        goto done;
 
     /* The centre is the commonest value (in every CENTRE_ROW_STEP-th row: any centre decodes right): symbols
        are values minus the centre, so residual planes centred on 0 and chroma residuals centred on 128 both
        put their peak at symbol 0. */
-    uint32_t global[256] = {0};
-    for (Py_ssize_t y = 0; y < h; y += CENTRE_ROW_STEP)
-        for (Py_ssize_t x = 0; x < w; x++) global[plane[y * w + x]]++;
+    uint32_t global[4][256] = {{0}};
+    for (Py_ssize_t y = 0; y < h; y += CENTRE_ROW_STEP) {
+        const uint8_t *row = plane + y * w;
+        Py_ssize_t x = 0;
+        for (; x + 3 < w; x += 4) {
+            global[0][row[x]]++;
+            global[1][row[x + 1]]++;
+            global[2][row[x + 2]]++;
+            global[3][row[x + 3]]++;
+        }
+        for (; x < w; x++) global[0][row[x]]++;
+    }
+    for (int v = 0; v < 256; v++) global[0][v] += global[1][v] + global[2][v] + global[3][v];
     int best = 0;
     for (int v = 1; v < 256; v++)
-        if (global[v] > global[best]) best = v;
+        if (global[0][v] > global[0][best]) best = v;
     const uint8_t centre = (uint8_t)best;
-    /* Pass 1 counts both ways of coding the plane: with runs (events) and without (every sample by its
-       context). Runs pay where zeros dominate; elsewhere their table and short runs cost more than they save,
-       so the plane is coded the way whose tables and ideal code length add up to less. */
+    /* Pass 1 counts both ways of coding the plane: with runs and without (every sample by its context). Runs
+       pay where zeros dominate; elsewhere their table and short runs cost more than they save, so the plane is
+       coded the way whose tables and ideal code length add up to less. With runs, the counts are those without,
+       less the zeros the runs cover (per context), plus the run symbols. */
     uint32_t *hist_runs = hist, *hist_all = hist + (NCTX + 1) * 256;
     uint32_t *split[3] = {hist_all + (NCTX + 1) * 256, hist_all + 2 * (NCTX + 1) * 256,
                           hist_all + 3 * (NCTX + 1) * 256};
+    uint32_t covered[4][NCTX] = {{0}};
     size_t events = 0;
     for (Py_ssize_t y = 0; y < h; y++) {
         const uint8_t *row = plane + y * w;
+        uint8_t *crow = ctx + y * w;
         row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
-        Py_ssize_t m = row_events(row, crow, centre, w, 1, tab, sym);
-        row_first[y] = events;
-        events += (size_t)m;
-        for (Py_ssize_t k = 0; k < m; k++) hist_runs[tab[k] * 256 + sym[k]]++;
         Py_ssize_t x = 0;
         for (; x + 3 < w; x += 4) { /* four histograms in turn: repeated increments of one cell stall */
             hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
@@ -344,8 +393,29 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
             split[2][crow[x + 3] * 256 + (uint8_t)(row[x + 3] - centre)]++;
         }
         for (; x < w; x++) hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+        const Py_ssize_t nruns = row_runs(row, crow, centre, w, &runs_of_row);
+        size_t zeros = 0;
+        for (Py_ssize_t i = 0; i < nruns; i++) {
+            const uint8_t *c = crow + runs_of_row.at[i];
+            Py_ssize_t j = 0, r = runs_of_row.zeros[i];
+            for (; j + 3 < r; j += 4) { /* mostly one context: four counters, or each increment waits */
+                covered[0][c[j]]++;
+                covered[1][c[j + 1]]++;
+                covered[2][c[j + 2]]++;
+                covered[3][c[j + 3]]++;
+            }
+            for (; j < r; j++) covered[0][c[j]]++;
+            zeros += runs_of_row.zeros[i];
+            hist_runs[RUN * 256 + runs_of_row.sym[i]]++;
+        }
+        row_first[y] = events;
+        events += (size_t)w - zeros + (size_t)nruns;
     }
-    for (int k = 0; k < NCTX * 256; k++) hist_all[k] += split[0][k] + split[1][k] + split[2][k];
+    for (int k = 0; k < NCTX * 256; k++) {
+        hist_all[k] += split[0][k] + split[1][k] + split[2][k];
+        hist_runs[k] = hist_all[k];
+    }
+    for (int c = 0; c < NCTX; c++) hist_runs[c * 256] -= covered[0][c] + covered[1][c] + covered[2][c] + covered[3][c];
     Plan with_runs, without_runs;
     plan_tables(hist_runs, 1, &with_runs);
     plan_tables(hist_all, 0, &without_runs);
@@ -370,32 +440,38 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
             start += freq[s];
         }
     }
-    const uint8_t *map = chosen->map;
+    const EncSym *table_of[NCTX + 1]; /* a context's (or the runs') symbols */
+    for (int c = 0; c <= NCTX; c++) table_of[c] = &enc[(chosen->map[c] == 0xff ? 0 : chosen->map[c]) * 256];
 
     /* Event k uses state k mod NSTATES; coded last event first, so the decoder reads forwards. */
     uint8_t *end = buf + buf_size, *ptr = end;
     uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
     for (Py_ssize_t y = h; y-- > 0;) {
-        const uint8_t *row = plane + y * w;
-        row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
-        Py_ssize_t k = row_events(row, crow, centre, w, runs, tab, sym);
+        const uint8_t *row = plane + y * w, *crow = ctx + y * w, *etab = crow;
+        Py_ssize_t k = w;
+        if (runs)
+            k = row_events(row, crow, centre, w, &runs_of_row, row_runs(row, crow, centre, w, &runs_of_row),
+                           tab, sym),
+            etab = tab;
+        else
+            for (Py_ssize_t x = 0; x < w; x++) sym[x] = (uint8_t)(row[x] - centre);
         const size_t first = row_first[y];
         while (k > 0 && (first + (size_t)k) % NSTATES) {
             k--;
             const size_t state = (first + (size_t)k) % NSTATES;
-            st[state] = enc_put(st[state], &ptr, &enc[map[tab[k]] * 256 + sym[k]]);
+            st[state] = enc_put(st[state], &ptr, &table_of[etab[k]][sym[k]]);
         }
         while (k >= NSTATES) { /* first + k is a multiple of NSTATES here: events k-1 .. k-4 use states 3 .. 0 */
             k -= NSTATES;
-            st[3] = enc_put(st[3], &ptr, &enc[map[tab[k + 3]] * 256 + sym[k + 3]]);
-            st[2] = enc_put(st[2], &ptr, &enc[map[tab[k + 2]] * 256 + sym[k + 2]]);
-            st[1] = enc_put(st[1], &ptr, &enc[map[tab[k + 1]] * 256 + sym[k + 1]]);
-            st[0] = enc_put(st[0], &ptr, &enc[map[tab[k]] * 256 + sym[k]]);
+            st[3] = enc_put(st[3], &ptr, &table_of[etab[k + 3]][sym[k + 3]]);
+            st[2] = enc_put(st[2], &ptr, &table_of[etab[k + 2]][sym[k + 2]]);
+            st[1] = enc_put(st[1], &ptr, &table_of[etab[k + 1]][sym[k + 1]]);
+            st[0] = enc_put(st[0], &ptr, &table_of[etab[k]][sym[k]]);
         }
         while (k > 0) {
             k--;
             const size_t state = (first + (size_t)k) % NSTATES;
-            st[state] = enc_put(st[state], &ptr, &enc[map[tab[k]] * 256 + sym[k]]);
+            st[state] = enc_put(st[state], &ptr, &table_of[etab[k]][sym[k]]);
         }
         if ((size_t)(end - ptr) > n) break; /* it will be stored */
     }
@@ -422,11 +498,14 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     memcpy(p, ptr, len);
     written = (size_t)(p + len - out);
 done:
+    free(ctx);
     free(mags);
-    free(crow);
     free(tab);
     free(sym);
     free(part);
+    free(runs_of_row.at);
+    free(runs_of_row.zeros);
+    free(runs_of_row.sym);
     free(row_first);
     free(hist);
     free(buf);
