@@ -339,8 +339,10 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
 
 /* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
    Pass 1 computes every sample's context once (kept for pass 2) and counts the plane both ways, with runs and
-   without; pass 2 codes the chosen way, last event first. */
-static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
+   without; pass 2 codes the chosen way, last event first. With cost set, only pass 1 runs and *cost is the
+   size in bytes the plane would code to (the encoder's recipe estimates: within a few bytes, at half the
+   time); the return value is then 1, or 0 on no memory. */
+static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost) {
     size_t n = (size_t)h * (size_t)w;
     uint8_t *ctx = malloc(n); /* every sample's context */
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1);
@@ -351,11 +353,11 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     uint32_t *hist = calloc(5 * (NCTX + 1) * 256, sizeof(uint32_t));
     /* rANS output: an event writes at most two bytes; coding stops once it is larger than the stored plane. */
     const size_t buf_size = n + 4 * (size_t)w + 4 * NSTATES + 16;
-    uint8_t *buf = malloc(buf_size);
-    EncSym *enc = malloc(sizeof(EncSym) * (NCTX + 1) * 256);
+    uint8_t *buf = cost ? NULL : malloc(buf_size);
+    EncSym *enc = cost ? NULL : malloc(sizeof(EncSym) * (NCTX + 1) * 256);
     size_t written = 0;
     if (!ctx || !mags || !tab || !sym || !part || !runs_of_row.at || !runs_of_row.zeros || !runs_of_row.sym ||
-        !row_first || !hist || !buf || !enc)
+        !row_first || !hist || (!cost && (!buf || !enc)))
         goto done;
 
     /* The centre is the commonest value (in every CENTRE_ROW_STEP-th row: any centre decodes right): symbols
@@ -444,6 +446,12 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     plan_tables(hist_runs, 1, &with_runs);
     plan_tables(hist_all, 0, &without_runs);
     const int runs = with_runs.cost <= without_runs.cost + RUNS_SLACK_BITS;
+    if (cost) {
+        const double bytes = (runs ? with_runs.cost : without_runs.cost) / 8.0;
+        *cost = bytes < (double)(n + 2) ? bytes : (double)(n + 2);
+        written = 1;
+        goto done;
+    }
     const Plan *chosen = runs ? &with_runs : &without_runs;
     const uint32_t *counts = runs ? hist_runs : hist_all;
     if (!runs)
@@ -712,7 +720,7 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t c = 0; c < channels && ok; c++) {
-        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total);
+        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total, NULL);
         ok = len > 0;
         total += len;
     }
@@ -725,6 +733,37 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
     PyObject *result = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)total);
     free(out);
     return result;
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+PyDoc_STRVAR(cost_doc,
+             "cost(planes, channels, height, width) -> float\n\n"
+             "The bytes encode would return, less a few, without coding: what the encoder's estimates need.");
+
+static PyObject *ctx_cost(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t channels, height, width, n;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &channels, &height, &width)) return NULL;
+    if (!plane_shape(channels, height, width, &n)) goto fail;
+    if (view.len != channels * n) {
+        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view.len, channels * n);
+        goto fail;
+    }
+    double total = 0.0;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t c = 0; c < channels && ok; c++) {
+        double bytes = 0.0;
+        ok = encode_plane((const uint8_t *)view.buf + c * n, height, width, NULL, &bytes) > 0;
+        total += bytes;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    if (!ok) return PyErr_NoMemory();
+    return PyFloat_FromDouble(total);
 fail:
     PyBuffer_Release(&view);
     return NULL;
@@ -944,6 +983,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"encode", ctx_encode, METH_VARARGS, encode_doc},
+    {"cost", ctx_cost, METH_VARARGS, cost_doc},
     {"decode", ctx_decode, METH_VARARGS, decode_doc},
     {"med", med_forward, METH_VARARGS, med_doc},
     {"unmed", med_inverse, METH_VARARGS, unmed_doc},

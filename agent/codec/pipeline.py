@@ -94,16 +94,15 @@ def _pixel_band(
     return data[:, skip:], None if recon is None else recon[:, skip:]
 
 
-def encode_planes(
+def pixel_stages(
     planes: Planes,
     stages: tuple[Stage, ...],
     *,
     reference: Planes | None = None,
     tolerance: int = 0,
-    zstd_level: int = 1,
-) -> tuple[bytes, Planes]:
-    """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct."""
-    channels, height, width = planes.shape
+) -> tuple[Planes, Planes]:
+    """The pixel stages of ``stages`` (all but the byte stages); returns their output and the reconstruction."""
+    channels, height, _width = planes.shape
     signed = signedness(stages, channels)
     quantising = Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages
     data = np.empty_like(planes)
@@ -114,12 +113,26 @@ def encode_planes(
         data[:, rows] = band
         if recon_band is not None:
             recon[:, rows] = recon_band
+    return data, recon
+
+
+def encode_planes(
+    planes: Planes,
+    stages: tuple[Stage, ...],
+    *,
+    reference: Planes | None = None,
+    tolerance: int = 0,
+    zstd_level: int = 1,
+) -> tuple[bytes, Planes]:
+    """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct."""
+    data, recon = pixel_stages(planes, stages, reference=reference, tolerance=tolerance)
     if Stage.CTX in stages:
         return native.ctx_encode(data), recon
+    width = planes.shape[2]
     # The byte stages run one plane at a time, streaming into zstd.
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
     parts: list[bytes] = []
-    for index in range(channels):
+    for index in range(planes.shape[0]):
         chunk: bytes = data[index].tobytes()
         if Stage.PACKBITS in stages:
             chunk = packbits.encode_rows(chunk, width)
