@@ -896,6 +896,106 @@ static PyObject *med_inverse(PyObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------------------------------------- PackBits */
 
+/* The exact pixel stages in one pass (docs/wire-format.md, stages 3, 4 and 5 in that order): residual mod 256
+   against a reference, RCT, MED, each optional. Row by row over all planes at once, so nothing frame-sized is
+   made on the way: 1080p in about a third of the time numpy's bands take. */
+static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t channels, Py_ssize_t h, Py_ssize_t w,
+                        int rct, int med, const uint8_t *flip, uint8_t *out, uint8_t *row /* C w */,
+                        int16_t *medrows /* C 2 (w + 1) */) {
+    const size_t n = (size_t)h * (size_t)w;
+    if (med) memset(medrows, 0, sizeof(int16_t) * (size_t)(2 * (w + 1) * channels));
+    for (Py_ssize_t y = 0; y < h; y++) {
+        for (Py_ssize_t k = 0; k < channels; k++) {
+            const uint8_t *src = cur + k * n + y * w;
+            uint8_t *dst = row + k * w;
+            if (ref) {
+                const uint8_t *r = ref + k * n + y * w;
+                for (Py_ssize_t x = 0; x < w; x++) dst[x] = (uint8_t)(src[x] - r[x]);
+            } else {
+                memcpy(dst, src, (size_t)w);
+            }
+        }
+        if (rct) { /* (B, G, R) -> (G, B - G + 128, R - G + 128) */
+            uint8_t *b = row, *g = row + w, *r = row + 2 * w;
+            for (Py_ssize_t x = 0; x < w; x++) {
+                const uint8_t gx = g[x], bx = b[x];
+                g[x] = (uint8_t)(bx - gx + 128);
+                b[x] = gx;
+                r[x] = (uint8_t)(r[x] - gx + 128);
+            }
+            /* now row holds (G, B - G + 128, R - G + 128) in planes 0, 1, 2 */
+        }
+        for (Py_ssize_t k = 0; k < channels; k++) {
+            uint8_t *dst = out + k * n + y * w;
+            const uint8_t *src = row + k * w;
+            if (!med) {
+                memcpy(dst, src, (size_t)w);
+                continue;
+            }
+            int16_t *up = medrows + k * 2 * (w + 1) + (y & 1) * (w + 1);
+            int16_t *now = medrows + k * 2 * (w + 1) + ((y + 1) & 1) * (w + 1);
+            const uint8_t f = flip[k] ? 0x80 : 0;
+            for (Py_ssize_t x = 0; x < w; x++) now[x + 1] = (int16_t)(src[x] ^ f);
+            for (Py_ssize_t x = 0; x < w; x++) {
+                int16_t a = now[x], b = up[x + 1], c = up[x];
+                int16_t lo = a < b ? a : b, hi = a < b ? b : a;
+                int16_t p = (int16_t)(a + b - c);
+                p = p < lo ? lo : (p > hi ? hi : p);
+                dst[x] = (uint8_t)(now[x + 1] - p);
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(pixels_doc,
+             "pixels(planes, reference, rct, med, signed, channels, height, width) -> bytes\n\n"
+             "Residual (when reference is not None), RCT, MED: the exact pixel stages in one pass.");
+
+static PyObject *pixels(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view, refview = {0}, flips;
+    PyObject *refobj;
+    int rct, med;
+    Py_ssize_t channels, height, width, n;
+    if (!PyArg_ParseTuple(args, "y*Oppy*nnn", &view, &refobj, &rct, &med, &flips, &channels, &height, &width))
+        return NULL;
+    PyObject *result = NULL;
+    int have_ref = refobj != Py_None;
+    if (have_ref && PyObject_GetBuffer(refobj, &refview, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&flips);
+        return NULL;
+    }
+    if (!plane_shape(channels, height, width, &n)) goto done;
+    if (view.len != channels * n || flips.len != channels || (have_ref && refview.len != view.len) ||
+        (rct && channels != 3)) {
+        PyErr_SetString(PyExc_ValueError, "pixels: buffer sizes do not match the shape");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, channels * n);
+    if (!result) goto done;
+    uint8_t *row = malloc((size_t)(channels * width));
+    int16_t *medrows = malloc(sizeof(int16_t) * (size_t)(2 * (width + 1) * channels));
+    if (!row || !medrows) {
+        free(row);
+        free(medrows);
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    pixels_rows((const uint8_t *)view.buf, have_ref ? (const uint8_t *)refview.buf : NULL, channels, height, width,
+                rct, med, (const uint8_t *)flips.buf, (uint8_t *)PyBytes_AS_STRING(result), row, medrows);
+    Py_END_ALLOW_THREADS;
+    free(row);
+    free(medrows);
+done:
+    PyBuffer_Release(&view);
+    if (have_ref) PyBuffer_Release(&refview);
+    PyBuffer_Release(&flips);
+    return result;
+}
+
 /* PackBits, one stream per row, byte for byte what agent/codec/packbits.py's numpy encoder emits (its
    docstring gives the rules): runs of 3+ are repeat packets, a run of 2 is one only between row edges and
    runs of 3+, literals gather the rest; packets hold at most 128 bytes, and a repeat run of 128k + 1 ends
@@ -988,6 +1088,7 @@ static PyMethodDef methods[] = {
     {"med", med_forward, METH_VARARGS, med_doc},
     {"unmed", med_inverse, METH_VARARGS, unmed_doc},
     {"packbits", packbits_encode, METH_VARARGS, packbits_doc},
+    {"pixels", pixels, METH_VARARGS, pixels_doc},
     {NULL, NULL, 0, NULL},
 };
 

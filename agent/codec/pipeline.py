@@ -94,6 +94,19 @@ def _pixel_band(
     return data[:, skip:], None if recon is None else recon[:, skip:]
 
 
+_EXACT_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RCT, Stage.MED)
+_EXACT_ORDERS = {
+    (Stage.RESIDUAL,),
+    (Stage.RCT,),
+    (Stage.MED,),
+    (Stage.RESIDUAL, Stage.RCT),
+    (Stage.RESIDUAL, Stage.MED),
+    (Stage.RCT, Stage.MED),
+    (Stage.RESIDUAL, Stage.RCT, Stage.MED),
+}
+"""Exact pixel stage lists, in their one order, that the compiled ``native.pixels`` runs in one pass."""
+
+
 def pixel_stages(
     planes: Planes,
     stages: tuple[Stage, ...],
@@ -105,6 +118,16 @@ def pixel_stages(
     channels, height, _width = planes.shape
     signed = signedness(stages, channels)
     quantising = Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages
+    exact = tuple(s for s in stages if s in _EXACT_PIXEL_STAGES)
+    if native.AVAILABLE and not quantising and exact in _EXACT_ORDERS:
+        data = native.pixels(
+            planes,
+            reference if Stage.RESIDUAL in exact else None,
+            rct=Stage.RCT in exact,
+            med=Stage.MED in exact,
+            signed=signed,
+        )
+        return data, planes
     data = np.empty_like(planes)
     recon = np.empty_like(planes) if quantising else planes
     for y in range(0, height, BAND_ROWS):

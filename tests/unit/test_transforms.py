@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from agent.codec import native
 from agent.codec import transforms as T
-from agent.codec.pipeline import decode_planes, encode_planes
+from agent.codec.pipeline import decode_planes, encode_planes, pixel_stages, signedness
 from agent.codec.wire import Kind, PixelFormat, RecordHeader, Stage
 from agent.errors import WireFormatError
 
@@ -46,6 +47,38 @@ def test_med_matches_the_scalar_definition(med: object) -> None:
             c = p[y - 1, x - 1] if x and y else 0
             pred = min(max(a + b - c, min(a, b)), max(a, b))
             assert res[0, y, x] == (p[y, x] - pred) % 256
+
+
+@given(
+    st.sampled_from([1, 3])
+    .flatmap(lambda c: st.tuples(st.just(c), st.integers(1, 19), st.integers(1, 70)))
+    .flatmap(lambda shape: st.tuples(hnp.arrays(np.uint8, shape), hnp.arrays(np.uint8, shape))),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_fused_pixel_stages_match_the_stages_one_by_one(
+    pair: tuple[np.ndarray, np.ndarray], residual: bool, rct: bool, med: bool
+) -> None:
+    """The compiled one-pass residual/RCT/MED gives what the stages give one at a time in numpy bands."""
+    planes, reference = pair
+    rct = rct and planes.shape[0] == 3
+    chosen = (Stage.RESIDUAL, Stage.RCT, Stage.MED)
+    stages = (*[s for s, on in zip(chosen, (residual, rct, med), strict=True) if on], Stage.CTX)
+    signed = signedness(stages, planes.shape[0])
+    fused = native.pixels(planes, reference if residual else None, rct=rct, med=med, signed=signed)
+    expected = planes
+    if residual:
+        expected = T.residual(expected, reference)
+    if rct:
+        expected = T.rct(expected)
+    if med:
+        expected = T.med_numpy(expected, signed)
+    assert np.array_equal(fused, expected)
+    data, recon = pixel_stages(planes, stages, reference=reference if residual else None)
+    assert np.array_equal(data, expected)
+    assert recon is planes
 
 
 @given(hnp.arrays(np.uint8, st.tuples(st.just(3), st.integers(1, 9), st.integers(1, 9))))
