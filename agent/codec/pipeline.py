@@ -156,10 +156,9 @@ def encode_planes(
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
     parts: list[bytes] = []
     for index in range(planes.shape[0]):
-        chunk: bytes = data[index].tobytes()
-        if Stage.PACKBITS in stages:
-            chunk = packbits.encode_rows(chunk, width)
-        parts.append(compressor.compress(chunk) if compressor else chunk)
+        plane = data[index]  # contiguous: PackBits and zstd read it in place, without a copy
+        chunk = packbits.encode_rows(plane, width) if Stage.PACKBITS in stages else plane.data
+        parts.append(compressor.compress(chunk) if compressor else bytes(chunk))
     if compressor:
         parts.append(compressor.flush())
     raw = b"".join(parts)
