@@ -75,7 +75,10 @@ QUANTISED_MUST_SAVE = 0.4
 """With a tolerance, a quantised recipe is chosen only when estimated at least this much smaller than an exact one.
 Greedy per-frame choice without it made T=2 19-22 % *larger* than exact on PETS and the motorway clip: once a
 frame is quantised, exact residuals against its reconstruction carry its error and quantising always looks
-cheaper from then on. With 0.4, T=2 is at least as small as exact on every public set (docs/benchmarks.md)."""
+cheaper from then on. With 0.4, T=2 is at least as small as exact on every public set (docs/benchmarks.md).
+
+Quantised intra coding right after an intra-coded frame is exempt: in a run of intra frames (stills, scene
+cuts) no residual inherits the error, and the estimate alone decides (LTA stills at T=2: 1.00× → 1.12×)."""
 INTRA_WORTH_TRYING_RATIO = 8.0
 """Intra coding is only estimated for a member whose best residual compresses worse than this."""
 
@@ -90,6 +93,7 @@ class FrameEncoder:
         self._selector = KeySelector(self.settings)
         self._key: _Held | None = None
         self._previous: _Held | None = None
+        self._previous_intra = False  # the frame before was coded on its own (a key, or a member coded intra)
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -149,6 +153,7 @@ class FrameEncoder:
             # With chained references the key's pixels are never needed again once it is the previous frame.
             self._key = held if self.settings.reference != "previous" else _Held(seq, _NO_PLANES)
         self._previous = held
+        self._previous_intra = ref_seq == seq
         self.next_seq = seq + 1
         return Record(header, payload)
 
@@ -209,6 +214,8 @@ class FrameEncoder:
                 planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
             )
             size = float(len(payload))
+        if Stage.QUANTIZE in stages and self._previous_intra:
+            return size
         if Stage.QUANTIZE in stages or Stage.RESIDUAL_Q in stages:
             return size / (1.0 - QUANTISED_MUST_SAVE)
         return size
