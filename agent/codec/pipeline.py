@@ -156,7 +156,7 @@ def encode_planes(
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
     parts: list[bytes] = []
     for index in range(planes.shape[0]):
-        plane = data[index]  # contiguous: PackBits and zstd read it in place, without a copy
+        plane = np.ascontiguousarray(data[index])  # PackBits and zstd read it in place, without a copy
         chunk = packbits.encode_rows(plane, width) if Stage.PACKBITS in stages else plane.data
         parts.append(compressor.compress(chunk) if compressor else bytes(chunk))
     if compressor:

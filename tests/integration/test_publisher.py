@@ -167,11 +167,16 @@ def test_records_arrive_in_order_and_are_acknowledged(
 def test_status_online_then_offline_on_clean_stop(
     mqtt_broker: MqttBroker, publishers: list[Publisher], subscribers: list[Subscriber]
 ) -> None:
+    # The watcher sees each status live, so the broker holds it before a new subscriber asks: that one must
+    # get it as a retained message (subscribing earlier would race the publish and see it live, unretained).
+    watcher = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/status")
     pub = started(publishers, settings_for(mqtt_broker))
+    assert watcher.get().payload == b"online"
     online = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/status").get()
     assert (online.payload, online.retain) == (b"online", True)
     pub.stop()
     assert not pub.connected()
+    assert watcher.get().payload == b"offline"
     offline = subscribe(subscribers, mqtt_broker, "cctv/depot/cam1/status").get()
     assert (offline.payload, offline.retain) == (b"offline", True)
     late = Outcomes()
