@@ -290,16 +290,8 @@ typedef struct {
     uint64_t total[NCTX + 1];
     int ntables;
     double cost;
+    uint32_t freq[NCTX + 1][256]; /* each table's frequencies, as written */
 } Plan;
-
-static void table_freq(const uint32_t *hist, const Plan *plan, int t, uint32_t *freq) {
-    uint32_t count[256] = {0};
-    for (int c = 0; c <= NCTX; c++)
-        if (plan->map[c] == t)
-            for (int s = 0; s < 256; s++) count[s] += hist[c * 256 + s];
-    if (plan->total[t] == 0) count[0] = 1; /* an unused table still needs to be a valid one */
-    normalise(count, plan->total[t] ? plan->total[t] : 1, freq);
-}
 
 static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
     memset(plan, 0, sizeof *plan);
@@ -323,16 +315,32 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
     plan->map[RUN] = runs ? (uint8_t)plan->ntables : 0xff;
     if (runs)
         for (int s = 0; s < 256; s++) plan->total[plan->ntables] += hist[RUN * 256 + s];
+    /* Each table's counts in one pass over the contexts, then its frequencies and what it costs. */
+    static const uint32_t none[256];
+    uint32_t counts[NCTX + 1][256];
+    const int tables = plan->ntables + runs;
+    memset(counts, 0, sizeof(uint32_t) * 256 * (size_t)tables);
+    for (int c = 0; c <= NCTX; c++) {
+        if (plan->map[c] == 0xff) continue;
+        uint32_t *count = counts[plan->map[c]];
+        const uint32_t *h = hist + c * 256;
+        for (int s = 0; s < 256; s++) count[s] += h[s];
+    }
     uint8_t scratch[256 * 3 + 256];
     double bits = 8.0 * (2 + NCTX + 4 + 4 * NSTATES);
-    for (int t = 0; t < plan->ntables + runs; t++) {
-        uint32_t freq[256];
-        table_freq(hist, plan, t, freq);
+    for (int t = 0; t < tables; t++) {
+        uint32_t *freq = plan->freq[t];
+        if (plan->total[t] == 0) { /* an unused table still needs to be a valid one */
+            uint32_t one[256];
+            memcpy(one, none, sizeof one);
+            one[0] = 1;
+            normalise(one, 1, freq);
+        } else {
+            normalise(counts[t], plan->total[t], freq);
+        }
         bits += 8.0 * (double)(put_table(scratch, freq) - scratch);
-        for (int c = 0; c <= NCTX; c++)
-            if (plan->map[c] == t)
-                for (int s = 0; s < 256; s++)
-                    if (hist[c * 256 + s]) bits += hist[c * 256 + s] * (PROB_BITS - log2((double)freq[s]));
+        for (int s = 0; s < 256; s++)
+            if (counts[t][s]) bits += counts[t][s] * (PROB_BITS - log2((double)freq[s]));
     }
     plan->cost = bits;
 }
@@ -453,7 +461,6 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
         goto done;
     }
     const Plan *chosen = runs ? &with_runs : &without_runs;
-    const uint32_t *counts = runs ? hist_runs : hist_all;
     if (!runs)
         for (Py_ssize_t y = 0; y < h; y++) row_first[y] = (size_t)y * (size_t)w;
 
@@ -463,8 +470,7 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     memcpy(p, chosen->map, NCTX);
     p += NCTX;
     for (int t = 0; t < chosen->ntables + runs; t++) {
-        uint32_t freq[256];
-        table_freq(counts, chosen, t, freq);
+        const uint32_t *freq = chosen->freq[t];
         p = put_table(p, freq);
         uint32_t start = 0;
         for (int s = 0; s < 256; s++) {
