@@ -6,6 +6,8 @@ reconstruction, because the encoder must predict from what the decoder will hold
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -68,23 +70,45 @@ def quantize_residual(current: Planes, reference: Planes, tolerance: int) -> tup
     return q.astype(np.int8).view(np.uint8), recon
 
 
+DEQUANTIZE_BAND_ROWS = 64
+"""Rows per band in :func:`dequantize_residual`: its int16 temporaries of a whole 1080p frame were 28 MB."""
+
+
 def dequantize_residual(codes: Planes, reference: Planes, tolerance: int) -> Planes:
     step = _step(tolerance)
-    q = codes.view(np.int8).astype(np.int16)
-    recon: Planes = np.clip(reference.astype(np.int16) + q * step, 0, 255).astype(np.uint8)
+    wide: type[np.signedinteger[Any]] = (
+        np.int16 if 128 * step + 255 <= 32767 else np.int32
+    )  # a record may say T=255
+    recon: Planes = np.empty_like(reference)
+    for y in range(0, codes.shape[1], DEQUANTIZE_BAND_ROWS):
+        rows = slice(y, y + DEQUANTIZE_BAND_ROWS)
+        q: npt.NDArray[np.signedinteger[Any]] = codes[:, rows].view(np.int8).astype(wide)
+        np.multiply(q, step, out=q)
+        np.add(q, reference[:, rows], out=q)
+        np.clip(q, 0, 255, out=q)
+        recon[:, rows] = q
     return recon
 
 
 def quantize(current: Planes, tolerance: int) -> tuple[Planes, Planes]:
-    """Intra near-lossless: codes ⌊(x+T)/(2T+1)⌋, reconstruction min(code·(2T+1), 255); |error| ≤ T."""
+    """Intra near-lossless: codes ⌊(x+T)/(2T+1)⌋, reconstruction min(code·(2T+1), 255); |error| ≤ T.
+
+    Both are 256-entry lookups on uint8: no int16 copy of a 1080p frame (25 MB of temporaries) on the way.
+    """
     step = _step(tolerance)
-    q = ((current.astype(np.int16) + tolerance) // step).astype(np.uint8)
-    return q, dequantize(q, tolerance)
+    codes = _lookup(((np.arange(256) + tolerance) // step).astype(np.uint8), current)
+    return codes, dequantize(codes, tolerance)
 
 
 def dequantize(codes: Planes, tolerance: int) -> Planes:
     step = _step(tolerance)
-    return np.minimum(codes.astype(np.int16) * step, 255).astype(np.uint8)
+    return _lookup(np.minimum(np.arange(256) * step, 255).astype(np.uint8), codes)
+
+
+def _lookup(table: npt.NDArray[np.uint8], planes: Planes) -> Planes:
+    """``table[planes]`` through OpenCV's LUT (numpy's indexing would first widen every byte to an int64)."""
+    flat = np.ascontiguousarray(planes).reshape(-1, planes.shape[-1])
+    return np.asarray(cv2.LUT(flat, table), dtype=np.uint8).reshape(planes.shape)
 
 
 # --- colour ------------------------------------------------------------------------------------------------
