@@ -77,8 +77,8 @@ Greedy per-frame choice without it made T=2 19-22 % *larger* than exact on PETS 
 frame is quantised, exact residuals against its reconstruction carry its error and quantising always looks
 cheaper from then on. With 0.4, T=2 is at least as small as exact on every public set (docs/benchmarks.md).
 
-Quantised intra coding right after an intra-coded frame is exempt: in a run of intra frames (stills, scene
-cuts) no residual inherits the error, and the estimate alone decides (LTA stills at T=2: 1.00× → 1.12×)."""
+Quantised intra coding right after an intra-coded frame is exempt when it is the smallest recipe outright: in a
+run of intra frames (stills, scene cuts) no residual inherits the error (LTA stills at T=2: 1.00× → 1.11×)."""
 INTRA_WORTH_TRYING_RATIO = 8.0
 """Intra coding is only estimated for a member whose best residual compresses worse than this."""
 
@@ -118,7 +118,7 @@ class FrameEncoder:
         if decision.is_key:
             candidates = intra_stage_lists(self.settings, pixel_format)
             stages = (
-                min(candidates, key=lambda c: self._estimate(planes, c, None))
+                self._choose([(self._estimate(planes, c, None), c, None) for c in candidates])[1]
                 if len(candidates) > 1
                 else candidates[0]
             )
@@ -169,19 +169,19 @@ class FrameEncoder:
             references = [self._previous]
         else:
             references = [self._previous, self._key]
-        sized: list[tuple[float, tuple[Stage, ...], _Held | None]] = [
+        sized: list[_Sized] = [
             (self._estimate(planes, stages, held), stages, held)
             for held in references
             for stages in residual_stage_lists(settings, pixel_format)
         ]
-        best_size = min(size for size, _stages, _held in sized)
+        best_size = min(_with_margin(size, stages) for size, stages, _held in sized)
         if best_size * INTRA_WORTH_TRYING_RATIO > planes.nbytes / self._sample_fraction(planes):
             # A poor residual (a scene change, sparse stills): intra coding may win.
             sized += [
                 (self._estimate(planes, stages, None), stages, None)
                 for stages in intra_stage_lists(settings, pixel_format)
             ]
-        _size, stages, held = min(sized, key=lambda c: c[0])
+        _size, stages, held = self._choose(sized)
         payload, recon = encode_planes(
             planes,
             stages,
@@ -196,12 +196,21 @@ class FrameEncoder:
         rows = sample_rows(planes.shape[1])
         return 1.0 if isinstance(rows, slice) else planes.shape[1] / len(rows)
 
-    def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> float:
-        """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all.
+    def _choose(self, sized: list[_Sized]) -> _Sized:
+        """The recipe to use among estimated ones: the smallest, once quantising ones pay their margin.
 
         A quantising recipe must win clearly (QUANTISED_MUST_SAVE): its reconstruction error re-appears as noise
-        in every later residual of the chain, a cost the size of this one frame does not show.
+        in every later residual of the chain, a cost the size of this one frame does not show. Except where the
+        frame before was intra coded too and quantised intra is the smallest outright: in a run of intra frames
+        (stills, cuts) no residual inherits the error.
         """
+        smallest = min(sized, key=lambda c: c[0])
+        if self._previous_intra and Stage.QUANTIZE in smallest[1]:
+            return smallest
+        return min(sized, key=lambda c: _with_margin(c[0], c[1]))
+
+    def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> float:
+        """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all."""
         rows = sample_rows(planes.shape[1])
         reference = None if held is None else held.planes[:, rows]
         tolerance = self.settings.tolerance
@@ -214,11 +223,17 @@ class FrameEncoder:
                 planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
             )
             size = float(len(payload))
-        if Stage.QUANTIZE in stages and self._previous_intra:
-            return size
-        if Stage.QUANTIZE in stages or Stage.RESIDUAL_Q in stages:
-            return size / (1.0 - QUANTISED_MUST_SAVE)
         return size
+
+
+_Sized = tuple[float, tuple[Stage, ...], _Held | None]
+"""An estimated recipe: (estimated bytes, stages, reference or None for intra)."""
+
+
+def _with_margin(size: float, stages: tuple[Stage, ...]) -> float:
+    if Stage.QUANTIZE in stages or Stage.RESIDUAL_Q in stages:
+        return size / (1.0 - QUANTISED_MUST_SAVE)
+    return size
 
 
 SAMPLE_BAND = 8
