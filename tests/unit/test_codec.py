@@ -21,6 +21,7 @@ from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
 from agent.codec.wire import Kind, Stage, pack_record, unpack_record
 from agent.errors import MissingReferenceError, WireFormatError
+from agent.simulate.scene import Scene, SceneSettings
 from tests.fixtures.data import shared_set
 
 FRAMES_PER_SET = {"pets": 60, "intel": 60, "motorway": 60, "lta": 12}
@@ -108,6 +109,15 @@ def test_intra_frames_after_intra_frames_are_quantised_on_the_estimate_alone() -
     decoder = FrameDecoder()
     for frame, record in zip(frames, records, strict=True):
         assert int(np.abs(decoder.decode(record).astype(int) - frame).max()) <= 2
+
+
+def test_a_noisy_scene_keeps_quantised_residuals_after_its_key() -> None:
+    """The intra exemption must not hand video to intra coding: residuals stay cheaper on a camera's noise."""
+    scene = Scene(SceneSettings(seed=5, width=320, height=180, fps=10.0))
+    encoder = FrameEncoder("cam", CodecSettings(tolerance=2))
+    records = [encoder.encode(scene.frame(i), i) for i in range(8)]
+    assert records[0].header.kind is Kind.KEY
+    assert all(r.header.stages[0] is Stage.RESIDUAL_Q for r in records[1:])
 
 
 frames_strategy = st.integers(1, 4).flatmap(
