@@ -702,6 +702,23 @@ static int plane_shape(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
     return 1;
 }
 
+/* Parses (planes, channels, height, width) for encode and cost; on failure releases the buffer and returns 0. */
+static int planes_arg(PyObject *args, Py_buffer *view, Py_ssize_t *channels, Py_ssize_t *height,
+                      Py_ssize_t *width, Py_ssize_t *n) {
+    if (!PyArg_ParseTuple(args, "y*nnn", view, channels, height, width)) return 0;
+    if (!plane_shape(*channels, *height, *width, n)) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    if (view->len != *channels * *n) {
+        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view->len,
+                     *channels * *n);
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(encode_doc,
              "encode(planes, channels, height, width) -> bytes\n\n"
              "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane.");
@@ -710,17 +727,12 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t channels, height, width, n;
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &channels, &height, &width)) return NULL;
-    if (!plane_shape(channels, height, width, &n)) goto fail;
-    if (view.len != channels * n) {
-        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view.len, channels * n);
-        goto fail;
-    }
+    if (!planes_arg(args, &view, &channels, &height, &width, &n)) return NULL;
     size_t bound = plane_bound((size_t)n) * (size_t)channels;
     uint8_t *out = malloc(bound);
     if (!out) {
-        PyErr_NoMemory();
-        goto fail;
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
     }
     size_t total = 0;
     int ok = 1;
@@ -739,9 +751,6 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
     PyObject *result = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)total);
     free(out);
     return result;
-fail:
-    PyBuffer_Release(&view);
-    return NULL;
 }
 
 PyDoc_STRVAR(cost_doc,
@@ -752,12 +761,7 @@ static PyObject *ctx_cost(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t channels, height, width, n;
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &channels, &height, &width)) return NULL;
-    if (!plane_shape(channels, height, width, &n)) goto fail;
-    if (view.len != channels * n) {
-        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view.len, channels * n);
-        goto fail;
-    }
+    if (!planes_arg(args, &view, &channels, &height, &width, &n)) return NULL;
     double total = 0.0;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
@@ -770,9 +774,6 @@ static PyObject *ctx_cost(PyObject *self, PyObject *args) {
     PyBuffer_Release(&view);
     if (!ok) return PyErr_NoMemory();
     return PyFloat_FromDouble(total);
-fail:
-    PyBuffer_Release(&view);
-    return NULL;
 }
 
 PyDoc_STRVAR(decode_doc,

@@ -21,6 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 from agent.capture.files import iter_images
 from agent.codec import native
+from agent.codec import transforms as T
 from agent.codec.decoder import FrameDecoder
 from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
@@ -207,3 +208,14 @@ def test_without_the_compiled_coder_the_codec_falls_back_and_says_why(
 def _encode_all(frames: list[np.ndarray], codec: CodecSettings) -> list[Record]:
     encoder = FrameEncoder("cam", codec)
     return [encoder.encode(frame, i) for i, frame in enumerate(frames)]
+
+
+def test_cost_is_the_coded_size_without_coding(pets_cut: Path) -> None:
+    """The encoder's estimates count instead of coding: within a few bytes a plane of what encode writes."""
+    frames = [T.to_planes(frame) for frame in iter_images(pets_cut, 3)]
+    noise = np.random.default_rng(2).integers(0, 256, (3, 40, 50), dtype=np.uint8)
+    for planes in (frames[0], T.rct(T.residual(frames[2], frames[1])), noise):
+        coded = len(native.ctx_encode(planes))
+        assert abs(native.ctx_cost(planes) - coded) <= 8 * planes.shape[0], (native.ctx_cost(planes), coded)
+    with pytest.raises(ValueError, match="buffer holds 3 bytes, shape needs 4"):
+        native._module().cost(b"abc", 1, 2, 2)
