@@ -214,16 +214,13 @@ class FrameEncoder:
         rows = sample_rows(planes.shape[1])
         reference = None if held is None else held.planes[:, rows]
         tolerance = self.settings.tolerance
-        size: float
         if Stage.CTX in stages:  # CTX counts without coding, in about half the time
             data, _ = pixel_stages(planes[:, rows], stages, reference=reference, tolerance=tolerance)
-            size = native.ctx_cost(data)
-        else:
-            payload, _ = encode_planes(
-                planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
-            )
-            size = float(len(payload))
-        return size
+            return native.ctx_cost(data)
+        payload, _ = encode_planes(
+            planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
+        )
+        return float(len(payload))
 
 
 _Sized = tuple[float, tuple[Stage, ...], _Held | None]
