@@ -2,7 +2,8 @@
 
 ``_native.c`` parses bytes that come from the network, so a read past a buffer would be a security bug that
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
-truncated CTX payloads, and frames of every kind, at it in a child process; any invalid access aborts it.
+truncated CTX payloads, and frames of every kind (coded, costed and through the fused pixel stages), at it
+in a child process; any invalid access aborts it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ FUZZ = textwrap.dedent(
         assert native.decode(payload, *shape) == planes.tobytes()
         signed = bytes([1] * shape[0])
         assert native.unmed(native.med(planes.tobytes(), signed, *shape), signed, *shape) == planes.tobytes()
+        assert native.cost(planes.tobytes(), *shape) > 0
+        reference = nrng.integers(0, 256, shape, dtype=np.uint8).tobytes()
+        rct = shape[0] == 3 and rng.random() < 0.5
+        native.pixels(planes.tobytes(), reference if rng.random() < 0.5 else None, rct, True, signed, *shape)
         for _ in range(300):
             data = bytearray(payload)
             pick = rng.random()
@@ -50,8 +55,10 @@ FUZZ = textwrap.dedent(
                 native.decode(bytes(data), *shape)
             except ValueError:
                 refused += 1
-    for shape in [(3, 300, 401), (1, 1, 5000), (1, 5000, 1)]:
-        for planes in (nrng.integers(0, 256, shape, dtype=np.uint8), np.zeros(shape, np.uint8)):
+    for shape in [(3, 300, 401), (1, 1, 5000), (1, 5000, 1), (3, 50, 777)]:
+        sparse = np.where(nrng.random(shape) < 0.01, nrng.integers(0, 256, shape), 0).astype(np.uint8)
+        for planes in (nrng.integers(0, 256, shape, dtype=np.uint8), np.zeros(shape, np.uint8), sparse):
+            assert native.cost(planes.tobytes(), *shape) > 0
             payload = native.encode(planes.tobytes(), *shape)
             assert native.decode(payload, *shape) == planes.tobytes()
     print("ok", refused)
