@@ -399,9 +399,24 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     size_t quiet = 0, quiet_covered = 0; /* samples counted eight at a time */
     const uint64_t centre8 = 0x0101010101010101ull * centre;
     size_t events = 0;
+    int above_quiet = 1; /* the row above is all centre (above the first row, everything reads as centre) */
     for (Py_ssize_t y = 0; y < h; y++) {
         const uint8_t *row = plane + y * w;
         uint8_t *crow = ctx + y * w;
+        const int quiet_row = same_bytes(row, centre, w) == w;
+        if (quiet_row && above_quiet) {
+            /* Nothing moves here or above (most rows of a static scene): every context is 0, every sample a
+               zero, and with runs the row is whole runs of RUN_MAX. */
+            const size_t nruns = (size_t)((w + RUN_MAX - 1) / RUN_MAX);
+            memset(crow, 0, (size_t)w);
+            quiet += (size_t)w;
+            quiet_covered += (size_t)w;
+            hist_runs[RUN * 256 + RUN_MAX] += (uint32_t)nruns;
+            row_first[y] = events;
+            events += nruns;
+            continue;
+        }
+        above_quiet = quiet_row;
         row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
         Py_ssize_t x = 0;
         for (; x + 7 < w; x += 8) {
