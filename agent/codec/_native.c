@@ -231,8 +231,7 @@ static inline Py_ssize_t same_bytes(const uint8_t *p, uint8_t v, Py_ssize_t limi
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     const uint64_t pattern = 0x0101010101010101ull * v;
     for (; r + 8 <= limit; r += 8) {
-        uint64_t word;
-        memcpy(&word, p + r, 8);
+        const uint64_t word = load8(p + r);
         if (word != pattern) return r + (__builtin_ctzll(word ^ pattern) >> 3);
     }
 #endif
@@ -316,7 +315,6 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
     if (runs)
         for (int s = 0; s < 256; s++) plan->total[plan->ntables] += hist[RUN * 256 + s];
     /* Each table's counts in one pass over the contexts, then its frequencies and what it costs. */
-    static const uint32_t none[256];
     uint32_t counts[NCTX + 1][256];
     const int tables = plan->ntables + runs;
     memset(counts, 0, sizeof(uint32_t) * 256 * (size_t)tables);
@@ -331,9 +329,7 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
     for (int t = 0; t < tables; t++) {
         uint32_t *freq = plan->freq[t];
         if (plan->total[t] == 0) { /* an unused table still needs to be a valid one */
-            uint32_t one[256];
-            memcpy(one, none, sizeof one);
-            one[0] = 1;
+            const uint32_t one[256] = {1};
             normalise(one, 1, freq);
         } else {
             normalise(counts[t], plan->total[t], freq);
@@ -502,12 +498,13 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     for (Py_ssize_t y = h; y-- > 0;) {
         const uint8_t *row = plane + y * w, *crow = ctx + y * w, *etab = crow;
         Py_ssize_t k = w;
-        if (runs)
-            k = row_events(row, crow, centre, w, &runs_of_row, row_runs(row, crow, centre, w, &runs_of_row),
-                           tab, sym),
+        if (runs) {
+            const Py_ssize_t nruns = row_runs(row, crow, centre, w, &runs_of_row);
+            k = row_events(row, crow, centre, w, &runs_of_row, nruns, tab, sym);
             etab = tab;
-        else
+        } else {
             for (Py_ssize_t x = 0; x < w; x++) sym[x] = (uint8_t)(row[x] - centre);
+        }
         const size_t first = row_first[y];
         while (k > 0 && (first + (size_t)k) % NSTATES) {
             k--;
@@ -831,26 +828,27 @@ static PyObject *ctx_decode(PyObject *self, PyObject *args) {
 /* The MED stage (LOCO-I median edge detector), as docs/wire-format.md defines it and agent/codec/transforms.py
    implements it with numpy: here because decoding is sequential (numpy walks anti-diagonals, ~10x slower).
    flip is 0x80 for a plane of signed values (predicted on its bytes XOR 0x80), else 0. */
+/* MED residuals of row y (forward: every residual depends on inputs only, so rows of int16 with a zero in
+   front vectorise). rows holds two such rows, zeroed before row 0; row y's values become row y + 1's above. */
+static void med_row(const uint8_t *src, uint8_t *dst, Py_ssize_t w, uint8_t flip, int16_t *rows /* 2 (w + 1) */,
+                    Py_ssize_t y) {
+    const int16_t *up = rows + (y & 1) * (w + 1);
+    int16_t *now = rows + ((y + 1) & 1) * (w + 1);
+    for (Py_ssize_t x = 0; x < w; x++) now[x + 1] = (int16_t)(src[x] ^ flip);
+    for (Py_ssize_t x = 0; x < w; x++) {
+        int16_t a = now[x], b = up[x + 1], c = up[x];
+        int16_t lo = a < b ? a : b, hi = a < b ? b : a;
+        int16_t p = (int16_t)(a + b - c);
+        p = p < lo ? lo : (p > hi ? hi : p);
+        dst[x] = (uint8_t)(now[x + 1] - p);
+    }
+}
+
 static void med_plane(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_t w, uint8_t flip, int inverse,
                       int16_t *rows /* 2 (w + 1) */) {
-    if (!inverse) { /* every residual depends on inputs only: rows of int16 with a zero in front vectorise */
-        int16_t *up = rows, *cur = rows + w + 1;
+    if (!inverse) {
         memset(rows, 0, sizeof(int16_t) * (size_t)(2 * (w + 1)));
-        for (Py_ssize_t y = 0; y < h; y++) {
-            const uint8_t *src = in + y * w;
-            uint8_t *dst = out + y * w;
-            for (Py_ssize_t x = 0; x < w; x++) cur[x + 1] = (int16_t)(src[x] ^ flip);
-            for (Py_ssize_t x = 0; x < w; x++) {
-                int16_t a = cur[x], b = up[x + 1], c = up[x];
-                int16_t lo = a < b ? a : b, hi = a < b ? b : a;
-                int16_t p = (int16_t)(a + b - c);
-                p = p < lo ? lo : (p > hi ? hi : p);
-                dst[x] = (uint8_t)(cur[x + 1] - p);
-            }
-            int16_t *t = up;
-            up = cur;
-            cur = t;
-        }
+        for (Py_ssize_t y = 0; y < h; y++) med_row(in + y * w, out + y * w, w, flip, rows, y);
         return;
     }
     for (Py_ssize_t y = 0; y < h; y++) {
@@ -954,17 +952,7 @@ static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t chann
                 memcpy(dst, src, (size_t)w);
                 continue;
             }
-            int16_t *up = medrows + k * 2 * (w + 1) + (y & 1) * (w + 1);
-            int16_t *now = medrows + k * 2 * (w + 1) + ((y + 1) & 1) * (w + 1);
-            const uint8_t f = flip[k] ? 0x80 : 0;
-            for (Py_ssize_t x = 0; x < w; x++) now[x + 1] = (int16_t)(src[x] ^ f);
-            for (Py_ssize_t x = 0; x < w; x++) {
-                int16_t a = now[x], b = up[x + 1], c = up[x];
-                int16_t lo = a < b ? a : b, hi = a < b ? b : a;
-                int16_t p = (int16_t)(a + b - c);
-                p = p < lo ? lo : (p > hi ? hi : p);
-                dst[x] = (uint8_t)(now[x + 1] - p);
-            }
+            med_row(src, dst, w, flip[k] ? 0x80 : 0, medrows + k * 2 * (w + 1), y);
         }
     }
 }

@@ -95,16 +95,7 @@ def _pixel_band(
 
 
 _EXACT_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RCT, Stage.MED)
-_EXACT_ORDERS = {
-    (Stage.RESIDUAL,),
-    (Stage.RCT,),
-    (Stage.MED,),
-    (Stage.RESIDUAL, Stage.RCT),
-    (Stage.RESIDUAL, Stage.MED),
-    (Stage.RCT, Stage.MED),
-    (Stage.RESIDUAL, Stage.RCT, Stage.MED),
-}
-"""Exact pixel stage lists, in their one order, that the compiled ``native.pixels`` runs in one pass."""
+"""The exact pixel stages in the one order the compiled ``native.pixels`` runs them, each optional."""
 
 
 def pixel_stages(
@@ -119,7 +110,8 @@ def pixel_stages(
     signed = signedness(stages, channels)
     quantising = Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages
     exact = tuple(s for s in stages if s in _EXACT_PIXEL_STAGES)
-    if native.AVAILABLE and not quantising and exact in _EXACT_ORDERS:
+    in_order = exact == tuple(s for s in _EXACT_PIXEL_STAGES if s in exact)
+    if native.AVAILABLE and not quantising and exact and in_order:
         data = native.pixels(
             planes,
             reference if Stage.RESIDUAL in exact else None,
