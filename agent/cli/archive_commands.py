@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     p = commands.add_parser(
         "verify",
         help="decode every record and check every frame hash (exit 0 only if all is well)",
-        description="Decode every indexed record of every camera from its key, check each frame's SHA-256, "
+        description="Decode every indexed record of every camera from its key, check each frame's hash, "
         "and list every problem: damaged bytes, hash mismatches, missing or short segments, and records "
         "whose reference never arrived. Exit status 0 only if there is none.",
     )

@@ -1,6 +1,6 @@
 """The stateful decoder: reconstructs records of one or more cameras, in order, and proves each frame.
 
-Every reconstruction is checked against the SHA-256 the encoder put in the record, so a decoder bug or
+Every reconstruction is checked against the frame hash the encoder put in the record, so a decoder bug or
 a corrupted reference can never pass silently as a good frame.
 """
 
@@ -30,7 +30,7 @@ def decode_record(record: Record, reference: npt.NDArray[np.uint8] | None = None
 
 
 def _verify(record: Record, image: npt.NDArray[np.uint8]) -> None:
-    if frame_hash(image) != record.header.frame_hash:
+    if frame_hash(image, record.header.hash_kind) != record.header.frame_hash:
         h = record.header
         raise WireFormatError(
             f"camera {h.camera_id!r} seq={h.seq}: reconstructed frame does not match its hash"

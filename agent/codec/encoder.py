@@ -6,7 +6,6 @@ captured pixels), so near-lossless chains never drift, however long they get.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,12 +16,12 @@ from agent.codec.keyselect import KeyDecision, KeySelector
 from agent.codec.pipeline import encode_planes, pixel_stages
 from agent.codec.settings import CodecSettings
 from agent.codec.transforms import Planes, from_planes, to_planes
-from agent.codec.wire import Kind, PixelFormat, Record, RecordHeader, Stage
+from agent.codec.wire import FrameHash, Kind, PixelFormat, Record, RecordHeader, Stage, hash_pixels
 
 
-def frame_hash(image: npt.NDArray[np.uint8]) -> bytes:
-    """SHA-256 of the pixels, interleaved and row-major: what the record's ``frame_hash`` covers."""
-    return hashlib.sha256(np.ascontiguousarray(image).data).digest()
+def frame_hash(image: npt.NDArray[np.uint8], kind: FrameHash = FrameHash.XXH3_128) -> bytes:
+    """The record's ``frame_hash`` field for an (H, W[, 3]) image: its pixels interleaved and row-major."""
+    return hash_pixels(np.ascontiguousarray(image).data, kind)
 
 
 def pixel_format_of(image: npt.NDArray[np.uint8]) -> PixelFormat:

@@ -7,7 +7,6 @@ frame. At the end the archive is verified and every archived frame hash is compa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import signal
@@ -24,6 +23,7 @@ from agent.archive.maintenance import verify
 from agent.archive.reader import CameraReader, iter_frames
 from agent.capture.base import CaptureSource, Frame
 from agent.capture.simulated import SimulatedSource
+from agent.codec.encoder import frame_hash
 from agent.codec.wire import Kind
 from agent.config import parse_agent_config
 from agent.demo.broker import Mosquitto
@@ -37,7 +37,7 @@ SITE, CAMERA = "demo", "cam1"
 
 
 class RecordingSource(CaptureSource):
-    """Passes frames through and remembers (scene index, SHA-256) of each, in capture order."""
+    """Passes frames through and remembers (scene index, frame hash) of each, in capture order."""
 
     def __init__(self, inner: SimulatedSource) -> None:
         self.inner = inner
@@ -50,7 +50,7 @@ class RecordingSource(CaptureSource):
     def read(self) -> Frame | None:
         frame = self.inner.read()
         if frame is not None:
-            self.captured.append((frame.source_index, hashlib.sha256(frame.image.data).digest()))
+            self.captured.append((frame.source_index, frame_hash(frame.image)))
         return frame
 
     def close(self) -> None:

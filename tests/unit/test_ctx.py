@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -22,10 +23,10 @@ from hypothesis.extra import numpy as hnp
 from agent.capture.files import iter_images
 from agent.codec import native
 from agent.codec import transforms as T
-from agent.codec.decoder import FrameDecoder
-from agent.codec.encoder import FrameEncoder
+from agent.codec.decoder import FrameDecoder, decode_record
+from agent.codec.encoder import FrameEncoder, frame_hash
 from agent.codec.settings import CodecSettings
-from agent.codec.wire import Kind, Record, Stage, pack_record, record_version, unpack_record
+from agent.codec.wire import FrameHash, Kind, Record, Stage, pack_record, record_version, unpack_record
 from agent.errors import WireFormatError
 
 
@@ -143,21 +144,37 @@ def test_bad_shapes_are_refused_before_allocating() -> None:
         native.ctx_decode(b"", 9, 10, 10)
 
 
-def test_records_carry_the_lowest_version_that_has_their_stages(pets_cut: Path) -> None:
+def test_records_carry_the_lowest_version_that_has_their_stages_and_hash(pets_cut: Path) -> None:
     frame = next(iter_images(pets_cut, 1))
-    ctx_record = pack_record(FrameEncoder("cam").encode(frame, 0))
-    zstd_record = pack_record(FrameEncoder("cam", CodecSettings(entropy="zstd")).encode(frame, 0))
-    assert ctx_record[4] == 2
-    assert unpack_record(ctx_record).header.stages[-1] is Stage.CTX
-    assert zstd_record[4] == 1
-    assert unpack_record(zstd_record).header.stages[-1] is Stage.ZSTD
+    for entropy, stage, sha_version in (("ctx", Stage.CTX, 2), ("zstd", Stage.ZSTD, 1)):
+        record = FrameEncoder("cam", CodecSettings(entropy=entropy)).encode(frame, 0)  # type: ignore[arg-type]
+        assert record.header.hash_kind is FrameHash.XXH3_128
+        assert pack_record(record)[4] == 3
+        # The same record with a SHA-256 frame hash, as encoders before version 3 wrote it, carries the lowest
+        # version that has its stages, and still decodes and verifies.
+        header = replace(
+            record.header, frame_hash=frame_hash(frame, FrameHash.SHA256), hash_kind=FrameHash.SHA256
+        )
+        data = pack_record(Record(header, record.payload))
+        assert data[4] == sha_version
+        parsed = unpack_record(data)
+        assert parsed.header.hash_kind is FrameHash.SHA256
+        assert parsed.header.stages[-1] is stage
+        assert cv2.norm(decode_record(parsed), frame, cv2.NORM_INF) == 0
     assert record_version((Stage.RCT, Stage.MED, Stage.CTX)) == 2
+    assert record_version((Stage.RCT, Stage.MED, Stage.CTX), FrameHash.XXH3_128) == 3
+    assert record_version((), FrameHash.SHA256) == 1
     # A version-1 record cannot list CTX: rewrite the version byte (and the CRC) and it is refused.
-    forged = bytearray(ctx_record)
+    forged = bytearray(pack_record(FrameEncoder("cam").encode(frame, 0)))
     forged[4] = 1
     forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
     with pytest.raises(WireFormatError, match="need wire format version 2"):
         unpack_record(bytes(forged))
+    # A version-3 record read as version 2 takes its XXH3 field for a SHA-256 one: the frame fails its hash.
+    forged[4] = 2
+    forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
+    with pytest.raises(WireFormatError, match="does not match its hash"):
+        decode_record(unpack_record(bytes(forged)))
 
 
 @pytest.mark.parametrize("entropy", ["ctx", "zstd"])

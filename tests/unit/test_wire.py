@@ -1,4 +1,4 @@
-"""Wire format v1: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
+"""Wire format v1-v3: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import random
 import re
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,14 @@ import pytest
 from agent.codec.wire import (
     FIXED_SIZE,
     VERSION,
+    FrameHash,
     Kind,
     Limits,
     PixelFormat,
     Record,
     RecordHeader,
     Stage,
+    hash_pixels,
     iter_records,
     pack_record,
     record_length,
@@ -47,6 +50,7 @@ def _header(**changes: object) -> RecordHeader:
         "tolerance": 0,
         "ssim": 0.75,
         "clock_synced": True,
+        "hash_kind": FrameHash.SHA256,
     }
     fields.update(changes)
     return RecordHeader(**fields)  # type: ignore[arg-type]
@@ -88,6 +92,39 @@ def test_golden_bytes_pin_the_layout() -> None:
     assert pack_record(record) == expected
     assert unpack_record(expected) == record
     assert record_length(expected) == len(expected)
+
+
+XXH3_OF_0102 = "d2f0f9428898845f08130b77ddef5807"
+"""XXH3-128 (seed 0) of the bytes 01 02, canonical byte order; the empty input's is xxHash's published test vector."""
+
+
+def test_golden_bytes_pin_version_3_and_its_frame_hash() -> None:
+    assert hash_pixels(b"", FrameHash.XXH3_128).hex() == "99aa06d3014798d86001c324468d497f" + "00" * 16
+    field = hash_pixels(b"\x01\x02", FrameHash.XXH3_128)
+    assert field.hex() == XXH3_OF_0102 + "00" * 16
+    sha_hex = hashlib.sha256(b"\x01\x02").hexdigest()
+    body = bytes.fromhex(
+        GOLDEN_HEX.replace("43435456" + "01", "43435456" + "03", 1).replace(sha_hex, field.hex())
+    )
+    assert body[4] == 3
+    assert len(body) == FIXED_SIZE + 1 + 4 + 2 + 3
+    expected = body + struct.pack("<I", zlib.crc32(body))
+    record = Record(_header(frame_hash=field, hash_kind=FrameHash.XXH3_128), b"\xab\xcd\xef")
+    assert pack_record(record) == expected
+    assert unpack_record(expected) == record
+
+
+def test_a_version_3_frame_hash_must_end_in_zeros() -> None:
+    field = bytearray(hash_pixels(b"\x01\x02", FrameHash.XXH3_128))
+    field[31] = 1
+    with pytest.raises(WireFormatError, match="16 zero bytes"):
+        pack_record(Record(_header(frame_hash=bytes(field), hash_kind=FrameHash.XXH3_128), b""))
+    # The same bytes on the wire: a SHA-256 record whose version byte (and CRC) were rewritten to 3.
+    data = bytearray(pack_record(Record(_header(frame_hash=bytes(field)), b"")))
+    data[4] = 3
+    data[-4:] = struct.pack("<I", zlib.crc32(data[:-4]))
+    with pytest.raises(WireFormatError, match="16 zero bytes"):
+        unpack_record(bytes(data))
 
 
 def test_docs_state_the_version_the_code_speaks() -> None:
@@ -150,7 +187,7 @@ def test_corruption_truncation_and_version_are_reported() -> None:
     with pytest.raises(WireFormatError, match="truncated"):
         unpack_record(data[:10])
     with pytest.raises(WireFormatError, match="version"):
-        unpack_record(data[:4] + b"\x03" + data[5:])
+        unpack_record(data[:4] + bytes([VERSION + 1]) + data[5:])
     with pytest.raises(WireFormatError, match="magic"):
         unpack_record(b"XXXX" + data[4:])
 
@@ -167,10 +204,15 @@ def test_cctv_file_is_records_back_to_back() -> None:
 def test_ten_thousand_mutations_raise_only_wire_format_error() -> None:
     """Flip, insert, delete and overwrite bytes, with and without a fixed-up CRC."""
     rng = random.Random(1234)
-    base = pack_record(Record(_header(seq=50, key_seq=40, ref_seq=49), bytes(range(200))))
+    header = _header(seq=50, key_seq=40, ref_seq=49)
+    v3 = replace(
+        header, frame_hash=hash_pixels(b"\x01\x02", FrameHash.XXH3_128), hash_kind=FrameHash.XXH3_128
+    )
+    bases = [pack_record(Record(h, bytes(range(200)))) for h in (header, v3)]
+    assert [b[4] for b in bases] == [1, 3]
     outcomes = {"ok": 0, "error": 0}
     for i in range(10_000):
-        data = bytearray(base)
+        data = bytearray(bases[(i // 2) % 2])
         for _ in range(rng.randint(1, 4)):
             op = rng.randrange(4)
             pos = rng.randrange(len(data))
