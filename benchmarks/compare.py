@@ -5,7 +5,9 @@
 
 SOURCE is a video file or a folder of stills. Frames are decoded once and every method gets the same ones.
 Ratio is raw BGR bytes over encoded bytes; "max err" is the largest absolute pixel difference between what
-each method gives back and the decoded frame (0 = lossless, measured, not assumed).
+each method gives back and the decoded frame (0 = lossless, measured, not assumed). Every method runs in this
+one process under the agent's process settings (``agent/process.py``: one OpenCV thread, fixed malloc
+thresholds), so speeds compare like for like; ``--process-defaults`` keeps the library defaults instead.
 """
 
 from __future__ import annotations
@@ -198,9 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--x264-limit", type=int, help="feed x264 only the first N frames (default: 40 at 1080p)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--process-defaults",
+        action="store_true",
+        help="keep glibc's and OpenCV's defaults instead of the agent's process settings (agent/process.py); "
+        "the seed's method then spends up to half its time on page faults, varying with what ran before",
+    )
     args = parser.parse_args(argv)
     if args.all == (args.source is not None):
         parser.error("give either SOURCE or --all")
+    if not args.process_defaults:
+        # Every method runs under the settings the agent runs with, so each gets the same allocator.
+        from agent import process
+
+        process.configure()
     sources = shared_sets() if args.all else [args.source]
     runs = []
     for source in sources:

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from agent import __version__
+from agent import __version__, process
 from agent.errors import CctvError
 
 log = logging.getLogger("agent")
@@ -16,8 +16,8 @@ DESCRIPTION = """\
 Turn a fixed camera into a compact, exact (or bounded-error) frame stream.
 
 Frames are keyed by SSIM; every other frame is coded as a residual against its key or the previous
-frame, compressed with PackBits and zstd, and written as self-describing, checksummed records
-(docs/wire-format.md).
+frame, compressed with a context-modelled entropy coder (or PackBits and zstd), and written as
+self-describing, checksummed records (docs/wire-format.md).
 """
 
 EPILOG = """\
@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    process.configure()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
