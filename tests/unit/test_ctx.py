@@ -137,6 +137,24 @@ def test_mutated_payloads_decode_or_raise_one_error() -> None:
     assert refused > 4000, refused
 
 
+def run_dense_plane(rows: int = 64, width: int = 256) -> np.ndarray:
+    """Zeros with a random small value in every fourth column: a run (two zeros) every four samples, n / 4 in all,
+    so the encoder's store of pass-1 runs (at most n / 8) fills half way and the rest are searched again."""
+    rng = np.random.default_rng(5)
+    plane = np.zeros((1, rows, width), np.uint8)
+    values = [1, 2, 3, 4, 5, 251, 252, 253, 254, 255]
+    plane[0, :, 3::4] = rng.choice(values, size=(rows, width // 4))
+    return plane
+
+
+def test_a_plane_with_more_runs_than_the_encoder_keeps_round_trips() -> None:
+    plane = run_dense_plane()
+    payload = native.ctx_encode(plane)
+    assert payload[1] & 0x80 == 0, "the plane must be coded with runs"
+    assert (native.ctx_decode(payload, 1, 64, 256) == plane).all()
+    assert abs(native.ctx_cost(plane) - len(payload)) < 16
+
+
 def test_bad_shapes_are_refused_before_allocating() -> None:
     with pytest.raises(WireFormatError, match="bad shape"):
         native.ctx_decode(b"", 3, 0, 10)

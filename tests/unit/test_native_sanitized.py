@@ -2,7 +2,8 @@
 
 ``_native.c`` parses bytes that come from the network, so a read past a buffer would be a security bug that
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
-truncated CTX payloads, and frames of every kind (coded, costed and through the fused pixel stages), at it
+truncated CTX payloads, and frames of every kind (coded, costed and through the fused pixel stages; one with
+more runs than the encoder keeps between its passes), at it
 in a child process; any invalid access aborts it.
 """
 
@@ -61,6 +62,9 @@ FUZZ = textwrap.dedent(
             assert native.cost(planes.tobytes(), *shape) > 0
             payload = native.encode(planes.tobytes(), *shape)
             assert native.decode(payload, *shape) == planes.tobytes()
+    dense = np.zeros((1, 64, 256), np.uint8)  # a run every 4 samples: more than the encoder keeps (n / 8)
+    dense[0, :, 3::4] = nrng.choice([1, 2, 3, 255, 254], size=(64, 64))
+    assert native.decode(native.encode(dense.tobytes(), *dense.shape), *dense.shape) == dense.tobytes()
     print("ok", refused)
     """
 )
