@@ -84,16 +84,30 @@ def _med_call(name: str, planes: Planes, signed: tuple[bool, ...]) -> Planes:
 
 
 def pixels(
-    planes: Planes, reference: Planes | None, *, rct: bool, med: bool, signed: tuple[bool, ...]
-) -> Planes:
-    """Residual against ``reference`` (if any), then RCT, then MED, each optional, in one compiled pass."""
+    planes: Planes,
+    reference: Planes | None,
+    *,
+    rct: bool,
+    med: bool,
+    signed: tuple[bool, ...],
+    tolerance: int = 0,
+) -> tuple[Planes, Planes | None]:
+    """Residual against ``reference`` (if any), then RCT, then MED, each optional, in one compiled pass.
+
+    With a ``tolerance`` the residual is the quantised one (``transforms.quantize_residual``), or without a
+    reference the values are quantised (``transforms.quantize``). Returns the coded planes and the
+    reconstruction, None for it when nothing was quantised (the reconstruction is ``planes``).
+    """
     if reference is not None and reference.shape != planes.shape:
         raise ValueError(f"reference is {reference.shape}, planes are {planes.shape}")
     ref = None if reference is None else np.ascontiguousarray(reference).data
-    out: bytes = _module().pixels(
-        np.ascontiguousarray(planes).data, ref, rct, med, bytes(signed), *planes.shape
+    out, recon = _module().pixels(
+        np.ascontiguousarray(planes).data, ref, rct, med, bytes(signed), tolerance, *planes.shape
     )
-    return np.frombuffer(out, dtype=np.uint8).reshape(planes.shape)
+    coded = np.frombuffer(out, dtype=np.uint8).reshape(planes.shape)
+    if recon is None:
+        return coded, None
+    return coded, np.frombuffer(recon, dtype=np.uint8).reshape(planes.shape)
 
 
 def packbits(data: npt.NDArray[np.uint8], row_bytes: int) -> bytes:

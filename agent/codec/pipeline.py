@@ -94,8 +94,10 @@ def _pixel_band(
     return data[:, skip:], None if recon is None else recon[:, skip:]
 
 
-_EXACT_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RCT, Stage.MED)
-"""The exact pixel stages in the one order the compiled ``native.pixels`` runs them, each optional."""
+_FUSED_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RCT, Stage.MED)
+"""The pixel stages the compiled ``native.pixels`` runs in one pass, in its one order, each optional (at most one
+of the first three: they are the wire format's mutually exclusive first stages)."""
+_BYTE_STAGES = frozenset({Stage.PACKBITS, Stage.ZSTD, Stage.CTX})
 
 
 def pixel_stages(
@@ -109,17 +111,20 @@ def pixel_stages(
     channels, height, _width = planes.shape
     signed = signedness(stages, channels)
     quantising = Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages
-    exact = tuple(s for s in stages if s in _EXACT_PIXEL_STAGES)
-    in_order = exact == tuple(s for s in _EXACT_PIXEL_STAGES if s in exact)
-    if native.AVAILABLE and not quantising and exact and in_order:
-        data = native.pixels(
+    pixel = tuple(s for s in stages if s not in _BYTE_STAGES)
+    first = [s for s in pixel if s in (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE)]
+    fusable = pixel == tuple(s for s in _FUSED_PIXEL_STAGES if s in pixel) and len(first) <= 1
+    if native.AVAILABLE and pixel and fusable:
+        residual = Stage.RESIDUAL in pixel or Stage.RESIDUAL_Q in pixel
+        data, recon = native.pixels(
             planes,
-            reference if Stage.RESIDUAL in exact else None,
-            rct=Stage.RCT in exact,
-            med=Stage.MED in exact,
+            reference if residual else None,
+            rct=Stage.RCT in pixel,
+            med=Stage.MED in pixel,
             signed=signed,
+            tolerance=tolerance if quantising else 0,
         )
-        return data, planes
+        return data, planes if recon is None else recon
     data = np.empty_like(planes)
     recon = np.empty_like(planes) if quantising else planes
     for y in range(0, height, BAND_ROWS):

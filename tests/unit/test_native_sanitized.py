@@ -41,7 +41,11 @@ FUZZ = textwrap.dedent(
         assert native.cost(planes.tobytes(), *shape) > 0
         reference = nrng.integers(0, 256, shape, dtype=np.uint8).tobytes()
         rct = shape[0] == 3 and rng.random() < 0.5
-        native.pixels(planes.tobytes(), reference if rng.random() < 0.5 else None, rct, True, signed, *shape)
+        tolerance = rng.choice([0, 0, 1, 2, 255])
+        with_reference = rng.random() < 0.5
+        native.pixels(
+            planes.tobytes(), reference if with_reference else None, rct, True, signed, tolerance, *shape
+        )
         for _ in range(300):
             data = bytearray(payload)
             pick = rng.random()

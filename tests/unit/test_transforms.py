@@ -54,32 +54,45 @@ def test_med_matches_the_scalar_definition(med: object) -> None:
     st.sampled_from([1, 3])
     .flatmap(lambda c: st.tuples(st.just(c), st.integers(1, 19), st.integers(1, 70)))
     .flatmap(lambda shape: st.tuples(hnp.arrays(np.uint8, shape), hnp.arrays(np.uint8, shape))),
-    st.booleans(),
+    st.sampled_from([None, Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE]),
+    st.integers(1, 255),
     st.booleans(),
     st.booleans(),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 def test_fused_pixel_stages_match_the_stages_one_by_one(
-    pair: tuple[np.ndarray, np.ndarray], residual: bool, rct: bool, med: bool
+    pair: tuple[np.ndarray, np.ndarray], first: Stage | None, tolerance: int, rct: bool, med: bool
 ) -> None:
-    """The compiled one-pass residual/RCT/MED gives what the stages give one at a time in numpy bands."""
+    """The compiled one pass (residual exact or quantised, or quantised values; RCT; MED) gives what the stages
+    give one at a time in numpy."""
     planes, reference = pair
     rct = rct and planes.shape[0] == 3
-    chosen = (Stage.RESIDUAL, Stage.RCT, Stage.MED)
-    stages = (*[s for s, on in zip(chosen, (residual, rct, med), strict=True) if on], Stage.CTX)
+    chosen = (first, Stage.RCT if rct else None, Stage.MED if med else None)
+    stages = (*[s for s in chosen if s is not None], Stage.CTX)
     signed = signedness(stages, planes.shape[0])
-    fused = native.pixels(planes, reference if residual else None, rct=rct, med=med, signed=signed)
-    expected = planes
-    if residual:
+    tolerance = tolerance if first in (Stage.RESIDUAL_Q, Stage.QUANTIZE) else 0
+    ref = reference if first in (Stage.RESIDUAL, Stage.RESIDUAL_Q) else None
+    fused, fused_recon = native.pixels(planes, ref, rct=rct, med=med, signed=signed, tolerance=tolerance)
+    expected, expected_recon = planes, None
+    if first is Stage.RESIDUAL:
         expected = T.residual(expected, reference)
+    elif first is Stage.RESIDUAL_Q:
+        expected, expected_recon = T.quantize_residual(expected, reference, tolerance)
+    elif first is Stage.QUANTIZE:
+        expected, expected_recon = T.quantize(expected, tolerance)
     if rct:
         expected = T.rct(expected)
     if med:
         expected = T.med_numpy(expected, signed)
     assert np.array_equal(fused, expected)
-    data, recon = pixel_stages(planes, stages, reference=reference if residual else None)
+    if expected_recon is None:
+        assert fused_recon is None
+    else:
+        assert fused_recon is not None
+        assert np.array_equal(fused_recon, expected_recon)
+    data, recon = pixel_stages(planes, stages, reference=ref, tolerance=tolerance)
     assert np.array_equal(data, expected)
-    assert recon is planes
+    assert recon is planes if expected_recon is None else np.array_equal(recon, expected_recon)
 
 
 @given(hnp.arrays(np.uint8, st.tuples(st.just(3), st.integers(1, 9), st.integers(1, 9))))
