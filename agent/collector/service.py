@@ -40,6 +40,13 @@ STAGING_DIR = ".collector-staging"
 """Under the archive root; a leading dot keeps it apart from site directories (ids cannot start with '.')."""
 POLL_S = 0.5
 """How long the loop waits for a message before checking for a stop request or a timer."""
+READY_WAIT_S = 10.0
+"""How long start-up waits for the broker to confirm the subscription before telling systemd READY=1.
+
+READY=1 then means "subscribed": a unit ordered After= this one (an agent on the same host, a test) publishes
+only once this collector's session exists, so its first records are not lost to a subscription that did not
+exist yet (the broker keeps QoS 1 messages only for sessions it knows). A broker that is down must not keep the
+service from starting, so after this wait READY=1 comes anyway and the link connects when it can."""
 
 
 class Collector:
@@ -83,6 +90,15 @@ class Collector:
 
     # ------------------------------------------------------------------------------------- running
 
+    def _wait_subscribed(self, stop: threading.Event, notifier: Notifier) -> bool:
+        """Wait (up to READY_WAIT_S, feeding the watchdog) until the broker has confirmed the subscription."""
+        deadline = time.monotonic() + READY_WAIT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self.link.wait_subscribed(POLL_S):
+                return True
+            notifier.watchdog()
+        return self.link.wait_subscribed(0)
+
     def run(self, stop: threading.Event) -> CollectorStats:
         """Collect until ``stop`` is set; then finish the batch in hand, flush, disconnect and return."""
         self._recover_staged()
@@ -91,9 +107,15 @@ class Collector:
         self._next_retention = now  # once at start, then every retention_interval_s
         self.link.start()
         notifier = Notifier()
-        notifier.ready(
-            f"collecting {self.config.collector.subscription} into {self.config.collector.archive_root}"
-        )
+        what = f"{self.config.collector.subscription} into {self.config.collector.archive_root}"
+        if self._wait_subscribed(stop, notifier):
+            notifier.ready(f"collecting {what}")
+        else:
+            log.warning(
+                "not subscribed after %.0f s (is the broker reachable?): ready anyway, collecting once it is",
+                READY_WAIT_S,
+            )
+            notifier.ready(f"waiting for the broker, then collecting {what}")
         try:
             while not stop.is_set():
                 batch = self._take(POLL_S)

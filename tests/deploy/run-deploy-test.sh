@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Deploys the cctv_agent role into a Debian 12 tree with Ansible's chroot connection (twice: the second run must
-# change nothing), boots the tree with systemd-nspawn and checks the running service from inside: active,
-# frames reach a broker on the host, NoNewPrivs/seccomp/no capabilities, and the watchdog restarts a frozen agent.
+# Deploys the cctv_agent and cctv_collector roles into a Debian 12 tree with Ansible's chroot connection (twice:
+# the second run must change nothing), boots the tree with systemd-nspawn and checks the running services from
+# inside: active, frames reach a broker on the host and come back from it into the collector's archive, which
+# verifies frame by frame; NoNewPrivs/seccomp/no capabilities for both; the watchdog restarts a frozen agent.
 #
 # Needs root, debootstrap, systemd-nspawn (systemd-container), mosquitto + mosquitto-clients, python3 with venv.
 # Exit codes: 0 passed, 1 failed, 77 cannot run here (not root, a tool missing).
@@ -18,6 +19,7 @@ CAMERA=cam-ci
 SITE=ci
 WATCHDOG_S=10
 PASSWORD=ci-$RANDOM-$RANDOM
+COLLECTOR_PASSWORD=ci-collector-$RANDOM-$RANDOM
 START=$(date +%s)
 
 log() { printf '[deploy %4ds] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
@@ -141,6 +143,7 @@ fi
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 mosquitto_passwd -b -c "$WORK/passwd" "$CAMERA" "$PASSWORD" 2>/dev/null
+mosquitto_passwd -b "$WORK/passwd" collector "$COLLECTOR_PASSWORD" 2>/dev/null
 chmod 0644 "$WORK/passwd"
 cat >"$WORK/mosquitto.conf" <<EOF
 listener $PORT 127.0.0.1
@@ -177,6 +180,15 @@ all:
           cctv_agent_agent: {stats_interval_s: 10.0}
           cctv_agent_mqtt: {host: 127.0.0.1, port: $PORT, username: $CAMERA, password_file: mqtt-password}
           cctv_agent_credentials: {mqtt-password: "$PASSWORD"}
+    cctv_collectors:
+      hosts:
+        edge:
+          cctv_collector_wheel_path: $WHEEL
+          cctv_collector_wheelhouse: $WHEELHOUSE
+          cctv_collector_watchdog_sec: 30
+          cctv_collector_mqtt: {host: 127.0.0.1, port: $PORT, client_id: cctv-collector-ci, username: collector,
+                                password_file: mqtt-password}
+          cctv_collector_credentials: {mqtt-password: "$COLLECTOR_PASSWORD"}
 EOF
 ansible_env=(env -i PATH="$AVENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$WORK" LANG=C.UTF-8
     ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_LOCAL_TEMP="$WORK/ansible-local"
@@ -212,6 +224,10 @@ grep -qE '^edge +:.* changed=0 ' "$WORK/deploy-2.log" || {
     fail "the second deploy changed something"
 }
 umount "$ROOT/proc"
+# On one host, start the agent after the collector, as a new installation should (collectors first): the
+# collector's READY=1 means it is subscribed, so the broker keeps every record for it from the first key on.
+mkdir -p "$ROOT/etc/systemd/system/cctv-agent.service.d"
+printf '[Unit]\nAfter=cctv-collector.service\n' >"$ROOT/etc/systemd/system/cctv-agent.service.d/after-collector.conf"
 
 # --------------------------------------------------------------------------------------------- boot
 log "booting $MACHINE"
@@ -254,19 +270,49 @@ count=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u "$CAMERA" -P "$PASSW
 [[ $count -ge $FRAMES ]] || { in_ct journalctl -u cctv-agent.service --no-pager -n 40 >&2; fail "$count/$FRAMES frames reached the broker"; }
 log "$count frame messages received on the host"
 
-# The sandbox is in effect on the running process.
-status=$(in_ct cat "/proc/$PID1/status")
-field() { awk -v k="$1:" '$1 == k { print $2 }' <<<"$status"; }
-[[ $(field NoNewPrivs) == 1 ]] || fail "NoNewPrivs is $(field NoNewPrivs)"
-[[ $(field Seccomp) == 2 ]] || fail "Seccomp is $(field Seccomp), not 2 (filter)"
-for cap in CapEff CapPrm CapBnd CapAmb; do
-    [[ $(field $cap) =~ ^0+$ ]] || fail "$cap is $(field $cap), not empty"
-done
-uid=$(in_ct id -u cctv-agent)
-[[ $(field Uid) == "$uid" ]] || fail "runs as uid $(field Uid), not cctv-agent ($uid)"
+# The sandbox is in effect on the running processes.
+sandboxed() {  # unit, user
+    local pid status uid
+    pid=$(in_ct systemctl show -P MainPID "$1")
+    status=$(in_ct cat "/proc/$pid/status")
+    field() { awk -v k="$1:" '$1 == k { print $2 }' <<<"$status"; }
+    [[ $(field NoNewPrivs) == 1 ]] || fail "$1: NoNewPrivs is $(field NoNewPrivs)"
+    [[ $(field Seccomp) == 2 ]] || fail "$1: Seccomp is $(field Seccomp), not 2 (filter)"
+    for cap in CapEff CapPrm CapBnd CapAmb; do
+        [[ $(field $cap) =~ ^0+$ ]] || fail "$1: $cap is $(field $cap), not empty"
+    done
+    uid=$(in_ct id -u "$2")
+    [[ $(field Uid) == "$uid" ]] || fail "$1 runs as uid $(field Uid), not $2 ($uid)"
+    log "$1: NoNewPrivs=1 Seccomp=2 capabilities empty, uid $uid ($2)"
+}
+sandboxed cctv-agent.service cctv-agent
 groups=$(in_ct id -nG cctv-agent)
 grep -qw video <<<"$groups" || fail "cctv-agent is not in the video group"
-log "NoNewPrivs=1 Seccomp=2 capabilities empty, uid $uid (cctv-agent, in video)"
+
+# The collector, deployed beside the agent, files the frames it gets back from the broker.
+for _ in $(seq 60); do
+    [[ $(in_ct systemctl is-active cctv-collector.service || true) == active ]] && break
+    sleep 1
+done
+[[ $(in_ct systemctl is-active cctv-collector.service || true) == active ]] || {
+    in_ct journalctl -u cctv-collector.service --no-pager -n 40 >&2
+    fail "cctv-collector.service is not active"
+}
+sandboxed cctv-collector.service cctv-collector
+as_collector() { in_ct runuser -u cctv-collector -- /opt/cctv-agent/venv/bin/cctv-agent "$@"; }  # files stay its own
+archived() {
+    as_collector --log-level ERROR archive info /srv/cctv/archive --json 2>/dev/null |
+        python3 -c 'import json, sys; print(sum(c["frames"] for c in json.load(sys.stdin)))' 2>/dev/null || echo 0
+}
+for _ in $(seq 60); do
+    [[ $(archived) -ge $FRAMES ]] && break
+    sleep 1
+done
+[[ $(archived) -ge $FRAMES ]] || {
+    in_ct journalctl -u cctv-collector.service --no-pager -n 40 >&2
+    fail "$(archived)/$FRAMES frames in the collector's archive"
+}
+log "$(archived) frames in the collector's archive"
 
 # A frozen agent stops pinging: the watchdog kills it and Restart= brings a new one.
 in_ct /bin/sh -c "kill -STOP $PID1"  # a pid of the container's pid namespace; dash has kill built in
@@ -289,5 +335,15 @@ in_ct systemctl stop cctv-agent.service
 result=$(in_ct systemctl show -P Result cctv-agent.service)
 [[ $result == success ]] || fail "stop ended with Result=$result"
 log "stopped cleanly in $(($(date +%s) - t0)) s"
+
+# The collector stops cleanly too, and its archive decodes: every frame hash checked.
+in_ct systemctl stop cctv-collector.service
+result=$(in_ct systemctl show -P Result cctv-collector.service)
+[[ $result == success ]] || fail "collector stop ended with Result=$result"
+as_collector archive verify /srv/cctv/archive >"$WORK/verify.log" 2>&1 || {
+    cat "$WORK/verify.log" >&2
+    fail "archive verify"
+}
+log "collector stopped cleanly; archive verify: $(tail -n 1 "$WORK/verify.log")"
 
 log "PASS in $(($(date +%s) - START)) s"

@@ -204,6 +204,56 @@ def test_collector_speaks_the_systemd_notify_protocol_even_when_idle(
     assert "STOPPING=1" in text
 
 
+def test_a_record_published_when_the_collector_says_ready_is_archived(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    """READY=1 means subscribed: a unit ordered after the collector loses nothing to a session not made yet.
+
+    Before, READY=1 came before the connection: a first record published then was dropped by the broker
+    (QoS 1 messages are kept only for sessions it knows), and every member after it could not be decoded.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.integration.test_collector import SITE, archived, make_records
+
+    key = make_records("cam-ready", 1)[0]
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ready-test", protocol=mqtt.MQTTv5)
+    publisher.connect(mqtt_broker.host, mqtt_broker.port)
+    publisher.loop_start()  # connected before the collector starts: it publishes the moment READY=1 comes
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(0.2)
+    root = tmp_path / "archive"
+    config = write_collector_config(tmp_path / "collector.toml", port=mqtt_broker.port, root=root)
+    env = {**os.environ, "NOTIFY_SOCKET": str(address)}
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "agent", "collect", "--config", str(config)], cwd=REPO, env=env
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                if "READY=1" in sock.recv(4096).decode():
+                    break
+        else:
+            raise AssertionError("no READY=1 within 30 s")
+        publisher.publish(f"cctv/{SITE}/cam-ready/frame", key, qos=1).wait_for_publish(15)
+        deadline = time.monotonic() + 15
+        while not archived(root, "cam-ready") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(archived(root, "cam-ready").values()) == [key]
+        collector.terminate()
+        assert collector.wait(30) == 0
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+        sock.close()
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
 def test_simulate_writes_the_deterministic_scene(tmp_path: Path) -> None:
     from agent.simulate.scene import Scene, SceneSettings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -437,3 +438,45 @@ def test_cli_collector_killed_mid_stream_loses_nothing_and_stops_cleanly_on_sigt
     assert not list((root / "quarantine").iterdir())
     assert not [p for p in (root / STAGING_DIR).iterdir() if p.suffix == ".chunk"]
     assert [p.name for p in (root / SITE).iterdir()] == ["cam1"]
+
+
+def test_the_collector_says_ready_without_a_broker_after_its_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that is down must not keep systemd from seeing the collector start (it would be killed)."""
+    import socket as socket_module
+
+    from agent.collector import service
+
+    monkeypatch.setattr(service, "READY_WAIT_S", 1.0)
+    address = tmp_path / "notify.sock"
+    sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+    with socket_module.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = CollectorConfig(
+        collector=CollectorSection(archive_root=tmp_path / "archive"),
+        mqtt=MqttSection(host="127.0.0.1", port=port, client_id="no-broker", reconnect_max_s=1),
+    )
+    collector = Collector(config)
+    stop = threading.Event()
+    thread = threading.Thread(target=collector.run, args=(stop,), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    ready, ready_after = "", 0.0
+    try:
+        while time.monotonic() - started < 10 and not ready:
+            with contextlib.suppress(TimeoutError):
+                message = sock.recv(4096).decode()
+                if "READY=1" in message:
+                    ready, ready_after = message, time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(10)
+        sock.close()
+    assert "STATUS=waiting for the broker" in ready
+    assert ready_after >= 1.0, "READY=1 came before the wait for the subscription ended"
+    assert not thread.is_alive()
