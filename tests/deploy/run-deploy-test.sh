@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Deploys the cctv_agent and cctv_collector roles into a Debian 12 tree with Ansible's chroot connection (twice:
-# the second run must change nothing), boots the tree with systemd-nspawn and checks the running services from
-# inside: active, frames reach a broker on the host and come back from it into the collector's archive, which
-# verifies frame by frame; NoNewPrivs/seccomp/no capabilities for both; the watchdog restarts a frozen agent.
+# Deploys all three roles, cctv_mosquitto, cctv_collector and cctv_agent, into one Debian 12 tree with Ansible's
+# chroot connection (twice: the second run must change nothing), boots the tree with systemd-nspawn and checks
+# the running services from inside: the broker speaks TLS only and enforces its users; frames reach it (read
+# from the host over TLS) and come back from it into the collector's archive, which verifies frame by frame;
+# NoNewPrivs/seccomp/no capabilities for agent and collector; the watchdog restarts a frozen agent.
 #
-# Needs root, debootstrap, systemd-nspawn (systemd-container), mosquitto + mosquitto-clients, python3 with venv.
+# Needs root, debootstrap, systemd-nspawn (systemd-container), mosquitto-clients, openssl, python3 with venv, and
+# Debian's mirror (the broker role installs mosquitto in the tree with apt).
 # Exit codes: 0 passed, 1 failed, 77 cannot run here (not root, a tool missing).
 # Caches (CCTV_DEPLOY_CACHE, default /var/cache/cctv-deploy): the Ansible venv, the debootstrap tree as a tar,
 # and the dependency wheels; a warm run skips all three. Everything else lives in a temporary directory that is
@@ -48,8 +50,8 @@ if [[ ${1:-} == --ansible-venv-only ]]; then
 fi
 
 [[ $(id -u) -eq 0 ]] || skip "needs root (debootstrap, chroot, systemd-nspawn)"
-for tool in debootstrap systemd-nspawn nsenter mosquitto mosquitto_sub mosquitto_passwd python3 tar findmnt; do
-    command -v "$tool" >/dev/null || skip "$tool not found (apt-get install debootstrap systemd-container mosquitto mosquitto-clients)"
+for tool in debootstrap systemd-nspawn nsenter mosquitto_sub openssl python3 tar findmnt; do
+    command -v "$tool" >/dev/null || skip "$tool not found (apt-get install debootstrap systemd-container mosquitto-clients openssl)"
 done
 
 WORK=$(mktemp -d /var/tmp/cctv-deploy.XXXXXX)
@@ -57,8 +59,6 @@ ROOT=$WORK/root
 MACHINE=cctv-deploy-$$
 NSPAWN_PID=
 LEADER=
-BROKER_PID=
-SUB_PID=
 
 cleanup() {
     local rc=$?
@@ -73,7 +73,6 @@ cleanup() {
         wait "$NSPAWN_PID" 2>/dev/null
     fi
     rm -rf "/run/systemd/nspawn/propagate/$MACHINE"
-    for pid in $SUB_PID $BROKER_PID; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
     # Deepest mounts first; a lazy unmount for whatever is still busy.
     findmnt -rn -o TARGET | grep -F "$WORK/" | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
     if findmnt -rn -o TARGET | grep -qF "$WORK/"; then
@@ -139,37 +138,38 @@ if [[ ! -d $WHEELHOUSE ]]; then
     mv "$WHEELHOUSE.tmp" "$WHEELHOUSE"
 fi
 
-# ------------------------------------------------------------------------------- a broker on the host
+# ------------------------------------------------------------------- the broker's TLS certificate
+# A CA and a server certificate for 127.0.0.1 (the container shares the host's network), made fresh each run.
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
-mosquitto_passwd -b -c "$WORK/passwd" "$CAMERA" "$PASSWORD" 2>/dev/null
-mosquitto_passwd -b "$WORK/passwd" collector "$COLLECTOR_PASSWORD" 2>/dev/null
-chmod 0644 "$WORK/passwd"
-cat >"$WORK/mosquitto.conf" <<EOF
-listener $PORT 127.0.0.1
-allow_anonymous false
-password_file $WORK/passwd
-persistence false
-EOF
-chmod 0755 "$WORK"  # mosquitto drops to its own user before it reads the password file
-mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
-BROKER_PID=$!
-for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    kill -0 "$BROKER_PID" 2>/dev/null || { cat "$WORK/mosquitto.log" >&2; fail "mosquitto did not start"; }
-    sleep 0.1
-done
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cctv deploy test CA" \
+    -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$WORK/san.ext"
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial -days 2 \
+    -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+BROKER_USER=$SITE-$CAMERA  # the role's default username for a camera
 
 # ------------------------------------------------------------------------------------------- deploy
 cat >"$WORK/inventory.yml" <<EOF
 all:
+  vars:
+    ansible_connection: community.general.chroot
+    ansible_host: $ROOT
+    ansible_python_interpreter: /usr/bin/python3
   children:
+    cctv_brokers:
+      hosts:
+        edge:
+          cctv_mosquitto_port: $PORT
+          cctv_mosquitto_bind_address: 127.0.0.1
+          cctv_mosquitto_tls_cert_file: $WORK/server.pem
+          cctv_mosquitto_tls_key_file: $WORK/server.key
+          cctv_mosquitto_cameras: [{site: $SITE, camera_id: $CAMERA, password: "$PASSWORD"}]
+          cctv_mosquitto_collectors: [{username: collector, password: "$COLLECTOR_PASSWORD"}]
     cctv_agents:
       hosts:
         edge:
-          ansible_connection: community.general.chroot
-          ansible_host: $ROOT
-          ansible_python_interpreter: /usr/bin/python3
           cctv_agent_wheel_path: $WHEEL
           cctv_agent_wheelhouse: $WHEELHOUSE
           cctv_agent_camera_id: $CAMERA
@@ -178,8 +178,11 @@ all:
           cctv_agent_restart_sec: 1
           cctv_agent_capture_simulated: {width: 320, height: 240, fps: 10.0}
           cctv_agent_agent: {stats_interval_s: 10.0}
-          cctv_agent_mqtt: {host: 127.0.0.1, port: $PORT, username: $CAMERA, password_file: mqtt-password}
-          cctv_agent_credentials: {mqtt-password: "$PASSWORD"}
+          cctv_agent_mqtt: {host: 127.0.0.1, port: $PORT, username: $BROKER_USER, password_file: mqtt-password}
+          cctv_agent_mqtt_tls: {enabled: true, ca_file: "credential:broker-ca"}
+          cctv_agent_credentials:
+            mqtt-password: "$PASSWORD"
+            broker-ca: "{{ lookup('file', '$WORK/ca.pem') }}"
     cctv_collectors:
       hosts:
         edge:
@@ -188,7 +191,10 @@ all:
           cctv_collector_watchdog_sec: 30
           cctv_collector_mqtt: {host: 127.0.0.1, port: $PORT, client_id: cctv-collector-ci, username: collector,
                                 password_file: mqtt-password}
-          cctv_collector_credentials: {mqtt-password: "$COLLECTOR_PASSWORD"}
+          cctv_collector_mqtt_tls: {enabled: true, ca_file: "credential:broker-ca"}
+          cctv_collector_credentials:
+            mqtt-password: "$COLLECTOR_PASSWORD"
+            broker-ca: "{{ lookup('file', '$WORK/ca.pem') }}"
 EOF
 ansible_env=(env -i PATH="$AVENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$WORK" LANG=C.UTF-8
     ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_LOCAL_TEMP="$WORK/ansible-local"
@@ -263,12 +269,26 @@ wait_active
 PID1=$(main_pid)
 log "cctv-agent.service active, MainPID $PID1"
 
-# Frames reach the host's broker (the container shares the host's network).
+# The deployed broker: active, TLS only, users only; frames reach it (read from the host: shared network).
+[[ $(in_ct systemctl is-active mosquitto.service || true) == active ]] || {
+    in_ct journalctl -u mosquitto.service --no-pager -n 40 >&2
+    fail "mosquitto.service is not active"
+}
+sub() { timeout 60 mosquitto_sub -h 127.0.0.1 -p "$PORT" --cafile "$WORK/ca.pem" "$@" 2>&1; }
+for _ in $(seq 10); do  # a wrong password is refused by MQTT; anything else at the TCP/TLS level is retried
+    out=$(sub -u collector -P wrong -t 'cctv/none' -C 1 -W 3 || true)
+    grep -qi "not authori[sz]ed" <<<"$out" && break
+    [[ $out == *rror* ]] || fail "the broker let a wrong password in (mosquitto_sub: ${out:-nothing})"
+    sleep 1
+done
+grep -qi "not authori[sz]ed" <<<"$out" || fail "the broker did not refuse a wrong password (mosquitto_sub: $out)"
+if timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u collector -P "$COLLECTOR_PASSWORD" -t '#' -C 1 -W 5 \
+    >/dev/null 2>&1; then fail "the broker answered MQTT without TLS"; fi
 FRAMES=20
-count=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u "$CAMERA" -P "$PASSWORD" \
-    -t "cctv/$SITE/$CAMERA/frame" -q 1 -C "$FRAMES" -F '%t' 2>/dev/null | wc -l || true)
+count=$(sub -u collector -P "$COLLECTOR_PASSWORD" -i cctv-deploy-probe -t "cctv/$SITE/$CAMERA/frame" -q 1 \
+    -C "$FRAMES" -F '%t' | grep -c "^cctv/$SITE/$CAMERA/frame$" || true)
 [[ $count -ge $FRAMES ]] || { in_ct journalctl -u cctv-agent.service --no-pager -n 40 >&2; fail "$count/$FRAMES frames reached the broker"; }
-log "$count frame messages received on the host"
+log "mosquitto.service active (TLS only, passwords); $count frame messages read from it on the host"
 
 # The sandbox is in effect on the running processes.
 sandboxed() {  # unit, user
