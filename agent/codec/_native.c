@@ -372,10 +372,11 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
 }
 
 /* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
-   Pass 1 computes every sample's context once and finds each row's runs (both kept for pass 2, the runs up to a
-   bound) and counts the plane both ways, with runs and without; pass 2 codes the chosen way, last event first. With cost set, only pass 1 runs and *cost is the
-   size in bytes the plane would code to (the encoder's recipe estimates: within a few bytes, at half the
-   time); the return value is then 1, or 0 on no memory. */
+   Pass 1 computes every sample's context once and finds each row's runs (both kept for pass 2, the runs up to
+   a bound) and counts the plane both ways, with runs and without; pass 2 codes the chosen way, last event
+   first. With cost set, only pass 1 runs and *cost is the size in bytes the plane would code to (the
+   encoder's recipe estimates: within a few bytes, at half the time); the return value is then 1, or 0 on no
+   memory. */
 static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost) {
     size_t n = (size_t)h * (size_t)w;
     uint8_t *ctx = malloc(n); /* every sample's context */
@@ -997,8 +998,9 @@ static void quantiser_init(Quantiser *q, int tolerance) {
 
 /* The pixel stages in one pass (docs/wire-format.md, stage 1, 2 or 3, then 4 and 5, in that order): the residual
    against a reference, exact (mod 256) or quantised, or without a reference the quantised values (with quant,
-   both quantisers also write the reconstruction to recon), then RCT, then MED, each optional. Row by row over all planes at once, so nothing frame-sized is
-   made on the way: 1080p in about a third of the time numpy's bands take. */
+   both quantisers also write the reconstruction to recon), then RCT, then MED, each optional. Row by row over
+   all planes at once, so nothing frame-sized is made on the way: 1080p in about a third of the time numpy's
+   bands take. */
 static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t channels, Py_ssize_t h, Py_ssize_t w,
                         int rct, int med, const uint8_t *flip, const Quantiser *quant, uint8_t *out,
                         uint8_t *recon, uint8_t *row /* C w */, int16_t *medrows /* C 2 (w + 1) */) {
@@ -1053,7 +1055,8 @@ static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t chann
 }
 
 PyDoc_STRVAR(pixels_doc,
-             "pixels(planes, reference, rct, med, signed, tolerance, channels, height, width) -> (bytes, bytes | None)\n\n"
+             "pixels(planes, reference, rct, med, signed, tolerance, channels, height, width)\n"
+             "    -> (bytes, bytes | None)\n\n"
              "Residual (when reference is not None), RCT, MED in one pass; with tolerance > 0 the residual is\n"
              "quantised, or without a reference the values are (QUANTIZE). Returns the coded planes, and the\n"
              "reconstruction when something was quantised (else None: it is the planes).");

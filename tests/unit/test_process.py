@@ -12,7 +12,7 @@ import pytest
 
 ENCODE_AND_COUNT_FAULTS = """
 import json, resource, sys
-import numpy as np, cv2
+import cv2
 from agent import process
 from agent.codec.encoder import FrameEncoder
 from agent.capture.files import iter_images
