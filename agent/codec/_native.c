@@ -47,22 +47,18 @@ static void init_tables(void) {
     }
 }
 
-/* Contexts of one row. mags holds two rows of magnitudes, each padded with a zero on both ends (set once by
-   the caller), so no loop needs a branch: the loops vectorise except for the one table lookup. The decoder
-   computes the same contexts sample by sample, as it learns the row. */
-static void row_contexts(const uint8_t *row, const uint8_t *above /* NULL on the first row */, uint8_t centre,
-                         Py_ssize_t w, uint8_t *mags /* 2 (w + 2) */, uint16_t *part /* w */,
-                         uint8_t *crow /* w */) {
-    uint8_t *mu = mags, *mc = mags + w + 2;
+/* The activity of each sample of a row (its context is ACT_CTX[act]), from the magnitudes of the row above (mu)
+   and of this row, which it writes to mc: they are the next row's mu. Both rows of magnitudes are padded with a
+   zero on both ends (set once by the caller), so neither loop needs a branch and both vectorise; the table
+   lookup is left to the caller's histogram loop, which reads each sample anyway. The decoder computes the same
+   contexts sample by sample, as it learns the row. */
+static void row_activity(const uint8_t *row, uint8_t centre, Py_ssize_t w, const uint8_t *mu /* w + 2 */,
+                         uint8_t *mc /* w + 2 */, uint16_t *act /* w */) {
     for (Py_ssize_t x = 0; x < w; x++) { /* |int8| as a byte: 0x80 stays 128 */
-        int8_t v = (int8_t)(uint8_t)((above ? above[x] : centre) - centre);
         int8_t c = (int8_t)(uint8_t)(row[x] - centre);
-        mu[x + 1] = (uint8_t)(v < 0 ? -v : v);
         mc[x + 1] = (uint8_t)(c < 0 ? -c : c);
     }
-    for (Py_ssize_t x = 0; x < w; x++)
-        part[x] = (uint16_t)(2 * mu[x + 1] + mu[x] + mu[x + 2] + 2 * mc[x]);
-    for (Py_ssize_t x = 0; x < w; x++) crow[x] = ACT_CTX[part[x]];
+    for (Py_ssize_t x = 0; x < w; x++) act[x] = (uint16_t)(2 * mu[x + 1] + mu[x] + mu[x + 2] + 2 * mc[x]);
 }
 
 /* ------------------------------------------------------------------------------------------------ tables */
@@ -230,6 +226,10 @@ static inline Py_ssize_t same_bytes(const uint8_t *p, uint8_t v, Py_ssize_t limi
     Py_ssize_t r = 0;
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     const uint64_t pattern = 0x0101010101010101ull * v;
+    for (; r + 16 <= limit; r += 16) {
+        const uint64_t a = load8(p + r) ^ pattern, b = load8(p + r + 8) ^ pattern;
+        if (a | b) return r + (a ? __builtin_ctzll(a) >> 3 : 8 + (__builtin_ctzll(b) >> 3));
+    }
     for (; r + 8 <= limit; r += 8) {
         const uint64_t word = load8(p + r);
         if (word != pattern) return r + (__builtin_ctzll(word ^ pattern) >> 3);
@@ -379,10 +379,10 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
    memory. */
 static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost) {
     size_t n = (size_t)h * (size_t)w;
-    uint8_t *ctx = malloc(n); /* every sample's context */
+    uint8_t *ctx = malloc(n + 8); /* every sample's context, and slack for reading eight at a time */
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1);
     uint8_t *tab = malloc((size_t)(2 * w)), *sym = malloc((size_t)(2 * w));
-    uint16_t *part = malloc(sizeof(uint16_t) * (size_t)w);
+    uint16_t *act = malloc(sizeof(uint16_t) * (size_t)w);
     Runs runs_of_row = {malloc(sizeof(uint32_t) * (size_t)w), malloc((size_t)w), malloc((size_t)w)};
     size_t *row_first = malloc(sizeof(size_t) * (size_t)h); /* index of each row's first event */
     size_t *row_stored = malloc(sizeof(size_t) * (size_t)h); /* each row's first run in the store, or NOT_STORED */
@@ -394,7 +394,7 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     uint8_t *buf = cost ? NULL : malloc(buf_size);
     EncSym *enc = cost ? NULL : malloc(sizeof(EncSym) * (NCTX + 1) * 256);
     size_t written = 0;
-    if (!ctx || !mags || !tab || !sym || !part || !runs_of_row.at || !runs_of_row.zeros || !runs_of_row.sym ||
+    if (!ctx || !mags || !tab || !sym || !act || !runs_of_row.at || !runs_of_row.zeros || !runs_of_row.sym ||
         !row_first || !row_stored || !row_nruns || !hist || (!cost && (!buf || !enc)))
         goto done;
 
@@ -430,6 +430,8 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     const uint64_t centre8 = 0x0101010101010101ull * centre;
     size_t events = 0;
     int above_quiet = 1; /* the row above is all centre (above the first row, everything reads as centre) */
+    /* Magnitudes of the row above (zeros above the first row and for a skipped quiet row) and of this row. */
+    uint8_t *mu = mags, *mc = mags + w + 2;
     for (Py_ssize_t y = 0; y < h; y++) {
         const uint8_t *row = plane + y * w;
         uint8_t *crow = ctx + y * w;
@@ -448,23 +450,38 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
             continue;
         }
         above_quiet = quiet_row;
-        row_contexts(row, y ? row - w : NULL, centre, w, mags, part, crow);
+        row_activity(row, centre, w, mu, mc, act);
+        uint8_t *swap = mu;
+        mu = mc;
+        mc = swap;
         Py_ssize_t x = 0;
         for (; x + 7 < w; x += 8) {
-            /* Eight quiet samples (symbol 0 in context 0, most of a static scene) at once; else four histograms
-               in turn: repeated increments of one cell stall. */
-            if (load8(crow + x) == 0 && load8(row + x) == centre8) {
+            /* Eight quiet samples (symbol 0 at activity 0, so context 0: most of a static scene) at once; else
+               each context looked up and stored, and counted in four histograms in turn: repeated increments of
+               one cell stall. */
+            if ((load8((const uint8_t *)(act + x)) | load8((const uint8_t *)(act + x + 4))) == 0 &&
+                load8(row + x) == centre8) {
+                memset(crow + x, 0, 8);
                 quiet += 8;
                 continue;
             }
             for (int j = 0; j < 8; j += 4) {
-                hist_all[crow[x + j] * 256 + (uint8_t)(row[x + j] - centre)]++;
-                split[0][crow[x + j + 1] * 256 + (uint8_t)(row[x + j + 1] - centre)]++;
-                split[1][crow[x + j + 2] * 256 + (uint8_t)(row[x + j + 2] - centre)]++;
-                split[2][crow[x + j + 3] * 256 + (uint8_t)(row[x + j + 3] - centre)]++;
+                const uint8_t c0 = ACT_CTX[act[x + j]], c1 = ACT_CTX[act[x + j + 1]], c2 = ACT_CTX[act[x + j + 2]],
+                              c3 = ACT_CTX[act[x + j + 3]];
+                crow[x + j] = c0;
+                crow[x + j + 1] = c1;
+                crow[x + j + 2] = c2;
+                crow[x + j + 3] = c3;
+                hist_all[c0 * 256 + (uint8_t)(row[x + j] - centre)]++;
+                split[0][c1 * 256 + (uint8_t)(row[x + j + 1] - centre)]++;
+                split[1][c2 * 256 + (uint8_t)(row[x + j + 2] - centre)]++;
+                split[2][c3 * 256 + (uint8_t)(row[x + j + 3] - centre)]++;
             }
         }
-        for (; x < w; x++) hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+        for (; x < w; x++) {
+            crow[x] = ACT_CTX[act[x]];
+            hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
+        }
         Runs found = runs_of_row;
         row_stored[y] = NOT_STORED;
         if (store_reserve(&store, (size_t)w)) {
@@ -490,7 +507,25 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
                     covered[3][c[j + k + 3]]++;
                 }
             }
+            const Py_ssize_t left = r - j; /* 0 to 7 zeros */
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* Their contexts are the low `left` bytes of a word (ctx has 8 bytes of slack): all 0 at once, or
+               eight increments, of which those past the run add to context 0 and are taken back. */
+            const uint64_t word = left ? load8(c + j) & (~0ull >> (64 - 8 * left)) : 0;
+            if (word == 0) {
+                quiet_covered += (size_t)left;
+            } else {
+                for (int k = 0; k < 8; k += 4) {
+                    covered[0][(word >> (8 * k)) & 0xff]++;
+                    covered[1][(word >> (8 * k + 8)) & 0xff]++;
+                    covered[2][(word >> (8 * k + 16)) & 0xff]++;
+                    covered[3][(word >> (8 * k + 24)) & 0xff]++;
+                }
+                covered[0][0] -= (uint32_t)(8 - left);
+            }
+#else
             for (; j < r; j++) covered[0][c[j]]++;
+#endif
             zeros += found.zeros[i];
             hist_runs[RUN * 256 + found.sym[i]]++;
         }
@@ -603,7 +638,7 @@ done:
     free(mags);
     free(tab);
     free(sym);
-    free(part);
+    free(act);
     free(runs_of_row.at);
     free(runs_of_row.zeros);
     free(runs_of_row.sym);
