@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from agent.capture.files import iter_images
 from agent.codec.decoder import FrameDecoder, decode_record
-from agent.codec.encoder import FrameEncoder
+from agent.codec.encoder import SAMPLE_BAND, FrameEncoder, sample_rows
 from agent.codec.settings import CodecSettings
 from agent.codec.wire import Kind, Stage, pack_record, unpack_record
 from agent.errors import MissingReferenceError, WireFormatError
@@ -216,3 +216,25 @@ def test_member_recipes_are_recorded_in_the_record(pets_cut: Path) -> None:
     for record in records[1:]:
         assert record.header.stages[:2] == (Stage.RESIDUAL, Stage.RCT)
         assert record.header.ref_seq == record.header.seq - 1
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "bands"),
+    [(1080, 1920, 4), (2160, 3840, 4), (720, 1280, 5), (576, 768, 8), (432, 768, 8), (240, 320, 8)],
+)
+def test_recipe_estimates_sample_bands_spread_over_the_frame(height: int, width: int, bands: int) -> None:
+    rows = sample_rows(height, width)
+    assert isinstance(rows, np.ndarray)
+    starts = rows[::SAMPLE_BAND]
+    assert len(rows) == bands * SAMPLE_BAND
+    assert (rows.reshape(bands, SAMPLE_BAND) == starts[:, None] + np.arange(SAMPLE_BAND)).all()
+    assert starts[0] == 0
+    assert rows.max() < height
+    gaps = np.diff(starts)
+    assert (gaps == gaps[0]).all()
+    assert gaps[0] >= 2 * SAMPLE_BAND
+    assert rows.max() + gaps[0] >= height  # the bands reach the bottom of the frame
+
+
+def test_a_frame_too_small_for_bands_is_estimated_whole() -> None:
+    assert sample_rows(100, 160) == slice(None)
