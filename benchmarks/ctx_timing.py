@@ -119,9 +119,10 @@ def main() -> int:
             "encode_ms_per_frame": round(best_ms(module.encode, planes, args.repeat), 3),
             "cost_ms_per_frame": round(best_ms(module.cost, planes, args.repeat), 3),
         }
+    status = 0 if not args.against or result["same_bytes"] else 1
     if args.json:
         print(json.dumps(result))
-        return 0
+        return status
     print(
         f"{result['source']}: {len(planes)} frames {planes[0].shape}, T={args.tolerance}, coded "
         f"{result['coded_bytes']} bytes" + (f", same bytes: {result['same_bytes']}" if args.against else "")
@@ -131,7 +132,7 @@ def main() -> int:
             f"  {name}: encode {timing['encode_ms_per_frame']:.2f} ms/frame, pass 1 (cost) "
             f"{timing['cost_ms_per_frame']:.2f} ms/frame"
         )
-    return 0 if not args.against or result["same_bytes"] else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""benchmarks/ctx_timing.py: it must tell a byte-identical build of the coder from one that is not.
+
+That check is what a "faster, same bytes" coder change rests on, so it is tested with a build that differs in
+one encoder decision only (runs always chosen: still decodable, different bytes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "ctx_timing.py"
+SOURCE = ROOT / "agent" / "codec" / "_native.c"
+
+
+def _timing(clip: Path, other: Path) -> tuple[int, dict[str, object]]:
+    args = [str(clip), "--frames", "4", "--repeat", "1", "--against", str(other), "--json"]
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_the_same_build_is_reported_byte_identical_and_timed(pets_cut: Path, tmp_path: Path) -> None:
+    installed = Path(str(importlib.import_module("agent.codec._native").__file__))
+    copy = tmp_path / installed.name
+    shutil.copy(installed, copy)
+    code, result = _timing(pets_cut, copy)
+    assert code == 0
+    assert result["same_bytes"] is True
+    assert result["frames"] == 4
+    assert result["shape"] == [3, 576, 768]
+    coded = result["coded_bytes"]
+    assert isinstance(coded, int)
+    assert coded > 0
+    builds = result["builds"]
+    assert isinstance(builds, dict)
+    assert set(builds) == {"installed", str(copy)}
+    for timing in builds.values():
+        assert timing["encode_ms_per_frame"] > timing["cost_ms_per_frame"] > 0
+
+
+@pytest.mark.slow
+def test_a_build_that_codes_differently_is_caught(pets_cut: Path, tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc: the extension itself cannot be built here either")
+    text = SOURCE.read_text()
+    slack = "#define RUNS_SLACK_BITS 128.0"
+    assert slack in text
+    variant = tmp_path / "_native.c"
+    variant.write_text(text.replace(slack, "#define RUNS_SLACK_BITS 1e12"))  # runs on every plane
+    module = tmp_path / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    include = sysconfig.get_paths()["include"]
+    build = subprocess.run(
+        ["gcc", "-O1", "-shared", "-fPIC", f"-I{include}", str(variant), "-lm", "-o", str(module)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    code, result = _timing(pets_cut, module)
+    assert code == 1
+    assert result["same_bytes"] is False
