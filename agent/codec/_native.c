@@ -221,6 +221,15 @@ static inline uint64_t load8(const uint8_t *p) {
     return word;
 }
 
+/* The mask that keeps the k (1 to 8) bytes of a load8 word that came from the lowest addresses. */
+static inline uint64_t first_bytes(Py_ssize_t k) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return ~0ull << (64 - 8 * k);
+#else
+    return ~0ull >> (64 - 8 * k);
+#endif
+}
+
 /* How many bytes from p on equal v, at most limit: eight at a time where the byte order allows. */
 static inline Py_ssize_t same_bytes(const uint8_t *p, uint8_t v, Py_ssize_t limit) {
     Py_ssize_t r = 0;
@@ -495,37 +504,24 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
         for (Py_ssize_t i = 0; i < nruns; i++) {
             const uint8_t *c = crow + found.at[i];
             Py_ssize_t j = 0, r = found.zeros[i];
-            for (; j + 7 < r; j += 8) { /* mostly context 0; else four counters, or each increment waits */
-                if (load8(c + j) == 0) {
-                    quiet_covered += 8;
+            for (; j < r; j += 8) {
+                /* The contexts of up to eight zeros as one word (ctx has 8 bytes of slack), those past the run
+                   masked to 0: mostly all 0 at once; else four counters in turn, or each increment waits, and
+                   the masked bytes' increments of context 0 taken back. */
+                const Py_ssize_t take = r - j < 8 ? r - j : 8;
+                const uint64_t word = load8(c + j) & first_bytes(take);
+                if (word == 0) {
+                    quiet_covered += (size_t)take;
                     continue;
                 }
-                for (int k = 0; k < 8; k += 4) {
-                    covered[0][c[j + k]]++;
-                    covered[1][c[j + k + 1]]++;
-                    covered[2][c[j + k + 2]]++;
-                    covered[3][c[j + k + 3]]++;
+                for (int k = 0; k < 64; k += 32) {
+                    covered[0][(word >> k) & 0xff]++;
+                    covered[1][(word >> (k + 8)) & 0xff]++;
+                    covered[2][(word >> (k + 16)) & 0xff]++;
+                    covered[3][(word >> (k + 24)) & 0xff]++;
                 }
+                covered[0][0] -= (uint32_t)(8 - take);
             }
-            const Py_ssize_t left = r - j; /* 0 to 7 zeros */
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            /* Their contexts are the low `left` bytes of a word (ctx has 8 bytes of slack): all 0 at once, or
-               eight increments, of which those past the run add to context 0 and are taken back. */
-            const uint64_t word = left ? load8(c + j) & (~0ull >> (64 - 8 * left)) : 0;
-            if (word == 0) {
-                quiet_covered += (size_t)left;
-            } else {
-                for (int k = 0; k < 8; k += 4) {
-                    covered[0][(word >> (8 * k)) & 0xff]++;
-                    covered[1][(word >> (8 * k + 8)) & 0xff]++;
-                    covered[2][(word >> (8 * k + 16)) & 0xff]++;
-                    covered[3][(word >> (8 * k + 24)) & 0xff]++;
-                }
-                covered[0][0] -= (uint32_t)(8 - left);
-            }
-#else
-            for (; j < r; j++) covered[0][c[j]]++;
-#endif
             zeros += found.zeros[i];
             hist_runs[RUN * 256 + found.sym[i]]++;
         }
