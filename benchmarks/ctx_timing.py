@@ -97,22 +97,23 @@ def main() -> int:
     planes = coded_planes(args.source, args.frames, args.tolerance)
     if not planes:
         raise SystemExit(f"{args.source}: no frames")
-    builds: list[tuple[str, ModuleType]] = [("installed", importlib.import_module("agent.codec._native"))]
-    if args.against:
-        builds.append((str(args.against), load_build(args.against)))
-        mine, theirs = builds[0][1], builds[1][1]
-        differ = sum(mine.encode(p.data, *p.shape) != theirs.encode(p.data, *p.shape) for p in planes)
-        if differ:
-            print(f"{differ} of {len(planes)} frames code to different bytes", file=sys.stderr)
+    installed = importlib.import_module("agent.codec._native")
+    builds: list[tuple[str, ModuleType]] = [("installed", installed)]
+    coded = [installed.encode(p.data, *p.shape) for p in planes]
     result: dict[str, Any] = {
         "source": str(args.source),
         "frames": len(planes),
         "shape": list(planes[0].shape),
         "tolerance": args.tolerance,
-        "coded_bytes": sum(len(native.ctx_encode(p)) for p in planes),
+        "coded_bytes": sum(map(len, coded)),
         "builds": {},
     }
     if args.against:
+        other = load_build(args.against)
+        builds.append((str(args.against), other))
+        differ = sum(other.encode(p.data, *p.shape) != mine for p, mine in zip(planes, coded, strict=True))
+        if differ:
+            print(f"{differ} of {len(planes)} frames code to different bytes", file=sys.stderr)
         result["same_bytes"] = not differ
     for name, module in builds:
         result["builds"][name] = {
