@@ -213,7 +213,11 @@ static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)(NCTX + 
 #define RUN NCTX     /* the run table's index among the encoder's tables */
 #define RUN_MAX 255 /* the run symbol that means "up to 255 zeros or to the row end" */
 #define NO_RUNS 0x80 /* in a plane's table count: no run table, no run events */
-#define RUNS_SLACK_BITS 128.0 /* runs are chosen when at most this much larger: they decode much faster */
+#define RUNS_SLACK_BITS 128.0
+/* cost tells encode "without runs" only where runs cost this fraction more: on sample rows a near tie is noise,
+   and runs chosen wrongly away cost bytes where chroma is still (measured on the public sets: 0 % margin +0.1 to
+   +0.5 % bytes, 2 % at most +0.2 %, for the same time saved on noisy luma). */
+#define WAYS_MARGIN 0.02 /* runs are chosen when at most this much larger: they decode much faster */
 
 static inline uint64_t load8(const uint8_t *p) {
     uint64_t word;
@@ -385,8 +389,12 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
    a bound) and counts the plane both ways, with runs and without; pass 2 codes the chosen way, last event
    first. With cost set, only pass 1 runs and *cost is the size in bytes the plane would code to (the
    encoder's recipe estimates: within a few bytes, at half the time); the return value is then 1, or 0 on no
-   memory. */
-static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost) {
+   memory. *runs_io, when given, says how: on the way in, 0 means the caller already knows the plane codes
+   best without runs (its estimate on sample rows said so), and pass 1 skips the run search and counts one
+   way only (a third of pass 1 on noisy luma); on the way out, the way chosen (1 with runs, 0 without). */
+static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost,
+                           int *runs_io) {
+    const int search_runs = !runs_io || *runs_io;
     size_t n = (size_t)h * (size_t)w;
     uint8_t *ctx = malloc(n + 8); /* every sample's context, and slack for reading eight at a time */
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1);
@@ -491,8 +499,9 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
             crow[x] = ACT_CTX[act[x]];
             hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
         }
-        Runs found = runs_of_row;
         row_stored[y] = NOT_STORED;
+        if (!search_runs) continue;
+        Runs found = runs_of_row;
         if (store_reserve(&store, (size_t)w)) {
             found = (Runs){store.runs.at + store.len, store.runs.zeros + store.len, store.runs.sym + store.len};
             row_stored[y] = store.len;
@@ -536,9 +545,10 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     }
     for (int c = 0; c < NCTX; c++) hist_runs[c * 256] -= covered[0][c] + covered[1][c] + covered[2][c] + covered[3][c];
     Plan with_runs, without_runs;
-    plan_tables(hist_runs, 1, &with_runs);
     plan_tables(hist_all, 0, &without_runs);
-    const int runs = with_runs.cost <= without_runs.cost + RUNS_SLACK_BITS;
+    if (search_runs) plan_tables(hist_runs, 1, &with_runs);
+    const int runs = search_runs && with_runs.cost <= without_runs.cost + RUNS_SLACK_BITS;
+    if (runs_io) *runs_io = runs || (search_runs && with_runs.cost <= without_runs.cost * (1.0 + WAYS_MARGIN));
     if (cost) {
         const double bytes = (runs ? with_runs.cost : without_runs.cost) / 8.0;
         *cost = bytes < (double)(n + 2) ? bytes : (double)(n + 2);
@@ -801,48 +811,59 @@ static int plane_shape(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
     return 1;
 }
 
-/* Parses (planes, channels, height, width) for encode and cost; on failure releases the buffer and returns 0. */
+/* Parses (planes, channels, height, width[, ways]) for encode and cost; on failure releases the buffers and
+   returns 0. ways, when given, holds one byte a plane (encode reads it, cost writes it): 0 for "without runs". */
 static int planes_arg(PyObject *args, Py_buffer *view, Py_ssize_t *channels, Py_ssize_t *height,
-                      Py_ssize_t *width, Py_ssize_t *n) {
-    if (!PyArg_ParseTuple(args, "y*nnn", view, channels, height, width)) return 0;
-    if (!plane_shape(*channels, *height, *width, n)) {
-        PyBuffer_Release(view);
+                      Py_ssize_t *width, Py_ssize_t *n, Py_buffer *ways, int writable) {
+    ways->buf = NULL;
+    if (!PyArg_ParseTuple(args, writable ? "y*nnn|w*" : "y*nnn|y*", view, channels, height, width, ways))
         return 0;
-    }
-    if (view->len != *channels * *n) {
+    const char *bad = NULL;
+    if (!plane_shape(*channels, *height, *width, n))
+        bad = "";
+    else if (view->len != *channels * *n)
         PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view->len,
-                     *channels * *n);
+                     *channels * *n), bad = "";
+    else if (ways->buf && ways->len != *channels)
+        PyErr_Format(PyExc_ValueError, "CTX stage: %zd ways for %zd planes", ways->len, *channels), bad = "";
+    if (bad) {
         PyBuffer_Release(view);
+        if (ways->buf) PyBuffer_Release(ways);
         return 0;
     }
     return 1;
 }
 
 PyDoc_STRVAR(encode_doc,
-             "encode(planes, channels, height, width) -> bytes\n\n"
-             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane.");
+             "encode(planes, channels, height, width[, ways]) -> bytes\n\n"
+             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane. ways, one byte a plane\n"
+             "(as cost gave them), lets a plane known to code best without runs skip their search: 0 = without\n"
+             "runs, anything else = count both ways and choose.");
 
 static PyObject *ctx_encode(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer view;
+    Py_buffer view, ways;
     Py_ssize_t channels, height, width, n;
-    if (!planes_arg(args, &view, &channels, &height, &width, &n)) return NULL;
+    if (!planes_arg(args, &view, &channels, &height, &width, &n, &ways, 0)) return NULL;
     size_t bound = plane_bound((size_t)n) * (size_t)channels;
     uint8_t *out = malloc(bound);
     if (!out) {
         PyBuffer_Release(&view);
+        if (ways.buf) PyBuffer_Release(&ways);
         return PyErr_NoMemory();
     }
     size_t total = 0;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t c = 0; c < channels && ok; c++) {
-        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total, NULL);
+        int runs = ways.buf ? ((const uint8_t *)ways.buf)[c] != 0 : 1;
+        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total, NULL, &runs);
         ok = len > 0;
         total += len;
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
+    if (ways.buf) PyBuffer_Release(&ways);
     if (!ok) {
         free(out);
         return PyErr_NoMemory();
@@ -853,24 +874,29 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(cost_doc,
-             "cost(planes, channels, height, width) -> float\n\n"
-             "The bytes encode would return, less a few, without coding: what the encoder's estimates need.");
+             "cost(planes, channels, height, width[, ways]) -> float\n\n"
+             "The bytes encode would return, less a few, without coding: what the encoder's estimates need.\n"
+             "ways, a writable buffer of one byte a plane, receives the way each plane would be coded (1 with\n"
+             "runs, 0 without), for encode.");
 
 static PyObject *ctx_cost(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer view;
+    Py_buffer view, ways;
     Py_ssize_t channels, height, width, n;
-    if (!planes_arg(args, &view, &channels, &height, &width, &n)) return NULL;
+    if (!planes_arg(args, &view, &channels, &height, &width, &n, &ways, 1)) return NULL;
     double total = 0.0;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t c = 0; c < channels && ok; c++) {
         double bytes = 0.0;
-        ok = encode_plane((const uint8_t *)view.buf + c * n, height, width, NULL, &bytes) > 0;
+        int runs = 1;
+        ok = encode_plane((const uint8_t *)view.buf + c * n, height, width, NULL, &bytes, &runs) > 0;
+        if (ways.buf) ((uint8_t *)ways.buf)[c] = (uint8_t)runs;
         total += bytes;
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
+    if (ways.buf) PyBuffer_Release(&ways);
     if (!ok) return PyErr_NoMemory();
     return PyFloat_FromDouble(total);
 }

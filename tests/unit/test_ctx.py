@@ -155,6 +155,30 @@ def test_a_plane_with_more_runs_than_the_encoder_keeps_round_trips() -> None:
     assert abs(native.ctx_cost(plane) - len(payload)) < 16
 
 
+def test_ways_tell_which_planes_skip_the_run_search(pets_cut: Path) -> None:
+    """cost reports each plane's way; encode given them writes what it writes without them where they agree
+    with its own choice, and a plane forced without runs still decodes exactly (a wrong way costs bytes only)."""
+    frames = [T.to_planes(frame) for frame in iter_images(pets_cut, 2)]
+    # Small noise: zeros often, in short runs that cost more than they save (noisy luma residuals are like it).
+    noise = (np.random.default_rng(3).laplace(0, 0.5, (1, 64, 256)).round().astype(int) % 256).astype(
+        np.uint8
+    )
+    mixed = np.concatenate([run_dense_plane(), noise])  # (2, 64, 256): runs pay, then they do not
+    _cost, ways = native.ctx_estimate(mixed)
+    assert ways == b"\x01\x00"
+    plain = native.ctx_encode(mixed)
+    assert native.ctx_encode(mixed, ways) == plain
+    forced = native.ctx_encode(mixed, b"\x00\x00")
+    assert forced != plain
+    assert forced[1] & 0x80, "the first plane must be coded without runs when told so"
+    assert (native.ctx_decode(forced, 2, 64, 256) == mixed).all()
+    residual = T.rct(T.residual(frames[1], frames[0]))
+    _cost, ways = native.ctx_estimate(residual)
+    assert native.ctx_encode(residual, ways) == native.ctx_encode(residual)
+    with pytest.raises(ValueError, match="3 ways for 2 planes"):
+        native.ctx_encode(mixed, b"\x01\x01\x01")
+
+
 def test_bad_shapes_are_refused_before_allocating() -> None:
     with pytest.raises(WireFormatError, match="bad shape"):
         native.ctx_decode(b"", 3, 0, 10)

@@ -36,6 +36,10 @@ FUZZ = textwrap.dedent(
         planes = (nrng.laplace(0, scale, shape).round().astype(int) % 256).astype(np.uint8)
         payload = native.encode(planes.tobytes(), *shape)
         assert native.decode(payload, *shape) == planes.tobytes()
+        ways = bytearray(shape[0])
+        assert native.cost(planes.tobytes(), *shape, ways) > 0
+        hinted = native.encode(planes.tobytes(), *shape, bytes(rng.choice([0, 1]) for _ in ways))
+        assert native.decode(hinted, *shape) == planes.tobytes()
         signed = bytes([1] * shape[0])
         assert native.unmed(native.med(planes.tobytes(), signed, *shape), signed, *shape) == planes.tobytes()
         assert native.cost(planes.tobytes(), *shape) > 0
