@@ -1027,6 +1027,93 @@ static PyObject *med_inverse(PyObject *self, PyObject *args) {
     return med_call(args, 1);
 }
 
+/* ------------------------------------------------------------------------------------------- SSIM shrink */
+
+/* The key selector's grey copy (agent/codec/ssim.py): every factor x factor block of a BGR (or grey) frame
+   averaged, as the grey value 0.114 B + 0.587 G + 0.299 R (OpenCV's and ITU-R BT.601's weights) of the block's
+   mean colour. Both steps are linear, so this is the exact area average of the grey frame; OpenCV's repeated
+   halvings round to a byte at every step and read the frame twice as often (measured at 768 x 432: 0.31 ms
+   against 0.1 for this one pass). The rows of a block are first added column by column into 16-bit sums (a
+   loop compilers vectorise; 16 x 255 fits), then each block's columns. */
+/* sums[i] = the sum of rows 0 .. count-1 (stride apart) at column i; restrict lets the loops vectorise. */
+static void add_rows(uint16_t *restrict sums, const uint8_t *restrict top, Py_ssize_t stride, Py_ssize_t count,
+                     Py_ssize_t len) {
+    for (Py_ssize_t i = 0; i < len; i++) sums[i] = top[i];
+    for (Py_ssize_t dy = 1; dy < count; dy++) {
+        const uint8_t *restrict row = top + dy * stride;
+        for (Py_ssize_t i = 0; i < len; i++) sums[i] = (uint16_t)(sums[i] + row[i]);
+    }
+}
+
+/* Each block's grey from the column sums of its rows; inlined with a constant factor for the common 2 and 4. */
+static inline __attribute__((always_inline)) void blocks_bgr(const uint16_t *restrict sums, float *restrict dst,
+                                                             Py_ssize_t ow, Py_ssize_t factor, float wb, float wg,
+                                                             float wr) {
+    for (Py_ssize_t ox = 0; ox < ow; ox++) {
+        const uint16_t *block = sums + ox * factor * 3;
+        uint32_t b = 0, g = 0, r = 0;
+        for (Py_ssize_t dx = 0; dx < factor; dx++) {
+            b += block[3 * dx];
+            g += block[3 * dx + 1];
+            r += block[3 * dx + 2];
+        }
+        dst[ox] = wb * (float)b + wg * (float)g + wr * (float)r;
+    }
+}
+
+PyDoc_STRVAR(grey_shrink_doc,
+             "grey_shrink(image, height, width, channels, factor) -> bytes\n\n"
+             "float32 grey of every factor x factor block of a C-contiguous (height, width, channels) uint8\n"
+             "image (channels 1 or 3, BGR), (height // factor) x (width // factor), row-major; factor 1..16.");
+
+static PyObject *grey_shrink(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t height, width, channels, factor;
+    if (!PyArg_ParseTuple(args, "y*nnnn", &view, &height, &width, &channels, &factor)) return NULL;
+    if ((channels != 1 && channels != 3) || factor < 1 || factor > 16 || height < factor || width < factor ||
+        height > (1 << 16) || width > (1 << 16) || view.len != height * width * channels) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "grey_shrink: buffer size, shape and factor do not match");
+        return NULL;
+    }
+    const Py_ssize_t oh = height / factor, ow = width / factor, row_len = ow * factor * channels;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(float) * oh * ow);
+    uint16_t *sums = malloc(sizeof(uint16_t) * (size_t)row_len);
+    if (!result || !sums) {
+        Py_XDECREF(result);
+        free(sums);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    float *out = (float *)PyBytes_AS_STRING(result);
+    const uint8_t *image = view.buf;
+    const float scale = 1.0f / (float)(factor * factor);
+    const float wb = 0.114f * scale, wg = 0.587f * scale, wr = 0.299f * scale;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t oy = 0; oy < oh; oy++) {
+        const uint8_t *top = image + oy * factor * width * channels;
+        add_rows(sums, top, width * channels, factor, row_len);
+        float *dst = out + oy * ow;
+        if (channels == 3 && factor == 4)
+            blocks_bgr(sums, dst, ow, 4, wb, wg, wr);
+        else if (channels == 3 && factor == 2)
+            blocks_bgr(sums, dst, ow, 2, wb, wg, wr);
+        else if (channels == 3)
+            blocks_bgr(sums, dst, ow, factor, wb, wg, wr);
+        else
+            for (Py_ssize_t ox = 0; ox < ow; ox++) {
+                uint32_t v = 0;
+                for (Py_ssize_t dx = 0; dx < factor; dx++) v += sums[ox * factor + dx];
+                dst[ox] = (float)v * scale;
+            }
+    }
+    Py_END_ALLOW_THREADS;
+    free(sums);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ---------------------------------------------------------------------------------------------- PackBits */
 
 /* The near-lossless stages as tables (agent/codec/transforms.py defines them). RESIDUAL_Q over d = current -
@@ -1269,6 +1356,7 @@ static PyMethodDef methods[] = {
     {"unmed", med_inverse, METH_VARARGS, unmed_doc},
     {"packbits", packbits_encode, METH_VARARGS, packbits_doc},
     {"pixels", pixels, METH_VARARGS, pixels_doc},
+    {"grey_shrink", grey_shrink, METH_VARARGS, grey_shrink_doc},
     {NULL, NULL, 0, NULL},
 };
 

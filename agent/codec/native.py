@@ -6,8 +6,9 @@ activity of its already-coded neighbours) near the entropy: 14-22 % smaller than
 (``docs/benchmarks.md``). It is C because decoding is one loop over every sample in which each step needs
 the one before, which numpy cannot vectorise.
 
-MED is there too because its decoder is one such loop (numpy walks anti-diagonals instead, ~10× slower), and
-PackBits because numpy's version was most of the zstd path's encode time.
+MED is there too because its decoder is one such loop (numpy walks anti-diagonals instead, ~10× slower),
+PackBits because numpy's version was most of the zstd path's encode time, and the key selector's grey shrink
+because OpenCV's takes two passes over every frame (one here, half the time).
 
 The byte layout is in ``docs/wire-format.md``. When the extension was not built (no compiler at install
 time) :data:`AVAILABLE` is false: the encoder falls back to zstd, and decoding a record that needs the
@@ -131,3 +132,13 @@ def packbits(data: npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     """``agent.codec.packbits.encode_rows``, compiled: the same bytes, about 15× faster."""
     out: bytes = _module().packbits(np.ascontiguousarray(data).data, row_bytes)
     return out
+
+
+def grey_shrink(image: npt.NDArray[np.uint8], factor: int) -> npt.NDArray[np.float32]:
+    """The mean grey (0.114 B + 0.587 G + 0.299 R) of every ``factor``² block of an (H, W, 3) BGR or (H, W) grey
+    image, as an (H // factor, W // factor) float32 array: the key selector's SSIM copy in one pass."""
+    image = np.ascontiguousarray(image)
+    height, width = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    out: bytes = _module().grey_shrink(image.data, height, width, channels, factor)
+    return np.frombuffer(out, dtype=np.float32).reshape(height // factor, width // factor)

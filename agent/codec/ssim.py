@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.codec import native
+
 Grey = npt.NDArray[np.float32]
 """A prepared image: 2-D float32 grey (values 0..255), possibly shrunk."""
 
@@ -37,11 +39,12 @@ def to_grey_small(image: npt.NDArray[np.uint8], downscale: int) -> Grey:
     """Grey float32 copy of ``image`` shrunk by the integer ``downscale`` (area averaging).
 
     The image is first cropped to a multiple of ``downscale`` (at most ``downscale - 1`` pixels on the right
-    and bottom edge) so that every output pixel averages a whole block. Even factors are taken as repeated
-    halvings, the one area shrink OpenCV vectorises (shrinking a 1080p BGR frame by 4 costs 0.4 ms instead
-    of 1.5 ms); the result differs from one factor-4 shrink only by the intermediate rounding. Colour is
-    shrunk before the grey conversion: both are linear and commute up to rounding, and shrinking first
-    converts ``downscale²`` times fewer pixels.
+    and bottom edge) so that every output pixel averages a whole block. With the compiled module each output
+    pixel is the exact mean of its block's grey (``native.grey_shrink``: one pass over the frame, 0.17 ms
+    against 0.31 ms at 768 x 432 for OpenCV). Without it, even factors are taken as repeated halvings, the
+    one area shrink OpenCV vectorises, and colour is shrunk before the grey conversion (both are linear and
+    commute up to rounding); that result differs from the exact mean by the rounding to a byte at each step
+    (at most 1.5 grey levels, measured), which moves SSIM by well under the 0.01 its tests allow.
     """
     if downscale < 1:
         raise ValueError(f"downscale must be ≥ 1, got {downscale}")
@@ -57,6 +60,8 @@ def to_grey_small(image: npt.NDArray[np.uint8], downscale: int) -> Grey:
             f"image {image.shape[1]}x{image.shape[0]} shrunk by {downscale} is smaller than the "
             f"{WIN_SIZE}x{WIN_SIZE} SSIM window"
         )
+    if downscale > 1 and native.AVAILABLE:
+        return native.grey_shrink(image, downscale)
     small: npt.NDArray[Any] = image[: height * downscale, : width * downscale]
     factor = downscale
     while factor % 2 == 0:

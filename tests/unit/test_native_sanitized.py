@@ -46,6 +46,10 @@ FUZZ = textwrap.dedent(
         reference = nrng.integers(0, 256, shape, dtype=np.uint8).tobytes()
         rct = shape[0] == 3 and rng.random() < 0.5
         tolerance = rng.choice([0, 0, 1, 2, 255])
+        factor = rng.randint(1, min(16, shape[1], shape[2]))
+        image = nrng.integers(0, 256, (shape[1], shape[2], shape[0]), dtype=np.uint8)
+        grey = native.grey_shrink(image.tobytes(), shape[1], shape[2], shape[0], factor)
+        assert len(grey) == 4 * (shape[1] // factor) * (shape[2] // factor)
         with_reference = rng.random() < 0.5
         native.pixels(
             planes.tobytes(), reference if with_reference else None, rct, True, signed, tolerance, *shape

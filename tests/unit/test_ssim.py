@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from unittest.mock import patch
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ import numpy.typing as npt
 import pytest
 from skimage.metrics import structural_similarity
 
+from agent.codec import native
 from agent.codec.ssim import SsimReference, ssim, to_grey_small
 from tests.fixtures.data import shared_set
 
@@ -141,11 +143,31 @@ def test_grey_small_shrinks_by_area_and_crops_the_remainder() -> None:
     small = to_grey_small(image, 4)
     assert small.dtype == np.float32
     assert small.shape == (12, 15)
-    # Columns 0..3 average to 1.5 → rounds to 2 (OpenCV rounds halves up in fixed point); the last
-    # column (60) is beyond 15 * 4 and cropped.
+    # Columns 0..3 average to 1.5 (OpenCV's fallback rounds it to 2); the last column (60) is beyond 15 * 4
+    # and cropped.
     assert small[0, 0] == pytest.approx(1.5, abs=0.5)
     assert small[0, -1] == pytest.approx(57.5, abs=0.5)
     assert to_grey_small(image[:, :, 0], 3).shape == (16, 20)
+
+
+@pytest.mark.parametrize("downscale", [2, 3, 4, 16])
+def test_grey_small_is_the_exact_block_mean_of_grey(downscale: int) -> None:
+    """The compiled shrink gives the exact mean of each block's BT.601 grey; OpenCV's rounding path (the
+    fallback without the compiled module) stays within 1.5 grey levels of it."""
+    image = np.random.default_rng(downscale).integers(0, 256, (203, 181, 3), dtype=np.uint8)
+    h, w = 203 // downscale, 181 // downscale
+    f = image[: h * downscale, : w * downscale].astype(np.float64)
+    exact = (0.114 * f[..., 0] + 0.587 * f[..., 1] + 0.299 * f[..., 2]).reshape(h, downscale, w, downscale)
+    small = to_grey_small(image, downscale)
+    assert small.dtype == np.float32
+    np.testing.assert_allclose(small, exact.mean(axis=(1, 3)), atol=1e-3)
+    grey_only = to_grey_small(image[:, :, 1], downscale)
+    np.testing.assert_allclose(
+        grey_only, f[..., 1].reshape(h, downscale, w, downscale).mean(axis=(1, 3)), atol=1e-3
+    )
+    with patch.object(native, "AVAILABLE", False):
+        fallback = to_grey_small(image, downscale)
+    assert np.abs(fallback - small).max() <= 1.5
 
 
 def test_grey_small_matches_opencv_grey_at_full_size() -> None:
