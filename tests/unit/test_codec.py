@@ -17,9 +17,15 @@ from hypothesis.extra import numpy as hnp
 
 from agent.capture.files import iter_images
 from agent.codec.decoder import FrameDecoder, decode_record
-from agent.codec.encoder import SAMPLE_BAND, FrameEncoder, sample_rows
+from agent.codec.encoder import (
+    KEEP_RECIPE_FRAMES,
+    SAMPLE_BAND,
+    FrameEncoder,
+    residual_stage_lists,
+    sample_rows,
+)
 from agent.codec.settings import CodecSettings
-from agent.codec.wire import Kind, Stage, pack_record, unpack_record
+from agent.codec.wire import Kind, PixelFormat, Stage, pack_record, unpack_record
 from agent.errors import MissingReferenceError, WireFormatError
 from agent.simulate.scene import Scene, SceneSettings
 from tests.fixtures.data import shared_set
@@ -216,6 +222,56 @@ def test_member_recipes_are_recorded_in_the_record(pets_cut: Path) -> None:
     for record in records[1:]:
         assert record.header.stages[:2] == (Stage.RESIDUAL, Stage.RCT)
         assert record.header.ref_seq == record.header.seq - 1
+
+
+def _estimates_per_frame(encoder: FrameEncoder, frames: list[np.ndarray]) -> list[int]:
+    """Encode ``frames``; how many recipe estimates each took."""
+    counts: list[int] = []
+    original = encoder._estimate
+
+    def counted(*args: object) -> object:
+        counts[-1] += 1
+        return original(*args)  # type: ignore[arg-type]
+
+    encoder._estimate = counted  # type: ignore[method-assign]
+    for i, frame in enumerate(frames):
+        counts.append(0)
+        encoder.encode(frame, i)
+    return counts
+
+
+def test_a_steady_scene_keeps_its_recipe_and_estimates_the_others_every_few_members(pets_cut: Path) -> None:
+    frames = list(_frames(pets_cut, 40))
+    encoder = FrameEncoder("cam")
+    counts = _estimates_per_frame(encoder, frames)
+    recipes = len(residual_stage_lists(encoder.settings, PixelFormat.BGR8))
+    assert recipes == 2
+    assert counts[0] == 0, "a lossless key has one recipe: nothing to estimate"
+    assert counts[1] >= recipes, "a group's first member estimates every recipe"
+    assert all(c == 1 or c >= recipes for c in counts[1:]), counts
+    kept_in_a_row = max(len(run) for run in "".join("k" if c == 1 else "." for c in counts).split("."))
+    assert kept_in_a_row == KEEP_RECIPE_FRAMES, counts
+    assert counts.count(1) >= len(frames) // 2, counts  # PETS is steady: most members keep their recipe
+
+
+def test_a_change_of_scene_estimates_every_recipe_again(pets_cut: Path) -> None:
+    frames = list(_frames(pets_cut, 8))
+    encoder = FrameEncoder("cam", CodecSettings(threshold=0.0))
+    steady = _estimates_per_frame(encoder, frames)
+    noise = np.random.default_rng(1).integers(0, 256, frames[0].shape, dtype=np.uint8)
+    frames[6] = cv2.addWeighted(frames[5], 0.5, noise, 0.5, 0)  # residuals jump (no SSIM key: threshold 0)
+    changed = _estimates_per_frame(FrameEncoder("cam", CodecSettings(threshold=0.0)), frames)
+    assert steady[6] == 1, steady
+    assert changed[:6] == steady[:6]
+    assert changed[6] >= 2, changed
+
+
+def test_with_a_tolerance_every_recipe_is_estimated_every_member(pets_cut: Path) -> None:
+    frames = list(_frames(pets_cut, 6))
+    encoder = FrameEncoder("cam", CodecSettings(tolerance=2))
+    counts = _estimates_per_frame(encoder, frames)
+    recipes = len(residual_stage_lists(encoder.settings, PixelFormat.BGR8))
+    assert all(c >= recipes for c in counts[1:]), counts
 
 
 @pytest.mark.parametrize(
