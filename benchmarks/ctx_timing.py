@@ -2,9 +2,8 @@
 
 ``docs/benchmarks.md`` quotes the coder's own ms a frame (``native.encode``: both passes; ``native.cost``: pass 1,
 which is also what every recipe estimate runs). Timing it inside the encoder mixes it with SSIM, the pixel stages
-and Python; here the encoder runs once over the frames while the planes it codes (and the ways it gives them
-with) are kept, then each build codes them again, min of ``--repeat`` runs, every build in this one process so
-the noisy machine treats them alike.
+and Python; here the encoder runs once over the frames while the planes it codes are kept, then each build codes
+them again, min of ``--repeat`` runs, every build in this one process so the noisy machine treats them alike.
 
     .venv/bin/python benchmarks/ctx_timing.py tests/data/pets-cut.avi
     .venv/bin/python benchmarks/ctx_timing.py ../shared/data/lta-sg-2702-woodlands-checkpoint/frames --frames 30
@@ -41,18 +40,14 @@ from agent.codec.settings import CodecSettings
 Planes = np.ndarray[Any, np.dtype[np.uint8]]
 
 
-Kept = tuple[Planes, bytes | None]
-"""An array the encoder gave the CTX coder, and the ways (per plane: runs searched or not) it gave with it."""
-
-
-def coded_planes(source: Path, frames: int, tolerance: int) -> list[Kept]:
+def coded_planes(source: Path, frames: int, tolerance: int) -> list[Planes]:
     """Encode the frames with the default codec; return a copy of every array it gave the CTX coder."""
-    kept: list[Kept] = []
+    kept: list[Planes] = []
     original = native.ctx_encode
 
-    def keep(planes: Planes, ways: bytes | None = None) -> bytes:
-        kept.append((np.array(planes, copy=True), ways))
-        return original(planes, ways)
+    def keep(planes: Planes) -> bytes:
+        kept.append(np.array(planes, copy=True))
+        return original(planes)
 
     native.ctx_encode = keep  # the pipeline looks it up on the module at every call
     try:
@@ -74,27 +69,13 @@ def load_build(path: Path) -> ModuleType:
     return module
 
 
-def encode_call(module: ModuleType) -> Any:
-    """``module.encode`` taking a kept array's ways as the encoder gave them; a build from before ways (they
-    only let a plane skip the run search) is called without them."""
-    try:
-        module.encode(b"\0", 1, 1, 1, b"\1")
-    except TypeError:
-        return lambda data, c, h, w, ways: module.encode(data, c, h, w)
-    return lambda data, c, h, w, ways: module.encode(data, c, h, w, *(() if ways is None else (ways,)))
-
-
-def cost_call(module: ModuleType) -> Any:
-    return lambda data, c, h, w, ways: module.cost(data, c, h, w)
-
-
-def best_ms(call: Any, planes: list[Kept], repeat: int) -> float:
+def best_ms(call: Any, planes: list[Planes], repeat: int) -> float:
     """Min over `repeat` runs of the time to code every kept array once, in ms per array (per frame)."""
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        for p, ways in planes:
-            call(p.data, *p.shape, ways)
+        for p in planes:
+            call(p.data, *p.shape)
         best = min(best, time.perf_counter() - start)
     return 1000.0 * best / len(planes)
 
@@ -118,12 +99,11 @@ def main() -> int:
         raise SystemExit(f"{args.source}: no frames")
     installed = importlib.import_module("agent.codec._native")
     builds: list[tuple[str, ModuleType]] = [("installed", installed)]
-    coded = [encode_call(installed)(p.data, *p.shape, ways) for p, ways in planes]
-    shape = planes[0][0].shape
+    coded = [installed.encode(p.data, *p.shape) for p in planes]
     result: dict[str, Any] = {
         "source": str(args.source),
         "frames": len(planes),
-        "shape": list(shape),
+        "shape": list(planes[0].shape),
         "tolerance": args.tolerance,
         "coded_bytes": sum(map(len, coded)),
         "builds": {},
@@ -131,24 +111,21 @@ def main() -> int:
     if args.against:
         other = load_build(args.against)
         builds.append((str(args.against), other))
-        encode = encode_call(other)
-        differ = sum(
-            encode(p.data, *p.shape, ways) != mine for (p, ways), mine in zip(planes, coded, strict=True)
-        )
+        differ = sum(other.encode(p.data, *p.shape) != mine for p, mine in zip(planes, coded, strict=True))
         if differ:
             print(f"{differ} of {len(planes)} frames code to different bytes", file=sys.stderr)
         result["same_bytes"] = not differ
     for name, module in builds:
         result["builds"][name] = {
-            "encode_ms_per_frame": round(best_ms(encode_call(module), planes, args.repeat), 3),
-            "cost_ms_per_frame": round(best_ms(cost_call(module), planes, args.repeat), 3),
+            "encode_ms_per_frame": round(best_ms(module.encode, planes, args.repeat), 3),
+            "cost_ms_per_frame": round(best_ms(module.cost, planes, args.repeat), 3),
         }
     status = 0 if not args.against or result["same_bytes"] else 1
     if args.json:
         print(json.dumps(result))
         return status
     print(
-        f"{result['source']}: {len(planes)} frames {shape}, T={args.tolerance}, coded "
+        f"{result['source']}: {len(planes)} frames {planes[0].shape}, T={args.tolerance}, coded "
         f"{result['coded_bytes']} bytes" + (f", same bytes: {result['same_bytes']}" if args.against else "")
     )
     for name, timing in result["builds"].items():

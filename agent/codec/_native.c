@@ -201,37 +201,26 @@ static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
 
 /* --------------------------------------------------------------------------------------- plane encoding */
 
-/* Room one plane needs in the output: its header and tables (17 tables of at most 3 bytes a symbol) are
-   written before the encoder knows whether the plane will be stored (n + 2 bytes) or coded (less). */
-static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)(NCTX + 1) * 256 * 3 + 4; }
+/* Plane modes (docs/wire-format.md). A plane's tables byte holds K, its number of context tables, and how its
+   samples are grouped. Group planes (version 4, what this encoder writes): each row is cut into groups of GROUP
+   samples, and a flag event (0: every sample of the group is symbol 0; 1: they are coded) comes before each
+   group, in the context of the flags to its left and above; only flagged groups code their samples. Static
+   regions and the zeros of a residual then cost one cheap event a group instead of one a sample, which is what
+   makes coding them fast. Run planes and planes without runs (versions 2 and 3) are only decoded. */
+#define GROUP 16
+#define FLAG_CONTEXTS 4 /* left flag + 2 × upper flag */
+#define GROUPS 0x40   /* in a plane's tables byte: a group plane */
+#define NO_RUNS 0x80  /* in a plane's tables byte (versions 2-3): no run table, no run events */
+#define RUN_MAX 255   /* versions 2-3: the run symbol that means "up to 255 zeros or to the row end" */
 
-/* Runs (docs/wire-format.md): where a sample's context is 0 (no activity around it), and it is not the sample
-   right after a short run, a run event codes how many zero symbols follow from there: RUN_MAX for "255, or up
-   to the row end", r < RUN_MAX for exactly r, after which the next sample is coded with its context even if
-   that is 0 again. Every other sample is a sample event (its context's table, its symbol). Static scenes become
-   a few run events a row, which is what keeps coding and decoding them cheap. */
-#define RUN NCTX     /* the run table's index among the encoder's tables */
-#define RUN_MAX 255 /* the run symbol that means "up to 255 zeros or to the row end" */
-#define NO_RUNS 0x80 /* in a plane's table count: no run table, no run events */
-#define RUNS_SLACK_BITS 128.0
-/* cost tells encode "without runs" only where runs cost this fraction more: on sample rows a near tie is noise,
-   and runs chosen wrongly away cost bytes where chroma is still (measured on the public sets: 0 % margin +0.1 to
-   +0.5 % bytes, 2 % at most +0.2 %, for the same time saved on noisy luma). */
-#define WAYS_MARGIN 0.02 /* runs are chosen when at most this much larger: they decode much faster */
+/* Room one plane needs in the output: its header and tables (16 of at most 3 bytes a symbol, 4 of 3 bytes) are
+   written before the encoder knows whether the plane will be stored (n + 2 bytes) or coded (less). */
+static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)NCTX * 256 * 3 + FLAG_CONTEXTS * 3 + 4; }
 
 static inline uint64_t load8(const uint8_t *p) {
     uint64_t word;
     memcpy(&word, p, 8);
     return word;
-}
-
-/* The mask that keeps the k (1 to 8) bytes of a load8 word that came from the lowest addresses. */
-static inline uint64_t first_bytes(Py_ssize_t k) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    return ~0ull << (64 - 8 * k);
-#else
-    return ~0ull >> (64 - 8 * k);
-#endif
 }
 
 /* How many bytes from p on equal v, at most limit: eight at a time where the byte order allows. */
@@ -252,90 +241,19 @@ static inline Py_ssize_t same_bytes(const uint8_t *p, uint8_t v, Py_ssize_t limi
     return r;
 }
 
-/* The run events of one row: the x each starts at, the zeros it covers and its symbol; returns their number
-   (at most w). A run can start only where the context is 0, so the row is searched for those with memchr. */
-typedef struct {
-    uint32_t *at;
-    uint8_t *zeros, *sym;
-} Runs;
-
-static Py_ssize_t row_runs(const uint8_t *row, const uint8_t *crow, uint8_t centre, Py_ssize_t w, Runs *runs) {
-    Py_ssize_t m = 0, x = 0;
-    while (x < w) {
-        const uint8_t *quiet = memchr(crow + x, 0, (size_t)(w - x));
-        if (!quiet) break;
-        x = quiet - crow;
-        const Py_ssize_t limit = w - x < RUN_MAX ? w - x : RUN_MAX;
-        const Py_ssize_t r = same_bytes(row + x, centre, limit);
-        runs->at[m] = (uint32_t)x;
-        runs->zeros[m] = (uint8_t)r;
-        runs->sym[m++] = (uint8_t)(r == limit ? RUN_MAX : r);
-        x += r;
-        if (r < limit) x++; /* the sample after a short run is a sample event, whatever its context */
-    }
-    return m;
-}
-
-/* Pass 1's runs, kept for pass 2 so that it need not search the rows again (pets 6 %, 1080p stills 7 % faster,
-   same bytes). At most n / 8 runs a plane (6 bytes each: 1.5 MB for a 1080p plane) so memory stays bounded
-   whatever the frame; rows past the bound, and quiet rows (whose runs pass 1 knows without a search), are
-   searched again in pass 2. */
-#define NOT_STORED SIZE_MAX
-typedef struct {
-    Runs runs;
-    size_t len, cap, limit;
-} RunStore;
-
-/* Room for `more` runs after the stored ones; 0 (and the store unchanged) past the limit or without memory. */
-static int store_reserve(RunStore *s, size_t more) {
-    const size_t need = s->len + more;
-    if (need <= s->cap) return 1;
-    if (need > s->limit) return 0;
-    size_t cap = 2 * s->cap > need ? 2 * s->cap : need;
-    if (cap > s->limit) cap = s->limit;
-    uint32_t *at = realloc(s->runs.at, sizeof(uint32_t) * cap);
-    if (!at) return 0;
-    s->runs.at = at;
-    uint8_t *zeros = realloc(s->runs.zeros, cap);
-    if (!zeros) return 0;
-    s->runs.zeros = zeros;
-    uint8_t *sym = realloc(s->runs.sym, cap);
-    if (!sym) return 0;
-    s->runs.sym = sym;
-    s->cap = cap;
-    return 1;
-}
-
-/* One row's events in decoding order: the sample events between runs, and the runs; returns their number
-   (at most 2w). Event k's table is tab[k] (a context, or RUN) and its symbol sym[k]. */
-static Py_ssize_t row_events(const uint8_t *row, const uint8_t *crow, uint8_t centre, Py_ssize_t w,
-                             const Runs *runs, Py_ssize_t nruns, uint8_t *tab, uint8_t *sym) {
-    Py_ssize_t m = 0, x = 0;
-    for (Py_ssize_t i = 0; i <= nruns; i++) {
-        const Py_ssize_t stop = i < nruns ? (Py_ssize_t)runs->at[i] : w;
-        memcpy(tab + m, crow + x, (size_t)(stop - x));
-        for (Py_ssize_t j = x; j < stop; j++) sym[m++] = (uint8_t)(row[j] - centre);
-        if (i == nruns) break;
-        tab[m] = RUN;
-        sym[m++] = runs->sym[i];
-        x = stop + runs->zeros[i];
-    }
-    return m;
-}
-
 /* How one plane's symbols are grouped into tables: contexts (ordered by activity) share a table until it has
    MIN_TABLE_SAMPLES samples, so a table's cost is always small beside what it codes, and a short last group
-   joins the one before it; with runs, the run table comes after them. cost estimates the coded plane in bits:
-   the tables as written plus each symbol's code length under its table. */
+   joins the one before it. cost estimates the coded plane in bits: its header, the tables as written plus each
+   symbol's code length under its table. */
 typedef struct {
-    uint8_t map[NCTX + 1];
-    uint64_t total[NCTX + 1];
+    uint8_t map[NCTX];
+    uint64_t total[NCTX];
     int ntables;
     double cost;
-    uint32_t freq[NCTX + 1][256]; /* each table's frequencies, as written */
+    uint32_t freq[NCTX][256]; /* each table's frequencies, as written */
 } Plan;
 
-static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
+static void plan_tables(const uint32_t *hist, Plan *plan) {
     memset(plan, 0, sizeof *plan);
     uint64_t open_total = 0;
     for (int c = 0; c < NCTX; c++) {
@@ -354,22 +272,17 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
         plan->total[plan->ntables - 1] += open_total;
     for (int c = 0; c < NCTX; c++)
         if (plan->map[c] >= plan->ntables) plan->map[c] = (uint8_t)(plan->ntables - 1);
-    plan->map[RUN] = runs ? (uint8_t)plan->ntables : 0xff;
-    if (runs)
-        for (int s = 0; s < 256; s++) plan->total[plan->ntables] += hist[RUN * 256 + s];
     /* Each table's counts in one pass over the contexts, then its frequencies and what it costs. */
-    uint32_t counts[NCTX + 1][256];
-    const int tables = plan->ntables + runs;
-    memset(counts, 0, sizeof(uint32_t) * 256 * (size_t)tables);
-    for (int c = 0; c <= NCTX; c++) {
-        if (plan->map[c] == 0xff) continue;
+    uint32_t counts[NCTX][256];
+    memset(counts, 0, sizeof(uint32_t) * 256 * (size_t)plan->ntables);
+    for (int c = 0; c < NCTX; c++) {
         uint32_t *count = counts[plan->map[c]];
         const uint32_t *h = hist + c * 256;
         for (int s = 0; s < 256; s++) count[s] += h[s];
     }
     uint8_t scratch[256 * 3 + 256];
     double bits = 8.0 * (2 + NCTX + 4 + 4 * NSTATES);
-    for (int t = 0; t < tables; t++) {
+    for (int t = 0; t < plan->ntables; t++) {
         uint32_t *freq = plan->freq[t];
         if (plan->total[t] == 0) { /* an unused table still needs to be a valid one */
             const uint32_t one[256] = {1};
@@ -384,35 +297,27 @@ static void plan_tables(const uint32_t *hist, int runs, Plan *plan) {
     plan->cost = bits;
 }
 
-/* Codes one plane into out (at least plane_bound(n) bytes); returns the bytes written, 0 on no memory.
-   Pass 1 computes every sample's context once and finds each row's runs (both kept for pass 2, the runs up to
-   a bound) and counts the plane both ways, with runs and without; pass 2 codes the chosen way, last event
-   first. With cost set, only pass 1 runs and *cost is the size in bytes the plane would code to (the
-   encoder's recipe estimates: within a few bytes, at half the time); the return value is then 1, or 0 on no
-   memory. *runs_io, when given, says how: on the way in, 0 means the caller already knows the plane codes
-   best without runs (its estimate on sample rows said so), and pass 1 skips the run search and counts one
-   way only (a third of pass 1 on noisy luma); on the way out, the way chosen (1 with runs, 0 without). */
-static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost,
-                           int *runs_io) {
-    const int search_runs = !runs_io || *runs_io;
-    size_t n = (size_t)h * (size_t)w;
-    uint8_t *ctx = malloc(n + 8); /* every sample's context, and slack for reading eight at a time */
+/* Codes one plane into out (at least plane_bound(n) bytes) as a group plane; returns the bytes written, 0 on no
+   memory. Pass 1 finds every group's flag and, in flagged groups, every sample's context (kept for pass 2), and
+   counts both; pass 2 codes the events, last first. With cost set, only pass 1 runs and *cost is the size in
+   bytes the plane would code to (the encoder's recipe estimates: within a few bytes, at half the time); the
+   return value is then 1, or 0 on no memory. */
+static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost) {
+    const size_t n = (size_t)h * (size_t)w;
+    const Py_ssize_t ng = (w + GROUP - 1) / GROUP; /* groups a row */
+    uint8_t *ctx = malloc(n);                       /* each flagged sample's context */
+    uint8_t *flags = calloc((size_t)(h + 1) * (size_t)ng, 1); /* a row of zeros above the first */
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1);
-    uint8_t *tab = malloc((size_t)(2 * w)), *sym = malloc((size_t)(2 * w));
+    uint8_t *tab = malloc((size_t)(w + ng)), *sym = malloc((size_t)(w + ng));
     uint16_t *act = malloc(sizeof(uint16_t) * (size_t)w);
-    Runs runs_of_row = {malloc(sizeof(uint32_t) * (size_t)w), malloc((size_t)w), malloc((size_t)w)};
     size_t *row_first = malloc(sizeof(size_t) * (size_t)h); /* index of each row's first event */
-    size_t *row_stored = malloc(sizeof(size_t) * (size_t)h); /* each row's first run in the store, or NOT_STORED */
-    uint32_t *row_nruns = malloc(sizeof(uint32_t) * (size_t)h);
-    RunStore store = {{NULL, NULL, NULL}, 0, 0, cost ? 0 : n / 8};
-    uint32_t *hist = calloc(5 * (NCTX + 1) * 256, sizeof(uint32_t));
+    uint32_t *hist = calloc(4 * NCTX * 256, sizeof(uint32_t));
     /* rANS output: an event writes at most two bytes; coding stops once it is larger than the stored plane. */
-    const size_t buf_size = n + 4 * (size_t)w + 4 * NSTATES + 16;
+    const size_t buf_size = n + 4 * (size_t)(w + ng) + 4 * NSTATES + 16;
     uint8_t *buf = cost ? NULL : malloc(buf_size);
-    EncSym *enc = cost ? NULL : malloc(sizeof(EncSym) * (NCTX + 1) * 256);
+    EncSym *enc = cost ? NULL : malloc(sizeof(EncSym) * (NCTX + FLAG_CONTEXTS) * 256);
     size_t written = 0;
-    if (!ctx || !mags || !tab || !sym || !act || !runs_of_row.at || !runs_of_row.zeros || !runs_of_row.sym ||
-        !row_first || !row_stored || !row_nruns || !hist || (!cost && (!buf || !enc)))
+    if (!ctx || !flags || !mags || !tab || !sym || !act || !row_first || !hist || (!cost && (!buf || !enc)))
         goto done;
 
     /* The centre is the commonest value (in every CENTRE_ROW_STEP-th row: any centre decodes right): symbols
@@ -435,185 +340,143 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     for (int v = 1; v < 256; v++)
         if (global[0][v] > global[0][best]) best = v;
     const uint8_t centre = (uint8_t)best;
-    /* Pass 1 counts both ways of coding the plane: with runs and without (every sample by its context). Runs
-       pay where zeros dominate; elsewhere their table and short runs cost more than they save, so the plane is
-       coded the way whose tables and ideal code length add up to less. With runs, the counts are those without,
-       less the zeros the runs cover (per context), plus the run symbols. */
-    uint32_t *hist_runs = hist, *hist_all = hist + (NCTX + 1) * 256;
-    uint32_t *split[3] = {hist_all + (NCTX + 1) * 256, hist_all + 2 * (NCTX + 1) * 256,
-                          hist_all + 3 * (NCTX + 1) * 256};
-    uint32_t covered[4][NCTX] = {{0}};
-    size_t quiet = 0, quiet_covered = 0; /* samples counted eight at a time */
     const uint64_t centre8 = 0x0101010101010101ull * centre;
+
+    uint32_t flag_hist[FLAG_CONTEXTS][2] = {{0}};
+    uint32_t *split[3] = {hist + NCTX * 256, hist + 2 * NCTX * 256, hist + 3 * NCTX * 256};
     size_t events = 0;
     int above_quiet = 1; /* the row above is all centre (above the first row, everything reads as centre) */
-    /* Magnitudes of the row above (zeros above the first row and for a skipped quiet row) and of this row. */
+    /* Magnitudes of the row above (zeros above the first row and after a quiet row) and of this row. */
     uint8_t *mu = mags, *mc = mags + w + 2;
     for (Py_ssize_t y = 0; y < h; y++) {
         const uint8_t *row = plane + y * w;
         uint8_t *crow = ctx + y * w;
-        const int quiet_row = same_bytes(row, centre, w) == w;
-        if (quiet_row && above_quiet) {
-            /* Nothing moves here or above (most rows of a static scene): every context is 0, every sample a
-               zero, and with runs the row is whole runs of RUN_MAX. */
-            const size_t nruns = (size_t)((w + RUN_MAX - 1) / RUN_MAX);
-            memset(crow, 0, (size_t)w);
-            quiet += (size_t)w;
-            quiet_covered += (size_t)w;
-            hist_runs[RUN * 256 + RUN_MAX] += (uint32_t)nruns;
-            row_stored[y] = NOT_STORED;
-            row_first[y] = events;
-            events += nruns;
+        const uint8_t *up = flags + (size_t)y * (size_t)ng; /* the row above's flags */
+        uint8_t *frow = flags + (size_t)(y + 1) * (size_t)ng;
+        row_first[y] = events;
+        events += (size_t)ng;
+        if (same_bytes(row, centre, w) == w) {
+            /* A quiet row (most of a static scene): every flag 0, in the context of the flag above. */
+            for (Py_ssize_t g = 0; g < ng; g++) flag_hist[2 * up[g]][0]++;
+            if (!above_quiet) memset(mu, 0, (size_t)(w + 2)); /* this row's magnitudes, for the next */
+            above_quiet = 1;
             continue;
         }
-        above_quiet = quiet_row;
+        above_quiet = 0;
         row_activity(row, centre, w, mu, mc, act);
         uint8_t *swap = mu;
         mu = mc;
         mc = swap;
-        Py_ssize_t x = 0;
-        for (; x + 7 < w; x += 8) {
-            /* Eight quiet samples (symbol 0 at activity 0, so context 0: most of a static scene) at once; else
-               each context looked up and stored, and counted in four histograms in turn: repeated increments of
+        int left = 0;
+        for (Py_ssize_t g = 0; g < ng; g++) {
+            const Py_ssize_t x0 = g * GROUP, x1 = x0 + GROUP < w ? x0 + GROUP : w;
+            const int flag = x1 - x0 == GROUP ? ((load8(row + x0) ^ centre8) | (load8(row + x0 + 8) ^ centre8)) != 0
+                                              : same_bytes(row + x0, centre, x1 - x0) != x1 - x0;
+            frow[g] = (uint8_t)flag;
+            flag_hist[left + 2 * up[g]][flag]++;
+            left = flag;
+            if (!flag) continue;
+            events += (size_t)(x1 - x0);
+            /* Each context looked up and kept, and counted in four histograms in turn: repeated increments of
                one cell stall. */
-            if ((load8((const uint8_t *)(act + x)) | load8((const uint8_t *)(act + x + 4))) == 0 &&
-                load8(row + x) == centre8) {
-                memset(crow + x, 0, 8);
-                quiet += 8;
-                continue;
+            Py_ssize_t x = x0;
+            for (; x + 3 < x1; x += 4) {
+                const uint8_t c0 = ACT_CTX[act[x]], c1 = ACT_CTX[act[x + 1]], c2 = ACT_CTX[act[x + 2]],
+                              c3 = ACT_CTX[act[x + 3]];
+                crow[x] = c0;
+                crow[x + 1] = c1;
+                crow[x + 2] = c2;
+                crow[x + 3] = c3;
+                hist[c0 * 256 + (uint8_t)(row[x] - centre)]++;
+                split[0][c1 * 256 + (uint8_t)(row[x + 1] - centre)]++;
+                split[1][c2 * 256 + (uint8_t)(row[x + 2] - centre)]++;
+                split[2][c3 * 256 + (uint8_t)(row[x + 3] - centre)]++;
             }
-            for (int j = 0; j < 8; j += 4) {
-                const uint8_t c0 = ACT_CTX[act[x + j]], c1 = ACT_CTX[act[x + j + 1]], c2 = ACT_CTX[act[x + j + 2]],
-                              c3 = ACT_CTX[act[x + j + 3]];
-                crow[x + j] = c0;
-                crow[x + j + 1] = c1;
-                crow[x + j + 2] = c2;
-                crow[x + j + 3] = c3;
-                hist_all[c0 * 256 + (uint8_t)(row[x + j] - centre)]++;
-                split[0][c1 * 256 + (uint8_t)(row[x + j + 1] - centre)]++;
-                split[1][c2 * 256 + (uint8_t)(row[x + j + 2] - centre)]++;
-                split[2][c3 * 256 + (uint8_t)(row[x + j + 3] - centre)]++;
+            for (; x < x1; x++) {
+                crow[x] = ACT_CTX[act[x]];
+                hist[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
             }
         }
-        for (; x < w; x++) {
-            crow[x] = ACT_CTX[act[x]];
-            hist_all[crow[x] * 256 + (uint8_t)(row[x] - centre)]++;
-        }
-        row_stored[y] = NOT_STORED;
-        if (!search_runs) continue;
-        Runs found = runs_of_row;
-        if (store_reserve(&store, (size_t)w)) {
-            found = (Runs){store.runs.at + store.len, store.runs.zeros + store.len, store.runs.sym + store.len};
-            row_stored[y] = store.len;
-        }
-        const Py_ssize_t nruns = row_runs(row, crow, centre, w, &found);
-        row_nruns[y] = (uint32_t)nruns;
-        if (row_stored[y] != NOT_STORED) store.len += (size_t)nruns;
-        size_t zeros = 0;
-        for (Py_ssize_t i = 0; i < nruns; i++) {
-            const uint8_t *c = crow + found.at[i];
-            Py_ssize_t j = 0, r = found.zeros[i];
-            for (; j < r; j += 8) {
-                /* The contexts of up to eight zeros as one word (ctx has 8 bytes of slack), those past the run
-                   masked to 0: mostly all 0 at once; else four counters in turn, or each increment waits, and
-                   the masked bytes' increments of context 0 taken back. */
-                const Py_ssize_t take = r - j < 8 ? r - j : 8;
-                const uint64_t word = load8(c + j) & first_bytes(take);
-                if (word == 0) {
-                    quiet_covered += (size_t)take;
-                    continue;
-                }
-                for (int k = 0; k < 64; k += 32) {
-                    covered[0][(word >> k) & 0xff]++;
-                    covered[1][(word >> (k + 8)) & 0xff]++;
-                    covered[2][(word >> (k + 16)) & 0xff]++;
-                    covered[3][(word >> (k + 24)) & 0xff]++;
-                }
-                covered[0][0] -= (uint32_t)(8 - take);
-            }
-            zeros += found.zeros[i];
-            hist_runs[RUN * 256 + found.sym[i]]++;
-        }
-        row_first[y] = events;
-        events += (size_t)w - zeros + (size_t)nruns;
     }
-    hist_all[0] += (uint32_t)quiet;
-    covered[0][0] += (uint32_t)quiet_covered;
-    for (int k = 0; k < NCTX * 256; k++) {
-        hist_all[k] += split[0][k] + split[1][k] + split[2][k];
-        hist_runs[k] = hist_all[k];
+    for (int k = 0; k < NCTX * 256; k++) hist[k] += split[0][k] + split[1][k] + split[2][k];
+    Plan plan;
+    plan_tables(hist, &plan);
+    /* The flag tables, after the context tables: two symbols each, written as the frequency of 0 alone (an
+       unused one still a valid table). */
+    uint32_t flag_freq[FLAG_CONTEXTS][256];
+    double bits = plan.cost;
+    uint8_t scratch[4];
+    for (int c = 0; c < FLAG_CONTEXTS; c++) {
+        uint32_t count[256] = {0};
+        count[0] = flag_hist[c][0];
+        count[1] = flag_hist[c][1];
+        const uint64_t total = (uint64_t)count[0] + count[1];
+        if (total == 0) count[0] = 1;
+        normalise(count, total ? total : 1, flag_freq[c]);
+        bits += 8.0 * (double)(put_varint(scratch, flag_freq[c][0]) - scratch);
+        for (int f = 0; f < 2; f++)
+            if (flag_hist[c][f]) bits += flag_hist[c][f] * (PROB_BITS - log2((double)flag_freq[c][f]));
     }
-    for (int c = 0; c < NCTX; c++) hist_runs[c * 256] -= covered[0][c] + covered[1][c] + covered[2][c] + covered[3][c];
-    Plan with_runs, without_runs;
-    plan_tables(hist_all, 0, &without_runs);
-    if (search_runs) plan_tables(hist_runs, 1, &with_runs);
-    const int runs = search_runs && with_runs.cost <= without_runs.cost + RUNS_SLACK_BITS;
-    if (runs_io) *runs_io = runs || (search_runs && with_runs.cost <= without_runs.cost * (1.0 + WAYS_MARGIN));
     if (cost) {
-        const double bytes = (runs ? with_runs.cost : without_runs.cost) / 8.0;
+        const double bytes = bits / 8.0;
         *cost = bytes < (double)(n + 2) ? bytes : (double)(n + 2);
         written = 1;
         goto done;
     }
-    const Plan *chosen = runs ? &with_runs : &without_runs;
-    if (!runs)
-        for (Py_ssize_t y = 0; y < h; y++) row_first[y] = (size_t)y * (size_t)w;
 
     uint8_t *p = out;
     *p++ = centre;
-    *p++ = (uint8_t)(chosen->ntables | (runs ? 0 : NO_RUNS));
-    memcpy(p, chosen->map, NCTX);
+    *p++ = (uint8_t)(plan.ntables | GROUPS);
+    memcpy(p, plan.map, NCTX);
     p += NCTX;
-    for (int t = 0; t < chosen->ntables + runs; t++) {
-        const uint32_t *freq = chosen->freq[t];
-        p = put_table(p, freq);
+    for (int t = 0; t < plan.ntables + FLAG_CONTEXTS; t++) {
+        const uint32_t *freq = t < plan.ntables ? plan.freq[t] : flag_freq[t - plan.ntables];
+        p = t < plan.ntables ? put_table(p, freq) : put_varint(p, freq[0]);
         uint32_t start = 0;
         for (int s = 0; s < 256; s++) {
             enc_sym_init(&enc[t * 256 + s], start, freq[s] ? freq[s] : 1);
             start += freq[s];
         }
     }
-    const EncSym *table_of[NCTX + 1]; /* a context's (or the runs') symbols */
-    for (int c = 0; c <= NCTX; c++) table_of[c] = &enc[(chosen->map[c] == 0xff ? 0 : chosen->map[c]) * 256];
+    const EncSym *table_of[NCTX + FLAG_CONTEXTS]; /* a context's symbols, then each flag context's */
+    for (int c = 0; c < NCTX; c++) table_of[c] = &enc[plan.map[c] * 256];
+    for (int c = 0; c < FLAG_CONTEXTS; c++) table_of[NCTX + c] = &enc[(plan.ntables + c) * 256];
 
     /* Event k uses state k mod NSTATES; coded last event first, so the decoder reads forwards. */
     uint8_t *end = buf + buf_size, *ptr = end;
     uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
     for (Py_ssize_t y = h; y-- > 0;) {
-        const uint8_t *row = plane + y * w, *crow = ctx + y * w, *etab = crow;
-        Py_ssize_t k = w;
-        if (runs) {
-            Runs found = runs_of_row;
-            Py_ssize_t nruns;
-            if (row_stored[y] != NOT_STORED) {
-                const size_t at = row_stored[y];
-                found = (Runs){store.runs.at + at, store.runs.zeros + at, store.runs.sym + at};
-                nruns = (Py_ssize_t)row_nruns[y];
-            } else {
-                nruns = row_runs(row, crow, centre, w, &found);
-            }
-            k = row_events(row, crow, centre, w, &found, nruns, tab, sym);
-            etab = tab;
-        } else {
-            for (Py_ssize_t x = 0; x < w; x++) sym[x] = (uint8_t)(row[x] - centre);
+        const uint8_t *row = plane + y * w, *crow = ctx + y * w;
+        const uint8_t *up = flags + (size_t)y * (size_t)ng, *frow = up + ng;
+        /* The row's events in decoding order: each group's flag, then its samples if it is flagged. */
+        Py_ssize_t k = 0;
+        int left = 0;
+        for (Py_ssize_t g = 0; g < ng; g++) {
+            tab[k] = (uint8_t)(NCTX + left + 2 * up[g]);
+            sym[k++] = frow[g];
+            left = frow[g];
+            if (!left) continue;
+            const Py_ssize_t x0 = g * GROUP, x1 = x0 + GROUP < w ? x0 + GROUP : w;
+            memcpy(tab + k, crow + x0, (size_t)(x1 - x0));
+            for (Py_ssize_t x = x0; x < x1; x++) sym[k++] = (uint8_t)(row[x] - centre);
         }
         const size_t first = row_first[y];
         while (k > 0 && (first + (size_t)k) % NSTATES) {
             k--;
             const size_t state = (first + (size_t)k) % NSTATES;
-            st[state] = enc_put(st[state], &ptr, &table_of[etab[k]][sym[k]]);
+            st[state] = enc_put(st[state], &ptr, &table_of[tab[k]][sym[k]]);
         }
         while (k >= NSTATES) { /* first + k is a multiple of NSTATES here: events k-1 .. k-4 use states 3 .. 0 */
             k -= NSTATES;
-            st[3] = enc_put(st[3], &ptr, &table_of[etab[k + 3]][sym[k + 3]]);
-            st[2] = enc_put(st[2], &ptr, &table_of[etab[k + 2]][sym[k + 2]]);
-            st[1] = enc_put(st[1], &ptr, &table_of[etab[k + 1]][sym[k + 1]]);
-            st[0] = enc_put(st[0], &ptr, &table_of[etab[k]][sym[k]]);
+            st[3] = enc_put(st[3], &ptr, &table_of[tab[k + 3]][sym[k + 3]]);
+            st[2] = enc_put(st[2], &ptr, &table_of[tab[k + 2]][sym[k + 2]]);
+            st[1] = enc_put(st[1], &ptr, &table_of[tab[k + 1]][sym[k + 1]]);
+            st[0] = enc_put(st[0], &ptr, &table_of[tab[k]][sym[k]]);
         }
         while (k > 0) {
             k--;
             const size_t state = (first + (size_t)k) % NSTATES;
-            st[state] = enc_put(st[state], &ptr, &table_of[etab[k]][sym[k]]);
+            st[state] = enc_put(st[state], &ptr, &table_of[tab[k]][sym[k]]);
         }
         if ((size_t)(end - ptr) > n) break; /* it will be stored */
     }
@@ -641,24 +504,18 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
     written = (size_t)(p + len - out);
 done:
     free(ctx);
+    free(flags);
     free(mags);
     free(tab);
     free(sym);
     free(act);
-    free(runs_of_row.at);
-    free(runs_of_row.zeros);
-    free(runs_of_row.sym);
     free(row_first);
-    free(row_stored);
-    free(row_nruns);
-    free(store.runs.at);
-    free(store.runs.zeros);
-    free(store.runs.sym);
     free(hist);
     free(buf);
     free(enc);
     return written;
 }
+
 
 /* One rANS decoding step with table t; returns the symbol, or -1 when the coded bytes run out. */
 static inline int dec_get(uint32_t *state, const uint8_t **pptr, const uint8_t *end, const uint8_t *lut,
@@ -676,11 +533,14 @@ static inline int dec_get(uint32_t *state, const uint8_t **pptr, const uint8_t *
 }
 
 /* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. */
-static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane) {
+static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane, int groups_allowed) {
     uint32_t centre = get_u8(r), ntables = get_u8(r);
     if (r->bad) return "CTX stage is truncated in a plane header";
-    const int runs = !(ntables & NO_RUNS);
-    ntables &= ~(uint32_t)NO_RUNS;
+    const int grouped = groups_allowed && (ntables & GROUPS);
+    if (grouped && (ntables & NO_RUNS)) return "CTX stage declares a group plane without runs";
+    const int runs = !grouped && !(ntables & NO_RUNS);
+    ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
+    if (ntables == 0 && grouped) return "CTX stage declares a stored group plane";
     if (ntables == 0 && !runs) return "CTX stage declares a stored plane without runs";
     if (ntables == 0) { /* stored */
         size_t n = (size_t)h * (size_t)w;
@@ -697,18 +557,28 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
     }
     if (r->bad) return "CTX stage is truncated in a plane header";
     static const char *nomem = "no memory";
-    const uint32_t all = ntables + (uint32_t)runs; /* the context tables, then the run table */
+    /* the context tables, then the run table or the flag tables */
+    const uint32_t all = ntables + (grouped ? FLAG_CONTEXTS : (uint32_t)runs);
     uint32_t(*fstart)[256] = malloc(sizeof(uint32_t[256]) * all); /* freq << 16 | start */
     uint8_t(*lut)[PROB_SCALE] = malloc(sizeof(uint8_t[PROB_SCALE]) * all);
     uint8_t *rows = malloc((size_t)(w + 3) + sizeof(uint16_t) * (size_t)w);
+    uint8_t *up_flags = calloc((size_t)((w + GROUP - 1) / GROUP), 1); /* the row above's, 0 above the first */
     const char *err = NULL;
-    if (!fstart || !lut || !rows) {
+    if (!fstart || !lut || !rows || !up_flags) {
         err = nomem;
         goto done;
     }
     for (uint32_t t = 0; t < all; t++) {
         uint32_t f[256];
-        if (!get_table(r, f)) {
+        if (grouped && t >= ntables) { /* a flag table: the frequency of 0, and 1 has the rest */
+            memset(f, 0, sizeof f);
+            f[0] = get_varint(r);
+            f[1] = PROB_SCALE - f[0];
+            if (r->bad || f[0] > PROB_SCALE) {
+                err = "CTX stage holds a malformed flag table";
+                goto done;
+            }
+        } else if (!get_table(r, f)) {
             err = "CTX stage holds a malformed frequency table";
             goto done;
         }
@@ -755,7 +625,32 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
         uint32_t left2 = 0; /* 2 × the left neighbour's magnitude */
         int after_run = !runs; /* without runs every event is a sample event */
         Py_ssize_t x = 0;
-        while (x < w) {
+        if (grouped) {
+            int left_flag = 0;
+            for (Py_ssize_t g = 0; x < w; g++) {
+                const Py_ssize_t stop = x + GROUP < w ? x + GROUP : w;
+                const uint32_t t = ntables + (uint32_t)(left_flag + 2 * up_flags[g]);
+                const int flag = dec_get(&st[event++ % NSTATES], &ptr, end, lut[t], fstart[t]); /* 0 or 1 */
+                if (flag < 0) break;
+                up_flags[g] = (uint8_t)flag;
+                left_flag = flag;
+                if (!flag) {
+                    memset(orow + x, 0, (size_t)(stop - x));
+                    x = stop;
+                    left2 = 0;
+                    continue;
+                }
+                for (; x < stop; x++) {
+                    const uint32_t act = part[x] + left2;
+                    const int s = dec_get(&st[event++ % NSTATES], &ptr, end, lut[tab_of[act]], fstart[tab_of[act]]);
+                    if (s < 0) break;
+                    orow[x] = (uint8_t)s;
+                    left2 = MAG2[s];
+                }
+                if (x < stop) break;
+            }
+        }
+        while (x < w && !grouped) {
             uint32_t act = part[x] + left2;
             int s;
             if (act == 0 && !after_run) {
@@ -795,6 +690,7 @@ done:
     free(fstart);
     free(lut);
     free(rows);
+    free(up_flags);
     return err;
 }
 
@@ -811,59 +707,48 @@ static int plane_shape(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
     return 1;
 }
 
-/* Parses (planes, channels, height, width[, ways]) for encode and cost; on failure releases the buffers and
-   returns 0. ways, when given, holds one byte a plane (encode reads it, cost writes it): 0 for "without runs". */
+/* Parses (planes, channels, height, width) for encode and cost; on failure releases the buffer and returns 0. */
 static int planes_arg(PyObject *args, Py_buffer *view, Py_ssize_t *channels, Py_ssize_t *height,
-                      Py_ssize_t *width, Py_ssize_t *n, Py_buffer *ways, int writable) {
-    ways->buf = NULL;
-    if (!PyArg_ParseTuple(args, writable ? "y*nnn|w*" : "y*nnn|y*", view, channels, height, width, ways))
-        return 0;
-    const char *bad = NULL;
-    if (!plane_shape(*channels, *height, *width, n))
-        bad = "";
-    else if (view->len != *channels * *n)
-        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view->len,
-                     *channels * *n), bad = "";
-    else if (ways->buf && ways->len != *channels)
-        PyErr_Format(PyExc_ValueError, "CTX stage: %zd ways for %zd planes", ways->len, *channels), bad = "";
-    if (bad) {
+                      Py_ssize_t *width, Py_ssize_t *n) {
+    if (!PyArg_ParseTuple(args, "y*nnn", view, channels, height, width)) return 0;
+    if (!plane_shape(*channels, *height, *width, n)) {
         PyBuffer_Release(view);
-        if (ways->buf) PyBuffer_Release(ways);
+        return 0;
+    }
+    if (view->len != *channels * *n) {
+        PyErr_Format(PyExc_ValueError, "CTX stage: buffer holds %zd bytes, shape needs %zd", view->len,
+                     *channels * *n);
+        PyBuffer_Release(view);
         return 0;
     }
     return 1;
 }
 
 PyDoc_STRVAR(encode_doc,
-             "encode(planes, channels, height, width[, ways]) -> bytes\n\n"
-             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane. ways, one byte a plane\n"
-             "(as cost gave them), lets a plane known to code best without runs skip their search: 0 = without\n"
-             "runs, anything else = count both ways and choose.");
+             "encode(planes, channels, height, width) -> bytes\n\n"
+             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane (group planes).");
 
 static PyObject *ctx_encode(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer view, ways;
+    Py_buffer view;
     Py_ssize_t channels, height, width, n;
-    if (!planes_arg(args, &view, &channels, &height, &width, &n, &ways, 0)) return NULL;
+    if (!planes_arg(args, &view, &channels, &height, &width, &n)) return NULL;
     size_t bound = plane_bound((size_t)n) * (size_t)channels;
     uint8_t *out = malloc(bound);
     if (!out) {
         PyBuffer_Release(&view);
-        if (ways.buf) PyBuffer_Release(&ways);
         return PyErr_NoMemory();
     }
     size_t total = 0;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t c = 0; c < channels && ok; c++) {
-        int runs = ways.buf ? ((const uint8_t *)ways.buf)[c] != 0 : 1;
-        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total, NULL, &runs);
+        size_t len = encode_plane((const uint8_t *)view.buf + c * n, height, width, out + total, NULL);
         ok = len > 0;
         total += len;
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
-    if (ways.buf) PyBuffer_Release(&ways);
     if (!ok) {
         free(out);
         return PyErr_NoMemory();
@@ -874,42 +759,39 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(cost_doc,
-             "cost(planes, channels, height, width[, ways]) -> float\n\n"
-             "The bytes encode would return, less a few, without coding: what the encoder's estimates need.\n"
-             "ways, a writable buffer of one byte a plane, receives the way each plane would be coded (1 with\n"
-             "runs, 0 without), for encode.");
+             "cost(planes, channels, height, width) -> float\n\n"
+             "The bytes encode would return, less a few, without coding: what the encoder's estimates need.");
 
 static PyObject *ctx_cost(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer view, ways;
+    Py_buffer view;
     Py_ssize_t channels, height, width, n;
-    if (!planes_arg(args, &view, &channels, &height, &width, &n, &ways, 1)) return NULL;
+    if (!planes_arg(args, &view, &channels, &height, &width, &n)) return NULL;
     double total = 0.0;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t c = 0; c < channels && ok; c++) {
         double bytes = 0.0;
-        int runs = 1;
-        ok = encode_plane((const uint8_t *)view.buf + c * n, height, width, NULL, &bytes, &runs) > 0;
-        if (ways.buf) ((uint8_t *)ways.buf)[c] = (uint8_t)runs;
+        ok = encode_plane((const uint8_t *)view.buf + c * n, height, width, NULL, &bytes) > 0;
         total += bytes;
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
-    if (ways.buf) PyBuffer_Release(&ways);
     if (!ok) return PyErr_NoMemory();
     return PyFloat_FromDouble(total);
 }
 
 PyDoc_STRVAR(decode_doc,
-             "decode(payload, channels, height, width) -> bytes\n\n"
-             "Inverse of encode; raises ValueError on any inconsistency, never reads past the payload.");
+             "decode(payload, channels, height, width, groups=True) -> bytes\n\n"
+             "Inverse of encode; raises ValueError on any inconsistency, never reads past the payload.\n"
+             "groups: the payload may hold group planes (a record of version 4 or later).");
 
 static PyObject *ctx_decode(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t channels, height, width, n;
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &channels, &height, &width)) return NULL;
+    int groups = 1;
+    if (!PyArg_ParseTuple(args, "y*nnn|p", &view, &channels, &height, &width, &groups)) return NULL;
     if (!plane_shape(channels, height, width, &n)) {
         PyBuffer_Release(&view);
         return NULL;
@@ -923,7 +805,7 @@ static PyObject *ctx_decode(PyObject *self, PyObject *args) {
     Reader r = {(const uint8_t *)view.buf, (const uint8_t *)view.buf + view.len, 0};
     const char *err = NULL;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t c = 0; c < channels && !err; c++) err = decode_plane(&r, height, width, planes + c * n);
+    for (Py_ssize_t c = 0; c < channels && !err; c++) err = decode_plane(&r, height, width, planes + c * n, groups);
     if (!err && r.p != r.end) err = "CTX stage has bytes after its last plane";
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);

@@ -125,18 +125,13 @@ class FrameEncoder:
         tolerance = self.settings.tolerance
         if decision.is_key:
             candidates = intra_stage_lists(self.settings, pixel_format)
-            chosen = (
-                self._choose([self._estimate(planes, c, None) for c in candidates])
+            stages = (
+                self._choose([self._estimate(planes, c, None) for c in candidates]).stages
                 if len(candidates) > 1
-                else _Sized(0.0, candidates[0], None, None)
+                else candidates[0]
             )
-            stages = chosen.stages
             payload, recon = encode_planes(
-                planes,
-                stages,
-                tolerance=tolerance,
-                zstd_level=self.settings.zstd_level,
-                ctx_ways=chosen.ctx_ways,
+                planes, stages, tolerance=tolerance, zstd_level=self.settings.zstd_level
             )
             key_seq, ref_seq, kind = seq, seq, Kind.KEY
         else:
@@ -206,7 +201,6 @@ class FrameEncoder:
             reference=None if held is None else held.planes,
             tolerance=settings.tolerance,
             zstd_level=settings.zstd_level,
-            ctx_ways=chosen.ctx_ways,
         )
         return payload, recon, stages, self.next_seq if held is None else held.seq
 
@@ -269,12 +263,11 @@ class FrameEncoder:
         tolerance = self.settings.tolerance
         if Stage.CTX in stages:  # CTX counts without coding, in about half the time
             data, _ = pixel_stages(planes[:, rows], stages, reference=reference, tolerance=tolerance)
-            size, ways = native.ctx_estimate(data)
-            return _Sized(size, stages, held, ways)
+            return _Sized(native.ctx_cost(data), stages, held)
         payload, _ = encode_planes(
             planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
         )
-        return _Sized(float(len(payload)), stages, held, None)
+        return _Sized(float(len(payload)), stages, held)
 
 
 class _Sized(NamedTuple):
@@ -285,10 +278,6 @@ class _Sized(NamedTuple):
     stages: tuple[Stage, ...]
     held: _Held | None
     """The reference, or None for intra coding."""
-    ctx_ways: bytes | None
-    """With CTX, the way the bands said each plane codes best (``native.ctx_encode``): the chosen recipe's
-    coding then skips the run search on planes the bands found clearly better without runs (noisy luma).
-    Measured on the public sets: 2-16 % less encode time a frame, at most 0.2 % more bytes (docs/benchmarks.md)."""
 
 
 def _with_margin(size: float, stages: tuple[Stage, ...]) -> float:

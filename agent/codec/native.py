@@ -46,41 +46,30 @@ def _module() -> ModuleType:
     return _native
 
 
-def ctx_encode(planes: Planes, ways: bytes | None = None) -> bytes:
-    """Code a ``(C, H, W)`` uint8 array; at most ``C·H·W + 2·C`` bytes (a plane that would grow is stored).
-
-    ``ways`` is what :func:`ctx_estimate` said of these planes (or of sample rows of them), one byte a
-    plane: a plane marked 0 (codes best without runs) skips the run search, 12-14 % of the coder's time on
-    the public sets' residuals, most of them noisy luma. A mark that is wrong for the whole plane still
-    decodes right; it only may cost bytes.
-    """
+def ctx_encode(planes: Planes) -> bytes:
+    """Code a ``(C, H, W)`` uint8 array; at most ``C·H·W + 2·C`` bytes (a plane that would grow is stored)."""
     channels, height, width = planes.shape
-    data = np.ascontiguousarray(planes).data
-    out: bytes = (
-        _module().encode(data, channels, height, width)
-        if ways is None
-        else _module().encode(data, channels, height, width, ways)
-    )
+    out: bytes = _module().encode(np.ascontiguousarray(planes).data, channels, height, width)
     return out
 
 
 def ctx_cost(planes: Planes) -> float:
     """The bytes :func:`ctx_encode` would return, within a few, at about half its time (no coding pass)."""
-    return ctx_estimate(planes)[0]
-
-
-def ctx_estimate(planes: Planes) -> tuple[float, bytes]:
-    """:func:`ctx_cost`, and the way each plane would be coded (1 with runs, 0 without) for ``ctx_encode``."""
     channels, height, width = planes.shape
-    ways = bytearray(channels)
-    cost: float = _module().cost(np.ascontiguousarray(planes).data, channels, height, width, ways)
-    return cost, bytes(ways)
+    cost: float = _module().cost(np.ascontiguousarray(planes).data, channels, height, width)
+    return cost
 
 
-def ctx_decode(payload: bytes | memoryview, channels: int, height: int, width: int) -> Planes:
-    """Inverse of :func:`ctx_encode`; allocates exactly ``C·H·W`` bytes whatever the payload says."""
+def ctx_decode(
+    payload: bytes | memoryview, channels: int, height: int, width: int, *, group_planes: bool = True
+) -> Planes:
+    """Inverse of :func:`ctx_encode`; allocates exactly ``C·H·W`` bytes whatever the payload says.
+
+    ``group_planes``: the payload may hold group planes (records of wire format version 4 on); in an older
+    record the same byte is a corrupted table count, and is refused as one.
+    """
     try:
-        raw: bytes = _module().decode(payload, channels, height, width)
+        raw: bytes = _module().decode(payload, channels, height, width, group_planes)
     except ValueError as e:
         raise WireFormatError(str(e)) from e
     return np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)

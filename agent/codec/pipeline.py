@@ -143,15 +143,11 @@ def encode_planes(
     reference: Planes | None = None,
     tolerance: int = 0,
     zstd_level: int = 1,
-    ctx_ways: bytes | None = None,
 ) -> tuple[bytes, Planes]:
-    """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct.
-
-    ``ctx_ways``: the CTX coder's way per plane from an estimate (``native.ctx_encode`` says what it saves).
-    """
+    """Apply ``stages`` to ``planes``; return the payload and what the decoder will reconstruct."""
     data, recon = pixel_stages(planes, stages, reference=reference, tolerance=tolerance)
     if Stage.CTX in stages:
-        return native.ctx_encode(data, ctx_ways), recon
+        return native.ctx_encode(data), recon
     width = planes.shape[2]
     # The byte stages run one plane at a time, streaming into zstd.
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
@@ -194,7 +190,7 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
             )
     data: Planes
     if Stage.CTX in stages:
-        data = native.ctx_decode(payload, channels, height, width)
+        data = native.ctx_decode(payload, channels, height, width, group_planes=header.group_planes)
     else:
         raw = payload
         packed_bound = frame_bytes + frame_bytes // 128 + channels * height + 16

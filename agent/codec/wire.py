@@ -1,9 +1,9 @@
-"""Wire format v3 (and v2, v1): one self-describing, checksummed record per frame.
+"""Wire format v4 (and v3, v2, v1): one self-describing, checksummed record per frame.
 
 The byte layout is specified in ``docs/wire-format.md``; this module follows that document (a test checks that
-the version there matches :data:`VERSION`). A record carries the lowest version that has all its stages and its
-frame hash, so a SHA-256 record without the CTX stage is still a valid v1 record for v1 decoders. Everything is
-little-endian.
+the version there matches :data:`VERSION`). A record carries the lowest version that has all its stages, its
+frame hash and (with CTX) its plane modes, so a SHA-256 record without the CTX stage is still a valid v1 record
+for v1 decoders. Everything is little-endian.
 Parsing untrusted bytes raises only
 :class:`~agent.errors.WireFormatError`, and never trusts a declared size beyond :class:`Limits`.
 """
@@ -24,8 +24,10 @@ import xxhash
 from agent.errors import WireFormatError
 
 MAGIC = b"CCTV"
-VERSION = 3
+VERSION = 4
 """The newest version this code reads and writes; it reads every version from 1."""
+GROUP_PLANES_SINCE = 4
+"""The version whose CTX stage may hold group planes (``docs/wire-format.md``), which the encoder writes."""
 
 # magic, version, kind, flags, pixel_format, header_length, width, height, tolerance, stage_count,
 # payload_length, seq, key_seq, ref_seq, capture_time_ns, ssim, frame_hash
@@ -106,6 +108,7 @@ class FrameHash(IntEnum):
 HASH_SINCE = {FrameHash.SHA256: 1, FrameHash.XXH3_128: 3}
 """The wire format version that introduced a frame hash; a version-3 record always carries XXH3-128."""
 HASH_SIZE = 32
+_HASH_NAMES = {FrameHash.SHA256: "SHA-256", FrameHash.XXH3_128: "XXH3-128"}
 
 
 def hash_kind_of(version: int) -> FrameHash:
@@ -120,11 +123,14 @@ def hash_pixels(data: bytes | memoryview, kind: FrameHash) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def record_version(stages: tuple[Stage, ...], hash_kind: FrameHash | None = None) -> int:
-    """The lowest version that can carry ``stages`` and a frame hash of ``hash_kind``: what :func:`pack_record`
-    writes."""
+def record_version(
+    stages: tuple[Stage, ...], hash_kind: FrameHash | None = None, group_planes: bool = False
+) -> int:
+    """The lowest version that can carry ``stages``, a frame hash of ``hash_kind`` and, with ``group_planes``,
+    a CTX stage that may hold group planes: what :func:`pack_record` writes."""
     since_hash = 1 if hash_kind is None else HASH_SINCE[hash_kind]
-    return max((since_hash, *(STAGE_SINCE.get(s, 1) for s in stages)))
+    since_planes = GROUP_PLANES_SINCE if group_planes and Stage.CTX in stages else 1
+    return max((since_hash, since_planes, *(STAGE_SINCE.get(s, 1) for s in stages)))
 
 
 _PIXEL_STAGE_ORDER = (
@@ -175,7 +181,11 @@ class RecordHeader:
     ssim: float = 1.0
     clock_synced: bool = True
     hash_kind: FrameHash = FrameHash.XXH3_128
-    """What the encoder writes (version 3); a parsed record has what its version says."""
+    """What the encoder writes (version 3 on); a parsed record has what its version says."""
+    group_planes: bool = True
+    """Its CTX stage may hold group planes: what the encoder writes (version 4); a parsed record has what its
+    version says (an older record re-packed stays at its version). Without a CTX stage it means nothing and
+    is True, as the encoder makes it."""
 
     @property
     def channels(self) -> int:
@@ -267,9 +277,15 @@ def pack_record(record: Record) -> bytes:
     flags = FLAG_CLOCK_SYNCED if h.clock_synced else 0
     if len(record.payload) >= 2**32:
         raise WireFormatError(f"payload of {len(record.payload)} bytes does not fit a record")
+    version = record_version(h.stages, h.hash_kind, h.group_planes)
+    _check(
+        hash_kind_of(version) is h.hash_kind,
+        f"a {_HASH_NAMES[h.hash_kind]} frame hash is not in wire format version {version} (group planes need "
+        f"version {GROUP_PLANES_SINCE}, which carries XXH3-128)",
+    )
     fixed = _FIXED.pack(
         MAGIC,
-        record_version(h.stages, h.hash_kind),
+        version,
         h.kind,
         flags,
         h.pixel_format,
@@ -376,6 +392,7 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
         ssim=float(ssim),
         clock_synced=bool(flags & FLAG_CLOCK_SYNCED),
         hash_kind=hash_kind_of(version),
+        group_planes=version >= GROUP_PLANES_SINCE or Stage.CTX not in stages,
     )
     header.validate(limits)
     max_payload = limits.max_payload(header.frame_bytes, header.height * header.channels)

@@ -26,7 +26,17 @@ from agent.codec import transforms as T
 from agent.codec.decoder import FrameDecoder, decode_record
 from agent.codec.encoder import FrameEncoder, frame_hash
 from agent.codec.settings import CodecSettings
-from agent.codec.wire import FrameHash, Kind, Record, Stage, pack_record, record_version, unpack_record
+from agent.codec.wire import (
+    FrameHash,
+    Kind,
+    PixelFormat,
+    Record,
+    RecordHeader,
+    Stage,
+    pack_record,
+    record_version,
+    unpack_record,
+)
 from agent.errors import WireFormatError
 
 
@@ -63,45 +73,82 @@ def test_noise_is_stored_and_residuals_shrink() -> None:
 
 
 def test_golden_bytes() -> None:
-    """Pins the layout of docs/wire-format.md on an 8×8 plane of 5s with three other values."""
-    plane = np.full((1, 8, 8), 5, dtype=np.uint8)
-    plane[0, 2, 3] = plane[0, 7, 0] = 6
-    plane[0, 5, 5] = 4
+    """Pins the layout of docs/wire-format.md (a group plane) on a 4×40 plane of 5s with three other values."""
+    plane = np.full((1, 4, 40), 5, dtype=np.uint8)
+    plane[0, 1, 3] = plane[0, 2, 20] = 6
+    plane[0, 3, 39] = 4
     payload = native.ctx_encode(plane)
     assert payload[0] == 5  # centre: the commonest value
-    assert payload[1] == 1  # one context table: the plane has fewer than 4096 samples
+    assert payload[1] == 0x41  # a group plane (bit 6) with one context table: fewer than 4096 samples
     assert payload[2:18] == bytes(16)  # every context maps to table 0
-    # Six sample events (symbols 0 ×3, 1 ×2, 255 ×1 → 8192, 5461, 2731 of 16384), as LEB128 varints with
-    # one zero and a run of 252 more between symbols 1 and 255.
-    assert payload[18:26] == bytes.fromhex("8040 d52a 00fc ab15")
-    # Eleven run events: r = 0, 3 and 5 once each (1489 each), and 255 ("to the row end") eight times (11917).
-    assert payload[26:40] == bytes.fromhex("d10b 0001 d10b 0000 d10b 00f8 8d5d")
-    (length,) = struct.unpack_from("<I", payload, 40)
-    assert length == 16  # the four 32-bit states, and no renormalisation byte for so few events
-    assert len(payload) == 44 + length
+    # The three flagged groups' 40 samples: symbols 0 ×37, 1 ×2, 255 ×1 → 15155, 819, 410 of 16384, as LEB128
+    # varints with one zero and a run of 252 more between symbols 1 and 255.
+    assert payload[18:26] == bytes.fromhex("b376 b306 00fc 9a03")
+    # Three groups a row (16, 16 and 8 samples), 12 flags. Flag context 0 (nothing flagged left or above):
+    # 5 zeros and 3 ones → 10240 for 0; contexts 1 and 2 saw only zeros and 3 (left and above) none: 16384.
+    assert payload[26:37] == bytes.fromhex("8050 808001 808001 808001")
+    (length,) = struct.unpack_from("<I", payload, 37)
+    assert length == 17  # the four 32-bit states and one renormalisation byte for 52 events
+    assert len(payload) == 41 + length
     assert payload.hex() == GOLDEN_HEX
-    assert np.array_equal(native.ctx_decode(payload, 1, 8, 8), plane)
-
-
-def test_golden_bytes_without_runs() -> None:
-    """A sparse plane costs less without a run table: the table count says so with its high bit (0x80)."""
-    plane = np.zeros((1, 16, 1000), dtype=np.uint8)
-    plane[0, 1, 300], plane[0, 3, 10], plane[0, 15, 999] = 1, 255, 2
-    payload = native.ctx_encode(plane)
-    assert payload[:2] == b"\x00\x81"  # centre 0; one context table, no run table
-    # Symbol 0 (15997 samples) 16381, symbols 1, 2 and 255: 1 each (the least a symbol that occurs gets);
-    # between 2 and 255 one zero and a run of 251 more.
-    assert payload[18:25] == bytes.fromhex("fd7f 01 01 00fb 01")
-    assert payload.hex() == (
-        "0081" + "00" * 16 + "fd7f010100fb01" + "13000000" + "9b38864231230a018cf6864243b08e42cc9100"
-    )
-    assert np.array_equal(native.ctx_decode(payload, 1, 16, 1000), plane)
+    assert np.array_equal(native.ctx_decode(payload, 1, 4, 40), plane)
+    with pytest.raises(WireFormatError, match="impossible number of tables"):
+        native.ctx_decode(
+            payload, 1, 4, 40, group_planes=False
+        )  # before version 4 the byte 0x41 means K = 65
 
 
 GOLDEN_HEX = (
+    "0541" + "00" * 16 + "b376b30600fc9a03" + "8050808001808001808001" + "11000000"
+    "245747201ea676047e61be01656b4537c6"
+)
+
+
+V3_RUNS_PAYLOAD = bytes.fromhex(
     "0501" + "00" * 16 + "8040d52a00fcab15" + "d10b0001d10b0000d10b00f88d5d" + "10000000"
     "d773981ce0bd613eac09662d15ebab05"
 )
+"""The version-3 encoder's CTX payload of an 8×8 plane of 5s with 6 at (2, 3) and (7, 0) and 4 at (5, 5)."""
+
+
+def v3_plane() -> np.ndarray:
+    plane = np.full((1, 8, 8), 5, dtype=np.uint8)
+    plane[0, 2, 3] = plane[0, 7, 0] = 6
+    plane[0, 5, 5] = 4
+    return plane
+
+
+def test_version_3_golden_bytes_still_decode() -> None:
+    """Archives and spools hold records written before version 4: a run plane and a plane without runs, as the
+    version-3 encoder wrote them (the 8×8 plane of 5s that pinned its layout, and a sparse 16×1000 plane)."""
+    plane = v3_plane()
+    runs = V3_RUNS_PAYLOAD
+    sparse = np.zeros((1, 16, 1000), dtype=np.uint8)
+    sparse[0, 1, 300], sparse[0, 3, 10], sparse[0, 15, 999] = 1, 255, 2
+    no_runs = bytes.fromhex(
+        "0081" + "00" * 16 + "fd7f010100fb01" + "13000000" + "9b38864231230a018cf6864243b08e42cc9100"
+    )
+    for group_planes in (False, True):
+        assert np.array_equal(native.ctx_decode(runs, 1, 8, 8, group_planes=group_planes), plane)
+        assert np.array_equal(native.ctx_decode(no_runs, 1, 16, 1000, group_planes=group_planes), sparse)
+
+
+def test_group_planes_refuse_what_the_document_forbids() -> None:
+    plane = np.full((1, 4, 40), 5, dtype=np.uint8)
+    plane[0, 1, 3] = 6
+    payload = bytearray(native.ctx_encode(plane))
+    assert payload[1] == 0x41
+    for tables, message in ((0xC1, "group plane without runs"), (0x40, "stored group plane")):
+        bad = bytearray(payload)
+        bad[1] = tables
+        with pytest.raises(WireFormatError, match=message):
+            native.ctx_decode(bytes(bad), 1, 4, 40)
+    flags_at = 18 + 8  # after the one context table (4 varints and a zero run, 8 bytes here)
+    bad = bytearray(payload)
+    bad[flags_at : flags_at + 2] = bytes.fromhex("8181")  # 16385 > 16384
+    bad[flags_at + 2] = 0x01
+    with pytest.raises(WireFormatError, match="malformed flag table"):
+        native.ctx_decode(bytes(bad), 1, 4, 40)
 
 
 def _payload(rows: int = 24, cols: int = 40) -> tuple[bytes, np.ndarray]:
@@ -155,30 +202,6 @@ def test_a_plane_with_more_runs_than_the_encoder_keeps_round_trips() -> None:
     assert abs(native.ctx_cost(plane) - len(payload)) < 16
 
 
-def test_ways_tell_which_planes_skip_the_run_search(pets_cut: Path) -> None:
-    """cost reports each plane's way; encode given them writes what it writes without them where they agree
-    with its own choice, and a plane forced without runs still decodes exactly (a wrong way costs bytes only)."""
-    frames = [T.to_planes(frame) for frame in iter_images(pets_cut, 2)]
-    # Small noise: zeros often, in short runs that cost more than they save (noisy luma residuals are like it).
-    noise = (np.random.default_rng(3).laplace(0, 0.5, (1, 64, 256)).round().astype(int) % 256).astype(
-        np.uint8
-    )
-    mixed = np.concatenate([run_dense_plane(), noise])  # (2, 64, 256): runs pay, then they do not
-    _cost, ways = native.ctx_estimate(mixed)
-    assert ways == b"\x01\x00"
-    plain = native.ctx_encode(mixed)
-    assert native.ctx_encode(mixed, ways) == plain
-    forced = native.ctx_encode(mixed, b"\x00\x00")
-    assert forced != plain
-    assert forced[1] & 0x80, "the first plane must be coded without runs when told so"
-    assert (native.ctx_decode(forced, 2, 64, 256) == mixed).all()
-    residual = T.rct(T.residual(frames[1], frames[0]))
-    _cost, ways = native.ctx_estimate(residual)
-    assert native.ctx_encode(residual, ways) == native.ctx_encode(residual)
-    with pytest.raises(ValueError, match="3 ways for 2 planes"):
-        native.ctx_encode(mixed, b"\x01\x01\x01")
-
-
 def test_bad_shapes_are_refused_before_allocating() -> None:
     with pytest.raises(WireFormatError, match="bad shape"):
         native.ctx_decode(b"", 3, 0, 10)
@@ -188,23 +211,39 @@ def test_bad_shapes_are_refused_before_allocating() -> None:
 
 def test_records_carry_the_lowest_version_that_has_their_stages_and_hash(pets_cut: Path) -> None:
     frame = next(iter_images(pets_cut, 1))
-    for entropy, stage, sha_version in (("ctx", Stage.CTX, 2), ("zstd", Stage.ZSTD, 1)):
+    for entropy, version in (("ctx", 4), ("zstd", 3)):
         record = FrameEncoder("cam", CodecSettings(entropy=entropy)).encode(frame, 0)  # type: ignore[arg-type]
         assert record.header.hash_kind is FrameHash.XXH3_128
-        assert pack_record(record)[4] == 3
-        # The same record with a SHA-256 frame hash, as encoders before version 3 wrote it, carries the lowest
-        # version that has its stages, and still decodes and verifies.
-        header = replace(
-            record.header, frame_hash=frame_hash(frame, FrameHash.SHA256), hash_kind=FrameHash.SHA256
-        )
-        data = pack_record(Record(header, record.payload))
-        assert data[4] == sha_version
+        assert pack_record(record)[4] == version  # CTX as the encoder writes it (group planes) needs 4
+    # The zstd record with a SHA-256 frame hash, as encoders before version 3 wrote it, is a version-1 record,
+    # and still decodes and verifies.
+    header = replace(
+        record.header, frame_hash=frame_hash(frame, FrameHash.SHA256), hash_kind=FrameHash.SHA256
+    )
+    parsed = unpack_record(pack_record(Record(header, record.payload)))
+    assert pack_record(parsed)[4] == 1
+    assert parsed.header.hash_kind is FrameHash.SHA256
+    assert cv2.norm(decode_record(parsed), frame, cv2.NORM_INF) == 0
+    # A CTX payload as versions 2 and 3 wrote it (a run plane), with each one's frame hash: the version each
+    # says, decoded as such.
+    plane = v3_plane()[0]
+    for hash_kind, version in ((FrameHash.SHA256, 2), (FrameHash.XXH3_128, 3)):
+        old = RecordHeader(
+            camera_id="cam", seq=0, key_seq=0, ref_seq=0, kind=Kind.KEY, capture_time_ns=0, width=8, height=8,
+            pixel_format=PixelFormat.GRAY8, stages=(Stage.CTX,), frame_hash=frame_hash(plane, hash_kind),
+            hash_kind=hash_kind, group_planes=False,
+        )  # fmt: skip
+        data = pack_record(Record(old, V3_RUNS_PAYLOAD))
+        assert data[4] == version
         parsed = unpack_record(data)
-        assert parsed.header.hash_kind is FrameHash.SHA256
-        assert parsed.header.stages[-1] is stage
-        assert cv2.norm(decode_record(parsed), frame, cv2.NORM_INF) == 0
+        assert (parsed.header.hash_kind, parsed.header.group_planes) == (hash_kind, False)
+        assert np.array_equal(decode_record(parsed), plane)
+    with pytest.raises(WireFormatError, match="SHA-256 frame hash"):
+        pack_record(Record(replace(old, hash_kind=FrameHash.SHA256, group_planes=True), V3_RUNS_PAYLOAD))
     assert record_version((Stage.RCT, Stage.MED, Stage.CTX)) == 2
     assert record_version((Stage.RCT, Stage.MED, Stage.CTX), FrameHash.XXH3_128) == 3
+    assert record_version((Stage.RCT, Stage.MED, Stage.CTX), FrameHash.XXH3_128, group_planes=True) == 4
+    assert record_version((Stage.RCT, Stage.MED, Stage.ZSTD), FrameHash.XXH3_128, group_planes=True) == 3
     assert record_version((), FrameHash.SHA256) == 1
     # A version-1 record cannot list CTX: rewrite the version byte (and the CRC) and it is refused.
     forged = bytearray(pack_record(FrameEncoder("cam").encode(frame, 0)))
@@ -212,11 +251,15 @@ def test_records_carry_the_lowest_version_that_has_their_stages_and_hash(pets_cu
     forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
     with pytest.raises(WireFormatError, match="need wire format version 2"):
         unpack_record(bytes(forged))
-    # A version-3 record read as version 2 takes its XXH3 field for a SHA-256 one: the frame fails its hash.
+    # A version-4 record read as version 3 takes its group planes for corrupted table counts.
+    forged[4] = 3
+    forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
+    with pytest.raises(WireFormatError, match="impossible number of tables"):
+        decode_record(unpack_record(bytes(forged)))
+    # Read as version 2, its XXH3 field is taken for a SHA-256 one as well.
     forged[4] = 2
     forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
-    with pytest.raises(WireFormatError, match="does not match its hash"):
-        decode_record(unpack_record(bytes(forged)))
+    assert unpack_record(bytes(forged)).header.hash_kind is FrameHash.SHA256
 
 
 @pytest.mark.parametrize("entropy", ["ctx", "zstd"])

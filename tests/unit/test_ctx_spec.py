@@ -5,7 +5,9 @@ by step (no code shared with ``agent/codec/_native.c``), and every payload the c
 decode to the same planes with it as with the compiled decoder. Where they disagree, the document is wrong
 or incomplete, and this file fails on purpose. An encoder written from the same words builds payloads the
 compiled encoder never writes (a table per context, runs split where it would not split them, runs past
-the end of a row), and the compiled decoder must read or refuse them as the document says.
+the end of a row), and the compiled decoder must read or refuse them as the document says. The compiled
+encoder writes group planes only (version 4); run planes and planes without runs (versions 2 and 3) come from
+the encoder here, since archives hold them and the decoder must go on reading them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from agent.codec.transforms import med
 from agent.errors import WireFormatError
 
 Planes = npt.NDArray[np.uint8]
-Event = tuple[int, int]  # (slot, symbol): slot k (0..15) for a sample in context k, RUN for a run
+Event = tuple[int, int]  # (slot, symbol): k (0..15) for a sample in context k, RUN for a run, FLAG + j a flag
 
 # --- the decoder, from the document alone
 
@@ -35,7 +37,10 @@ CONTEXTS = 16  # "context k (0..15)"
 MAX_TABLES = 16  # "K, 0..16"
 RUN = CONTEXTS  # the slot of a run event; in the encoder below, also the run table's index (K = 16)
 LONG_RUN = 255  # "r = 255: the next min(255, W − x) samples are symbol 0"
-NO_RUNS = 0x80  # "bit 7: the plane has no runs (no run table, no run events)"; bits 0–6 are K
+NO_RUNS = 0x80  # "bit 7: the plane has no runs (no run table, no run events)"
+GROUPS = 0x40  # "bit 6 (version ≥ 4): a group plane"; bits 0-5 are K then, bits 0-6 before version 4
+GROUP = 16  # "groups of 16 samples, the last of a row shorter when 16 does not divide W"
+FLAG = RUN + 1  # a flag event in flag context j (0..3) has slot FLAG + j; its table is table K + j
 
 
 class _Reader:
@@ -120,24 +125,40 @@ class _Plane(NamedTuple):
     tables: int  # K; 0 means stored
     runs: bool  # whether the plane has runs (a run table and run events)
     events: list[Event]  # in decoding order; empty when stored
+    groups: bool = False  # a group plane (flag tables and flag events)
+    centre: int = 0
 
 
-def _decode_plane(reader: _Reader, height: int, width: int) -> _Plane:
-    """One coded plane: its values, K and the events it was read as."""
+def _read_flag_table(reader: _Reader) -> list[int]:
+    """A flag table is one varint, f[0]; f[1] = 16384 − f[0], and every other frequency is 0."""
+    f0 = _read_varint(reader)
+    return [f0, TOTAL - f0] + [0] * 254
+
+
+def _decode_plane(reader: _Reader, height: int, width: int, version: int = 4) -> _Plane:
+    """One coded plane of a record of ``version``: its values, K and the events it was read as."""
     centre = reader.byte()
     tables_byte = reader.byte()
     if tables_byte == 0:  # "The byte 0: stored": H·W bytes, the plane's values row by row; nothing else
         return _Plane(reader.take(height * width), 0, False, [])
+    grouped = version >= 4 and bool(tables_byte & GROUPS)
+    if grouped and tables_byte & NO_RUNS:
+        raise ValueError("a group plane without runs (bits 6 and 7)")
     if tables_byte == NO_RUNS:
         raise ValueError("the tables byte 0x80 (no tables, no runs)")
-    k_tables, has_runs = tables_byte & 0x7F, not tables_byte & NO_RUNS
+    if grouped and tables_byte == GROUPS:
+        raise ValueError("the tables byte 0x40 (a group plane without tables)")
+    k_tables = tables_byte & (0x3F if grouped else 0x7F)
+    has_runs = not grouped and not tables_byte & NO_RUNS
     if k_tables > MAX_TABLES:
         raise ValueError(f"K = {k_tables} > {MAX_TABLES}")
     table_map = list(reader.take(CONTEXTS))
     if any(m >= k_tables for m in table_map):
         raise ValueError(f"map entry ≥ K = {k_tables}: {table_map}")
-    # "the K context tables, then the run table unless bit 7 is set"
+    # "the K context tables, then the run table unless bit 7 is set", or in a group plane the 4 flag tables
     freqs = [_read_table(reader) for _ in range(k_tables + has_runs)]
+    if grouped:
+        freqs += [_read_flag_table(reader) for _ in range(4)]
     run_table = k_tables
     # start[s] is the sum of the frequencies below s; start[256] = 16384 closes the last interval
     starts = [[sum(f[:s]) for s in range(257)] for f in freqs]
@@ -166,9 +187,24 @@ def _decode_plane(reader: _Reader, height: int, width: int) -> _Plane:
 
     symbols = [[0] * width for _ in range(height)]
     values = bytearray()
+    flags_above = [0] * -(-width // GROUP)  # above the first row, every flag counts 0
     for y in range(height):
         row = symbols[y]
         x = 0
+        if grouped:
+            left = 0  # the flag to the left; 0 for a row's first group
+            for g in range(len(flags_above)):
+                j = left + 2 * flags_above[g]
+                flag = decode(FLAG + j, k_tables + j)
+                stop = min(width, x + GROUP)
+                for xx in range(x, stop):  # flag 0: symbol 0 throughout; flag 1: each sample an event
+                    k = _context(symbols, xx, y)
+                    s = decode(k, table_map[k]) if flag else 0
+                    row[xx] = s
+                    values.append((s + centre) % 256)
+                flags_above[g] = left = flag
+                x = stop
+            continue
         after_short_run = False  # the row's previous event was a run with r < 255
         while x < width:
             act = _activity(symbols, x, y)  # the neighbours it reads are all decoded already
@@ -194,13 +230,15 @@ def _decode_plane(reader: _Reader, height: int, width: int) -> _Plane:
         raise ValueError(f"final states {states} are not all 2**23")
     if coded.pos != length:
         raise ValueError(f"{length - coded.pos} of the D = {length} coded bytes left unread")
-    return _Plane(bytes(values), k_tables, has_runs, events)
+    return _Plane(bytes(values), k_tables, has_runs, events, grouped, centre)
 
 
-def _spec_decode_planes(payload: bytes, channels: int, height: int, width: int) -> list[_Plane]:
+def _spec_decode_planes(
+    payload: bytes, channels: int, height: int, width: int, version: int = 4
+) -> list[_Plane]:
     """Each plane with its K and events, so tests can tell which paths (stored, coded, runs) they exercised."""
     reader = _Reader(bytes(payload))
-    planes = [_decode_plane(reader, height, width) for _ in range(channels)]
+    planes = [_decode_plane(reader, height, width, version) for _ in range(channels)]
     if reader.pos != len(reader.data):
         raise ValueError(f"{len(reader.data) - reader.pos} bytes after the last plane")
     return planes
@@ -277,32 +315,76 @@ def _events(symbols: list[list[int]], runs: bool = True) -> list[Event]:
     return events
 
 
+def _group_events(symbols: list[list[int]]) -> list[Event]:
+    """A group plane's events: each group's flag (1 where any of its symbols is not 0), then if 1 its samples."""
+    events: list[Event] = []
+    above = [0] * -(-len(symbols[0]) // GROUP)
+    for y, row in enumerate(symbols):
+        left = 0
+        for g in range(len(above)):
+            x0, x1 = g * GROUP, min(len(row), (g + 1) * GROUP)
+            flag = int(any(row[x0:x1]))
+            events.append((FLAG + left + 2 * above[g], flag))
+            if flag:
+                events += [(_context(symbols, x, y), row[x]) for x in range(x0, x1)]
+            above[g] = left = flag
+    return events
+
+
+def _table_of(slot: int) -> int:
+    """The table index of an event's slot in the planes built here: K = 16, so flag table j is 16 + j."""
+    return slot - 1 if slot >= FLAG else slot
+
+
+def _spec_encode_groups(centre: int, events: list[Event]) -> bytes:
+    """A group plane from its events: 16 context tables and the identity map, then the 4 flag tables."""
+    counts = [[0] * 256 for _ in range(CONTEXTS + 4)]
+    for slot, s in events:
+        counts[_table_of(slot)][s] += 1
+    freqs = [_scale(c) for c in counts]
+    for f in freqs[CONTEXTS:]:
+        assert not any(f[2:]), "a flag is 0 or 1"
+    coded = _rans([(_table_of(slot), s) for slot, s in events], freqs)
+    tables = b"".join(_write_table(f) for f in freqs[:CONTEXTS]) + b"".join(
+        _leb128(f[0]) for f in freqs[CONTEXTS:]
+    )
+    head = bytes([centre, CONTEXTS | GROUPS, *range(CONTEXTS)])
+    return head + tables + len(coded).to_bytes(4, "little") + coded
+
+
+def _rans(events: list[Event], freqs: list[list[int]]) -> bytes:
+    """The coded samples: event e = (table, symbol) on state e mod 4.
+
+    rANS runs backwards: events last to first, bytes pushed then reversed, so the decoder's "while X < 2²³:
+    X ← X·256 + the next byte" reads them forwards.
+    """
+    starts = [[sum(f[:s]) for s in range(256)] for f in freqs]
+    states = [LOW] * 4
+    pushed = bytearray()
+    for e in reversed(range(len(events))):
+        table, s = events[e]
+        f, state = freqs[table][s], states[e % 4]
+        while state >= (LOW // TOTAL) * 256 * f:  # so that the decoder's X lands back in [2²³, 2³¹)
+            pushed.append(state & 0xFF)
+            state >>= 8
+        states[e % 4] = (state // f) * TOTAL + state % f + starts[table][s]
+    return b"".join(x.to_bytes(4, "little") for x in states) + bytes(reversed(pushed))
+
+
 def _spec_encode_events(centre: int, events: list[Event], runs: bool = True) -> bytes:
     """One coded plane from its events: 16 tables and the identity map, so every threshold decides a table.
 
     The compiled encoder merges adjacent contexts until a table has 4096 samples, so on planes small enough
     for this file it never shows whether the decoder puts act = 3 or act = 4 in the right context; a table
     per context does. The run table comes last (index 16 = K), unless the plane has no runs (bit 7 of the
-    tables byte set, and no run table at all). rANS runs backwards: events last to first,
-    event e on state[e mod 4], bytes pushed then reversed, so the decoder's "while X < 2²³: X ← X·256 + the
-    next byte" reads them forwards.
+    tables byte set, and no run table at all): a run plane or a plane without runs, as versions 2 and 3 wrote.
     """
     assert runs or all(slot != RUN for slot, _ in events)
     counts = [[0] * 256 for _ in range(CONTEXTS + runs)]
     for slot, s in events:
         counts[slot][s] += 1
     freqs = [_scale(c) for c in counts]
-    starts = [[sum(f[:s]) for s in range(256)] for f in freqs]
-    states = [LOW] * 4
-    pushed = bytearray()
-    for e in reversed(range(len(events))):
-        slot, s = events[e]
-        f, state = freqs[slot][s], states[e % 4]
-        while state >= (LOW // TOTAL) * 256 * f:  # so that the decoder's X lands back in [2²³, 2³¹)
-            pushed.append(state & 0xFF)
-            state >>= 8
-        states[e % 4] = (state // f) * TOTAL + state % f + starts[slot][s]
-    coded = b"".join(x.to_bytes(4, "little") for x in states) + bytes(reversed(pushed))
+    coded = _rans(events, freqs)  # a slot is its table here: k, or RUN = 16 = K
     tables = b"".join(_write_table(f) for f in freqs)
     tables_byte = CONTEXTS if runs else CONTEXTS | NO_RUNS
     return bytes([centre, tables_byte, *range(CONTEXTS)]) + tables + len(coded).to_bytes(4, "little") + coded
@@ -442,7 +524,12 @@ def _check(planes: Planes) -> list[_Plane]:
     decoded = _spec_decode_planes(payload, channels, height, width)
     assert b"".join(p.values for p in decoded) == planes.tobytes()
     assert ctx_decode(payload, channels, height, width).tobytes() == planes.tobytes()
+    assert all(p.groups for p in decoded if p.tables), "the compiled encoder writes group planes"
     return decoded
+
+
+def _flags(planes: list[_Plane]) -> list[int]:
+    return [s for p in planes for slot, s in p.events if slot >= FLAG]
 
 
 def _runs(planes: list[_Plane]) -> set[int]:
@@ -458,31 +545,32 @@ def test_spec_decoder_reads_compiled_output(name: str) -> None:
 
 
 def test_every_plane_kind_is_exercised() -> None:
-    """Random bytes cannot shrink, so they are stored (K = 0); residual-like noise is coded (K ≥ 1), with
-    runs or without (bit 7 of the tables byte), whichever the compiled encoder finds cheaper."""
+    """Random bytes cannot shrink, so they are stored (K = 0); residual-like noise is coded (K ≥ 1) as a group
+    plane, with flags of both values where zeros and values mix."""
     assert [p.tables for p in _check(SYNTHETIC["random-3x24x40"])] == [0, 0, 0]
     assert all(p.tables >= 1 for p in _check(SYNTHETIC["noise-0-3x24x40"]))
     stored, *coded = _check(SYNTHETIC["mixed-stored-and-coded"])
     assert stored.tables == 0
     assert all(p.tables >= 1 for p in coded)
-    assert all(p.runs for p in _check(SYNTHETIC["constant-200"]))
-    without = _check(SYNTHETIC["spikes-3x16x96"]) + _check(SYNTHETIC["sparse-0-1-2-254"])
-    assert all(p.tables >= 1 and not p.runs for p in without)
-    assert all(slot != RUN for p in without for slot, _ in p.events)
+    mixed = _check(SYNTHETIC["spikes-3x16x96"]) + _check(SYNTHETIC["sparse-0-1-2-254"])
+    assert all(p.tables >= 1 and p.groups and not p.runs for p in mixed)
+    assert set(_flags(mixed)) == {0, 1}
+    assert all(slot != RUN for p in mixed for slot, _ in p.events)
 
 
-def test_a_constant_plane_is_one_run_a_row() -> None:
-    """Centre 200 makes every symbol 0 and act 0 everywhere, so each row of 33 is a single r = 255."""
+def test_a_constant_plane_is_one_flag_a_group() -> None:
+    """Centre 200 makes every symbol 0, so each row of 33 is three groups (16, 16, 1), each a flag of 0 in flag
+    context 0 (nothing flagged to the left or above)."""
     (plane,) = _check(SYNTHETIC["constant-200"])
     assert plane.tables >= 1
-    assert plane.events == [(RUN, LONG_RUN)] * 17
+    assert plane.events == [(FLAG, 0)] * 17 * 3
 
 
 def test_a_lone_zero_at_s_255_still_has_its_run_byte() -> None:
     """The doc says a z byte follows *each* 0, so also a lone 0 at s = 255, where z can only be 0."""
     payload = ctx_encode(SYNTHETIC["sparse-0-1-2-254"])
     assert payload[0] == 0  # centre 0
-    assert payload[1] & 0x7F == 1  # one context table (then the run table, if it has runs)
+    assert payload[1] == GROUPS | 1  # a group plane with one context table
     reader = _Reader(payload)
     reader.take(2 + CONTEXTS)
     freqs = _read_table(reader)
@@ -492,28 +580,41 @@ def test_a_lone_zero_at_s_255_still_has_its_run_byte() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_spec_decoder_reads_compiled_runs(name: str) -> None:
-    planes, expected = RUNS[name]
+def test_spec_decoder_reads_compiled_group_planes(name: str) -> None:
+    """Rows of 255, 256, 257, 300 and 600 samples and lone values at either end: the last group of a row is
+    shorter, and its flag is 1 exactly where one of its symbols is not 0."""
+    planes, _ = RUNS[name]
     decoded = _check(planes)
-    assert all(p.tables >= 1 for p in decoded)
-    assert expected <= _runs(decoded), (
-        f"the compiled encoder no longer writes runs {expected - _runs(decoded)}"
-    )
+    coded = [(plane, p) for plane, p in zip(planes, decoded, strict=True) if p.tables]
+    assert coded, "these planes shrink"
+    for plane, p in coded:
+        assert p.events == _group_events(_symbols(plane, p.centre))
 
 
-@pytest.mark.parametrize("runs", [True, False], ids=["runs", "no-runs"])
+@pytest.mark.parametrize("mode", ["runs", "no-runs", "groups"])
 @pytest.mark.parametrize("name", sorted(RUNS | SPIKES))
-def test_compiled_decoder_reads_spec_runs(name: str, runs: bool) -> None:
-    """The same planes coded by the encoder above, plane by plane, centre 0, with runs and without."""
+def test_compiled_decoder_reads_spec_planes(name: str, mode: str) -> None:
+    """The same planes coded by the encoder above, plane by plane, centre 0: with runs and without (as
+    versions 2 and 3 wrote), and as group planes."""
     planes, expected = (RUNS | SPIKES)[name]
     channels, height, width = planes.shape
-    payload = b"".join(_spec_encode_plane(plane, 0, runs) for plane in planes)
+    if mode == "groups":
+        payload = b"".join(_spec_encode_groups(0, _group_events(_symbols(plane, 0))) for plane in planes)
+    else:
+        payload = b"".join(_spec_encode_plane(plane, 0, mode == "runs") for plane in planes)
     decoded = _spec_decode_planes(payload, channels, height, width)
-    assert [p.runs for p in decoded] == [runs] * channels
-    assert [p.events for p in decoded] == [_events(_symbols(plane, 0), runs) for plane in planes]
-    assert _runs(decoded) >= expected if runs else not _runs(decoded)
+    assert [(p.runs, p.groups) for p in decoded] == [(mode == "runs", mode == "groups")] * channels
+    if mode == "groups":
+        assert [p.events for p in decoded] == [_group_events(_symbols(plane, 0)) for plane in planes]
+    else:
+        assert [p.events for p in decoded] == [
+            _events(_symbols(plane, 0), mode == "runs") for plane in planes
+        ]
+    assert _runs(decoded) >= expected if mode == "runs" else not _runs(decoded)
     assert b"".join(p.values for p in decoded) == planes.tobytes()
     assert ctx_decode(payload, channels, height, width).tobytes() == planes.tobytes()
+    if mode != "groups":  # what versions 2 and 3 wrote decodes the same in their records
+        assert ctx_decode(payload, channels, height, width, group_planes=False).tobytes() == planes.tobytes()
 
 
 @pytest.mark.parametrize("frame_index", [0, 5])
@@ -532,13 +633,15 @@ def test_spec_decoder_reads_a_real_temporal_residual(pets_cut: Path) -> None:
 
 
 def test_spec_decoder_reads_a_wide_static_residual(pets_cut: Path) -> None:
-    """Full-width rows (768) of a static scene's frame difference: runs of 255 that go on, cut by motion."""
+    """Full-width rows (768: 48 groups) of a static scene's frame difference: every flag context occurs."""
     a, b = (_read_frame(pets_cut, i)[:16] for i in (0, 1))
     planes = np.ascontiguousarray(np.subtract(b, a).transpose(2, 0, 1))
     decoded = _check(planes)
     assert all(p.tables >= 1 for p in decoded)
-    assert LONG_RUN in _runs(decoded)
-    assert len(_runs(decoded)) > 2  # short runs too
+    flags = _flags(decoded)
+    assert len(flags) == 3 * 16 * 48
+    assert set(flags) == {0, 1}  # moving and still groups (pets' luma noise flags most of them)
+    assert {slot - FLAG for p in decoded for slot, _ in p.events if slot >= FLAG} == {0, 1, 2, 3}
 
 
 def test_spec_decoder_reads_several_tables_and_a_real_map(pets_cut: Path) -> None:
@@ -558,17 +661,21 @@ def _activity_ramp(height: int, width: int, seed: int) -> Planes:
     return np.ascontiguousarray((values % 256).astype(np.uint8))
 
 
-@pytest.mark.parametrize("runs", [True, False], ids=["runs", "no-runs"])
+@pytest.mark.parametrize("mode", ["runs", "no-runs", "groups"])
 @pytest.mark.parametrize(("height", "width", "centre"), [(32, 32, 0), (24, 41, 7), (9, 3, 250)])
-def test_sixteen_tables_pin_every_threshold(height: int, width: int, centre: int, runs: bool) -> None:
+def test_sixteen_tables_pin_every_threshold(height: int, width: int, centre: int, mode: str) -> None:
     """A table per context, built from the document, must decode with the compiled decoder."""
     symbols = _activity_ramp(height, width, height)
     plane = ((symbols.astype(int) + centre) % 256).astype(np.uint8)
-    events = _events(symbols.tolist(), runs)
+    runs = mode == "runs"
+    events = _group_events(symbols.tolist()) if mode == "groups" else _events(symbols.tolist(), runs)
     if height * width >= 1000:  # the tiny plane is there for widths below 4, not for coverage
         # with runs, k = 0 still occurs: the sample after a run with r < 255, whatever its act
-        assert {slot for slot, _ in events} == {*range(CONTEXTS), RUN} if runs else set(range(CONTEXTS))
-    payload = _spec_encode_plane(plane, centre, runs)
+        expected = {*range(CONTEXTS), RUN} if runs else set(range(CONTEXTS))
+        assert {slot for slot, _ in events if slot < FLAG} == expected
+    payload = (
+        _spec_encode_groups(centre, events) if mode == "groups" else _spec_encode_plane(plane, centre, runs)
+    )
     (decoded,) = _spec_decode_planes(payload, 1, height, width)
     assert decoded.events == events
     assert decoded.values == plane.tobytes()
@@ -604,6 +711,15 @@ def _values(shape: tuple[int, int, int], symbol: int) -> bytes:
     return bytes([(symbol + CENTRE) % 256]) * (shape[0] * shape[1] * shape[2])
 
 
+def _group_plane(
+    tables: bytes = ZERO, flags: bytes = _leb128(TOTAL) * 4, tables_byte: int = GROUPS | 1
+) -> bytes:
+    """A group plane of one-symbol tables: its flag tables give f[0] (16384: every flag 0; 0: every flag 1)."""
+    return _degenerate_plane(tables=tables + flags, tables_byte=tables_byte)
+
+
+ALL_FLAGGED = _leb128(0) * 4  # f[0] = 0, f[1] = 16384: every flag is 1
+
 ACCEPTED: dict[str, tuple[bytes, tuple[int, int, int], bytes]] = {
     # every row is one run of 255 covering its 5 samples: 3 events; the context table is never used
     "minimal": (_degenerate_plane(), SHAPE, _values(SHAPE, 0)),
@@ -633,6 +749,17 @@ ACCEPTED: dict[str, tuple[bytes, tuple[int, int, int], bytes]] = {
         SHAPE,
         _values(SHAPE, 1),
     ),
+    # group planes: every flag 0 (one event a row of 5), every flag 1 with every sample 1, flagged groups of
+    # zeros only (valid, though an encoder has no reason to write them), and two groups a row (16 + 4)
+    "groups-all-zero": (_group_plane(), SHAPE, _values(SHAPE, 0)),
+    "groups-all-ones": (_group_plane(tables=ONE, flags=ALL_FLAGGED), SHAPE, _values(SHAPE, 1)),
+    "groups-flagged-zeros": (_group_plane(flags=ALL_FLAGGED), SHAPE, _values(SHAPE, 0)),
+    "groups-two-a-row": (_group_plane(tables=ONE, flags=ALL_FLAGGED), (1, 2, 20), _values((1, 2, 20), 1)),
+    "groups-unused-table": (
+        _group_plane(tables=ZERO + ONE, flags=ALL_FLAGGED, tables_byte=GROUPS | 2),
+        SHAPE,
+        _values(SHAPE, 0),
+    ),
 }
 
 ACCEPTED_EVENTS = {  # what each event was, run or sample, and its symbol
@@ -643,11 +770,15 @@ ACCEPTED_EVENTS = {  # what each event was, run or sample, and its symbol
     "stored-any-centre": [],
     "no-runs-zeros": [("sample", 0)] * 15,
     "no-runs-ones": [("sample", 1)] * 15,
+    "groups-all-zero": [("flag", 0)] * 3,
+    "groups-all-ones": ([("flag", 1)] + [("sample", 1)] * 5) * 3,
+    "groups-flagged-zeros": ([("flag", 1)] + [("sample", 0)] * 5) * 3,
+    "groups-two-a-row": ([("flag", 1)] + [("sample", 1)] * 16 + [("flag", 1)] + [("sample", 1)] * 4) * 2,
 }
 
 
 def _kinds(events: list[Event]) -> list[tuple[str, int]]:
-    return [("run" if slot == RUN else "sample", s) for slot, s in events]
+    return [("flag" if slot >= FLAG else "run" if slot == RUN else "sample", s) for slot, s in events]
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
@@ -677,8 +808,9 @@ def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
     planes = SYNTHETIC["noise-0-1x17x33"]
     shape = (1, 17, 33)
     payload = ctx_encode(planes)
-    k_tables = payload[1]
-    assert 1 <= k_tables <= MAX_TABLES, "expected a coded plane with runs"
+    assert payload[1] & GROUPS, "expected a group plane"
+    k_tables = payload[1] & 0x3F
+    assert 1 <= k_tables <= MAX_TABLES
     out: dict[str, tuple[bytes, tuple[int, int, int], str]] = {}
     out["last-byte-removed"] = (payload[:-1], shape, "too few bytes")
 
@@ -701,6 +833,20 @@ def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
     out["k-above-16-no-runs"] = (bytes([payload[0], 17 | NO_RUNS]) + payload[2:], shape, "K = 17")
     out["tables-byte-0x80"] = (bytes([payload[0], NO_RUNS]) + payload[2:], shape, "tables byte 0x80")
     out["tables-byte-0x80-stored"] = (bytes([0, NO_RUNS]) + stored[2:], shape, "tables byte 0x80")
+    out["group-plane-without-runs"] = (
+        bytes([payload[0], payload[1] | NO_RUNS]) + payload[2:],
+        shape,
+        "bits 6 and 7",
+    )
+    out["group-plane-without-tables"] = (bytes([payload[0], GROUPS]) + payload[2:], shape, "tables byte 0x40")
+    out["group-k-above-16"] = (bytes([payload[0], GROUPS | 17]) + payload[2:], shape, "K = 17")
+    out["flag-table-16385"] = (_group_plane(flags=bytes.fromhex("818001") * 4), SHAPE, "16385 > 16384")
+    out["flag-table-varint-4-bytes"] = (
+        _group_plane(flags=bytes.fromhex("80808000") * 4),
+        SHAPE,
+        "longer than 3",
+    )
+    out["flag-tables-missing"] = (_group_plane(flags=b""), SHAPE, "too few bytes")  # D read from the states
 
     below = (1 << 23) - 1
     out["zero-run-past-255"] = (
@@ -792,3 +938,13 @@ def test_the_same_runs_fit_a_wider_row() -> None:
         payload = _degenerate_plane(tables=tables)
         assert _spec_decode(payload, *shape) == _values(shape, 0)
         assert ctx_decode(payload, *shape).tobytes() == _values(shape, 0)
+
+
+def test_a_group_plane_is_refused_in_a_record_before_version_4() -> None:
+    """Bit 6 means a group plane from version 4 on; before, the same byte is a table count above 16."""
+    payload, shape, expected = ACCEPTED["groups-all-ones"]
+    assert _spec_decode(payload, *shape) == expected
+    with pytest.raises(ValueError, match="K = 65 > 16"):
+        _spec_decode_planes(payload, *shape, version=3)
+    with pytest.raises(WireFormatError, match="impossible number of tables"):
+        ctx_decode(payload, *shape, group_planes=False)

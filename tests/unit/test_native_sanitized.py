@@ -2,13 +2,14 @@
 
 ``_native.c`` parses bytes that come from the network, so a read past a buffer would be a security bug that
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
-truncated CTX payloads, and frames of every kind (coded, costed and through the fused pixel stages; one with
-more runs than the encoder keeps between its passes), at it
-in a child process; any invalid access aborts it.
+truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
+and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
+through the fused pixel stages), at it in a child process; any invalid access aborts it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_ctx_spec import SPIKES, _spec_encode_plane
+
 SOURCE = Path(__file__).resolve().parents[2] / "agent" / "codec" / "_native.c"
 
 FUZZ = textwrap.dedent(
     """
-    import importlib.util, random, sys
+    import importlib.util, json, random, sys
     import numpy as np
     spec = importlib.util.spec_from_file_location("_native", sys.argv[1])
     native = importlib.util.module_from_spec(spec)
@@ -36,10 +39,6 @@ FUZZ = textwrap.dedent(
         planes = (nrng.laplace(0, scale, shape).round().astype(int) % 256).astype(np.uint8)
         payload = native.encode(planes.tobytes(), *shape)
         assert native.decode(payload, *shape) == planes.tobytes()
-        ways = bytearray(shape[0])
-        assert native.cost(planes.tobytes(), *shape, ways) > 0
-        hinted = native.encode(planes.tobytes(), *shape, bytes(rng.choice([0, 1]) for _ in ways))
-        assert native.decode(hinted, *shape) == planes.tobytes()
         signed = bytes([1] * shape[0])
         assert native.unmed(native.med(planes.tobytes(), signed, *shape), signed, *shape) == planes.tobytes()
         assert native.cost(planes.tobytes(), *shape) > 0
@@ -74,12 +73,33 @@ FUZZ = textwrap.dedent(
             assert native.cost(planes.tobytes(), *shape) > 0
             payload = native.encode(planes.tobytes(), *shape)
             assert native.decode(payload, *shape) == planes.tobytes()
-    dense = np.zeros((1, 64, 256), np.uint8)  # a run every 4 samples: more than the encoder keeps (n / 8)
-    dense[0, :, 3::4] = nrng.choice([1, 2, 3, 255, 254], size=(64, 64))
-    assert native.decode(native.encode(dense.tobytes(), *dense.shape), *dense.shape) == dense.tobytes()
+    for shape, legacy, values in json.load(open(sys.argv[2])):  # run planes and planes without runs
+        legacy, values = bytes.fromhex(legacy), bytes.fromhex(values)
+        for groups in (False, True):
+            assert native.decode(legacy, *shape, groups) == values
+        for _ in range(400):
+            data = bytearray(legacy)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            try:
+                native.decode(bytes(data[: rng.randrange(len(data) + 1)] if rng.random() < 0.2 else data), *shape,
+                              rng.random() < 0.5)
+            except ValueError:
+                refused += 1
     print("ok", refused)
     """
 )
+
+
+def _legacy_payloads() -> list[tuple[tuple[int, int, int], str, str]]:
+    """(shape, payload hex, planes hex): planes as versions 2 and 3 coded them, with runs and without."""
+    out = []
+    for name in ("spikes-1x24x300", "spikes-3x16x96"):
+        planes, _ = SPIKES[name]
+        for runs in (True, False):
+            payload = b"".join(_spec_encode_plane(plane, 0, runs) for plane in planes)
+            out.append((planes.shape, payload.hex(), planes.tobytes().hex()))
+    return out
 
 
 def _runtime(name: str) -> str | None:
@@ -111,8 +131,10 @@ def test_the_compiled_codec_is_clean_under_sanitizers(tmp_path: Path) -> None:
         "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
         "PYTHONMALLOC": "malloc",  # small bytes objects from ASan's malloc too, not pymalloc's arenas
     }
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps(_legacy_payloads()))
     run = subprocess.run(
-        [sys.executable, "-c", FUZZ, str(module)],
+        [sys.executable, "-c", FUZZ, str(module), str(legacy)],
         capture_output=True,
         text=True,
         env=env,

@@ -1,4 +1,4 @@
-"""Wire format v1-v3: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
+"""Wire format v1-v4: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
 
 from __future__ import annotations
 
