@@ -297,6 +297,13 @@ static void plan_tables(const uint32_t *hist, Plan *plan) {
     plan->cost = bits;
 }
 
+/* Whether any of a whole group's GROUP samples differs from the centre (centre8: it in every byte). */
+static inline int group_moves(const uint8_t *p, uint64_t centre8) {
+    uint64_t any = 0;
+    for (int i = 0; i < GROUP; i += 8) any |= load8(p + i) ^ centre8;
+    return any != 0;
+}
+
 /* Codes one plane into out (at least plane_bound(n) bytes) as a group plane; returns the bytes written, 0 on no
    memory. Pass 1 finds every group's flag and, in flagged groups, every sample's context (kept for pass 2), and
    counts both; pass 2 codes the events, last first. With cost set, only pass 1 runs and *cost is the size in
@@ -370,7 +377,7 @@ static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uin
         int left = 0;
         for (Py_ssize_t g = 0; g < ng; g++) {
             const Py_ssize_t x0 = g * GROUP, x1 = x0 + GROUP < w ? x0 + GROUP : w;
-            const int flag = x1 - x0 == GROUP ? ((load8(row + x0) ^ centre8) | (load8(row + x0 + 8) ^ centre8)) != 0
+            const int flag = x1 - x0 == GROUP ? group_moves(row + x0, centre8)
                                               : same_bytes(row + x0, centre, x1 - x0) != x1 - x0;
             frow[g] = (uint8_t)flag;
             flag_hist[left + 2 * up[g]][flag]++;
