@@ -84,7 +84,8 @@ KEEP_RECIPE_CHANGE = 0.2
 """A member's recipe is kept for the next member, estimated alone, up to KEEP_RECIPE_FRAMES members in a row
 and while its estimate moves by at most this fraction; else every recipe is estimated again. Measured on the
 public sets, lossless: every recipe estimated on 13 % (PETS) to 73 % (Intel) of members instead of all, bytes
-+0.05 % (Intel) or the same, 2-5 % less encode time (docs/benchmarks.md)."""
++0.05 % (Intel) or the same; encode time -5 % on PETS and the motorway clip, within noise on the others
+(docs/benchmarks.md)."""
 INTRA_WORTH_TRYING_RATIO = 8.0
 """Intra coding is only estimated for a member whose best residual compresses worse than this."""
 

@@ -2,7 +2,7 @@
 
 zstd's Huffman stage cannot spend less than a bit on a byte it does not match, and prediction residuals are
 mostly small values scattered among zeros. CTX codes each sample with the histogram of its context (the
-activity of its already-coded neighbours) near the entropy: 14-22 % smaller than zstd on the public footage
+activity of its already-coded neighbours) near the entropy: 15-25 % smaller than zstd on the public footage
 (``docs/benchmarks.md``). It is C because decoding is one loop over every sample in which each step needs
 the one before, which numpy cannot vectorise.
 
