@@ -960,8 +960,10 @@ static PyObject *grey_shrink(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t height, width, channels, factor;
     if (!PyArg_ParseTuple(args, "y*nnnn", &view, &height, &width, &channels, &factor)) return NULL;
+    /* Sizes bounded as the planes' are (plane_shape), so the products below fit a 32-bit size_t too. */
     if ((channels != 1 && channels != 3) || factor < 1 || factor > 16 || height < factor || width < factor ||
-        height > (1 << 16) || width > (1 << 16) || view.len != height * width * channels) {
+        height > (1 << 16) || width > (1 << 16) || (int64_t)height * (int64_t)width > ((int64_t)1 << 28) ||
+        view.len != height * width * channels) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "grey_shrink: buffer size, shape and factor do not match");
         return NULL;

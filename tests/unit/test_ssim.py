@@ -196,3 +196,11 @@ def test_mismatched_shapes_are_refused() -> None:
 def test_unusable_images_are_refused(image: npt.NDArray[np.generic], downscale: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         to_grey_small(image, downscale)  # type: ignore[arg-type]
+
+
+def test_the_compiled_shrink_refuses_what_does_not_fit() -> None:
+    shrink = native._module().grey_shrink
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    for args in ((image.data, 40, 41, 3, 4), (image.data, 40, 40, 2, 4), (image.data, 40, 40, 3, 17)):
+        with pytest.raises(ValueError, match="do not match"):
+            shrink(*args)
