@@ -84,8 +84,9 @@ KEEP_RECIPE_CHANGE = 0.2
 """A member's recipe is kept for the next member, estimated alone, up to KEEP_RECIPE_FRAMES members in a row
 and while its estimate moves by at most this fraction; else every recipe is estimated again. Measured on the
 public sets, lossless: every recipe estimated on 13 % (PETS) to 73 % (Intel) of members instead of all, bytes
-+0.05 % (Intel) or the same; encode time -5 % on PETS and the motorway clip, within noise on the others
-(docs/benchmarks.md)."""
++0.05 % (Intel) or the same; encode time -5 % on PETS and the motorway clip, within noise on the others. After
+two steady estimates in a row the kept recipe codes the next members outright, its coded size checked the same
+way (``_encode_kept``): the same bytes, 2-3 % fewer instructions a frame (docs/benchmarks.md)."""
 INTRA_WORTH_TRYING_RATIO = 8.0
 """Intra coding is only estimated for a member whose best residual compresses worse than this."""
 
@@ -101,8 +102,11 @@ class FrameEncoder:
         self._key: _Held | None = None
         self._previous: _Held | None = None
         self._previous_intra = False  # the frame before was coded on its own (a key, or a member coded intra)
-        self._kept: tuple[tuple[Stage, ...], bool, float] | None = None  # last member's recipe, of key?, size
+        # The last member's recipe: its stages, whether it referenced the key, its estimate and its coded bytes.
+        self._kept: tuple[tuple[Stage, ...], bool, float, int] | None = None
         self._since_all = 0  # members since every recipe was last estimated
+        self._trial_ok = False  # the next member is coded with the kept recipe before any estimate
+        self._steady_before = False  # the last member's estimate found the scene steady
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -162,6 +166,7 @@ class FrameEncoder:
             # With chained references the key's pixels are never needed again once it is the previous frame.
             self._key = held if self.settings.reference != "previous" else _Held(seq, _NO_PLANES)
             self._kept = None  # a new group's first member estimates every recipe
+            self._trial_ok = self._steady_before = False
         self._previous = held
         self._previous_intra = ref_seq == seq
         self.next_seq = seq + 1
@@ -182,7 +187,10 @@ class FrameEncoder:
         recipes = [
             (stages, held) for held in references for stages in residual_stage_lists(settings, pixel_format)
         ]
-        kept, keep = self._estimate_kept(planes, recipes)
+        trial = self._encode_kept(planes, recipes) if self._trial_ok else None
+        if trial is not None and trial.steady:
+            return trial.payload, trial.recon, trial.stages, trial.held.seq
+        kept, keep = self._estimate_kept(planes, recipes) if trial is None else (None, False)
         if kept is not None and keep:
             sized = [kept]  # it beat the others, intra coding included, and the scene has not changed since
         else:
@@ -195,20 +203,53 @@ class FrameEncoder:
             ]
         chosen = self._choose(sized)
         stages, held = chosen.stages, chosen.held
-        self._kept = None if held is None else (stages, held is self._key, chosen.size)
-        payload, recon = encode_planes(
-            planes,
-            stages,
-            reference=None if held is None else held.planes,
-            tolerance=settings.tolerance,
-            zstd_level=settings.zstd_level,
-        )
+        if trial is not None and trial.stages == stages and trial.held is held:
+            payload, recon = trial.payload, trial.recon  # the kept recipe is still the best: coded already
+        else:
+            payload, recon = encode_planes(
+                planes,
+                stages,
+                reference=None if held is None else held.planes,
+                tolerance=settings.tolerance,
+                zstd_level=settings.zstd_level,
+            )
+        self._kept = None if held is None else (stages, held is self._key, chosen.size, len(payload))
+        # Two steady estimates in a row start trials: after one, trials on Intel often had to code again.
+        self._trial_ok = keep and self._steady_before
+        self._steady_before = keep
         return payload, recon, stages, self.next_seq if held is None else held.seq
+
+    def _encode_kept(self, planes: Planes, recipes: list[tuple[tuple[Stage, ...], _Held]]) -> _Trial | None:
+        """The member coded with the last member's recipe, and whether its coded size says the scene is still
+        steady (None if there is no recipe to keep, or every recipe is due to be estimated).
+
+        Once an estimate has found the scene steady (``_estimate_kept``), the next members are coded with the
+        kept recipe outright and their coded sizes are the check, so that a steady scene pays no estimate at
+        all. A trial whose size moved by more than KEEP_RECIPE_CHANGE goes back to estimating; its coded frame
+        is used if the kept recipe still wins. Only after a steady estimate: on a scene whose best recipe flips
+        from frame to frame (Intel: its source's frame types), trials would code many frames twice.
+        """
+        if self._kept is None or self._since_all >= KEEP_RECIPE_FRAMES or self.settings.tolerance:
+            return None
+        stages, of_key, estimate, coded = self._kept
+        held = next((h for s, h in recipes if s == stages and (h is self._key) == of_key), None)
+        if held is None:
+            return None
+        payload, recon = encode_planes(
+            planes, stages, reference=held.planes, tolerance=0, zstd_level=self.settings.zstd_level
+        )
+        steady = abs(len(payload) - coded) <= KEEP_RECIPE_CHANGE * coded
+        self._trial_ok = steady
+        if steady:
+            self._since_all += 1
+            self._kept = (stages, of_key, estimate, len(payload))
+        return _Trial(payload, recon, stages, held, steady)
 
     def _estimate_kept(
         self, planes: Planes, recipes: list[tuple[tuple[Stage, ...], _Held]]
     ) -> tuple[_Sized | None, bool]:
-        """The last member's recipe estimated (None if there is none to keep), and whether to keep it alone.
+        """The last member's recipe estimated (None if there is none to keep), and whether to keep it alone
+        (``_encode_kept`` then codes the members after the next with it outright).
 
         On a steady scene the best recipe stays the best (PETS: one change in 148 members), so estimating the
         others every frame is wasted (a third of the encoder's time beside the coder). They are estimated
@@ -218,7 +259,7 @@ class FrameEncoder:
         """
         if self._kept is None or self._since_all >= KEEP_RECIPE_FRAMES or self.settings.tolerance:
             return None, False
-        stages, of_key, size = self._kept
+        stages, of_key, size, _coded = self._kept
         held = next((h for s, h in recipes if s == stages and (h is self._key) == of_key), None)
         if held is None:
             return None, False
@@ -269,6 +310,17 @@ class FrameEncoder:
             planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
         )
         return _Sized(float(len(payload)), stages, held)
+
+
+class _Trial(NamedTuple):
+    """A member coded with the kept recipe."""
+
+    payload: bytes
+    recon: Planes
+    stages: tuple[Stage, ...]
+    held: _Held
+    steady: bool
+    """Its coded size moved by at most KEEP_RECIPE_CHANGE since the member before."""
 
 
 class _Sized(NamedTuple):
