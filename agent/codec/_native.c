@@ -191,7 +191,7 @@ static void enc_sym_init(EncSym *e, uint32_t start, uint32_t freq) {
 static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
     uint8_t *ptr = *pptr;
     uint32_t one = x >= e->x_max;
-    uint32_t two = (uint64_t)x >= ((uint64_t)e->x_max << 8);
+    uint32_t two = (x >> 8) >= e->x_max; /* x >= 256 x_max, in 32 bits */
     uint32_t k = one + two;
     ptr[-1] = (uint8_t)x;
     ptr[-2] = (uint8_t)(x >> 8);
