@@ -841,26 +841,29 @@ static PyObject *ctx_decode(PyObject *self, PyObject *args) {
 /* The MED stage (LOCO-I median edge detector), as docs/wire-format.md defines it and agent/codec/transforms.py
    implements it with numpy: here because decoding is sequential (numpy walks anti-diagonals, ~10x slower).
    flip is 0x80 for a plane of signed values (predicted on its bytes XOR 0x80), else 0. */
-/* MED residuals of row y (forward: every residual depends on inputs only, so rows of int16 with a zero in
-   front vectorise). rows holds two such rows, zeroed before row 0; row y's values become row y + 1's above. */
-static void med_row(const uint8_t *src, uint8_t *dst, Py_ssize_t w, uint8_t flip, int16_t *rows /* 2 (w + 1) */,
+/* MED residuals of row y (forward: every residual depends on inputs only, so the row vectorises). rows holds two
+   rows of inputs (XOR flip) with a zero in front, zeroed before row 0; row y's become row y + 1's above. In
+   bytes: with lo ≤ hi the neighbours a and b ordered, the prediction is lo when c ≥ hi, hi when c ≤ lo, and
+   else a + b - c, which then lies strictly between them, so computing it mod 256 is exact; 16 samples a vector
+   instead of int16's 8 (the residual pass with MED 1.3-1.5x faster). */
+static void med_row(const uint8_t *src, uint8_t *dst, Py_ssize_t w, uint8_t flip, uint8_t *rows /* 2 (w + 1) */,
                     Py_ssize_t y) {
-    const int16_t *up = rows + (y & 1) * (w + 1);
-    int16_t *now = rows + ((y + 1) & 1) * (w + 1);
-    for (Py_ssize_t x = 0; x < w; x++) now[x + 1] = (int16_t)(src[x] ^ flip);
+    const uint8_t *up = rows + (y & 1) * (w + 1);
+    uint8_t *now = rows + ((y + 1) & 1) * (w + 1);
+    for (Py_ssize_t x = 0; x < w; x++) now[x + 1] = (uint8_t)(src[x] ^ flip);
     for (Py_ssize_t x = 0; x < w; x++) {
-        int16_t a = now[x], b = up[x + 1], c = up[x];
-        int16_t lo = a < b ? a : b, hi = a < b ? b : a;
-        int16_t p = (int16_t)(a + b - c);
-        p = p < lo ? lo : (p > hi ? hi : p);
+        const uint8_t a = now[x], b = up[x + 1], c = up[x];
+        const uint8_t lo = a < b ? a : b, hi = a < b ? b : a;
+        const uint8_t mid = (uint8_t)(a + b - c);
+        const uint8_t p = c >= hi ? lo : (c <= lo ? hi : mid);
         dst[x] = (uint8_t)(now[x + 1] - p);
     }
 }
 
 static void med_plane(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_t w, uint8_t flip, int inverse,
-                      int16_t *rows /* 2 (w + 1) */) {
+                      uint8_t *rows /* 2 (w + 1) */) {
     if (!inverse) {
-        memset(rows, 0, sizeof(int16_t) * (size_t)(2 * (w + 1)));
+        memset(rows, 0, (size_t)(2 * (w + 1)));
         for (Py_ssize_t y = 0; y < h; y++) med_row(in + y * w, out + y * w, w, flip, rows, y);
         return;
     }
@@ -896,7 +899,7 @@ static PyObject *med_call(PyObject *args, int inverse) {
     if (!result) goto done;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
     const uint8_t *flip = (const uint8_t *)flips.buf;
-    int16_t *rows = malloc(sizeof(int16_t) * (size_t)(2 * (width + 1)));
+    uint8_t *rows = malloc((size_t)(2 * (width + 1)));
     if (!rows) {
         Py_CLEAR(result);
         PyErr_NoMemory();
@@ -1050,9 +1053,9 @@ static void quantiser_init(Quantiser *q, int tolerance) {
    bands take. */
 static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t channels, Py_ssize_t h, Py_ssize_t w,
                         int rct, int med, const uint8_t *flip, const Quantiser *quant, uint8_t *out,
-                        uint8_t *recon, uint8_t *row /* C w */, int16_t *medrows /* C 2 (w + 1) */) {
+                        uint8_t *recon, uint8_t *row /* C w */, uint8_t *medrows /* C 2 (w + 1) */) {
     const size_t n = (size_t)h * (size_t)w;
-    if (med) memset(medrows, 0, sizeof(int16_t) * (size_t)(2 * (w + 1) * channels));
+    if (med) memset(medrows, 0, (size_t)(2 * (w + 1) * channels));
     for (Py_ssize_t y = 0; y < h; y++) {
         for (Py_ssize_t k = 0; k < channels; k++) {
             const uint8_t *src = cur + k * n + y * w;
@@ -1138,7 +1141,7 @@ static PyObject *pixels(PyObject *self, PyObject *args) {
     recon = tolerance ? PyBytes_FromStringAndSize(NULL, channels * n) : Py_NewRef(Py_None);
     if (!coded || !recon) goto done;
     uint8_t *row = malloc((size_t)(channels * width));
-    int16_t *medrows = malloc(sizeof(int16_t) * (size_t)(2 * (width + 1) * channels));
+    uint8_t *medrows = malloc((size_t)(2 * (width + 1) * channels));
     Quantiser *quant = tolerance ? malloc(sizeof(Quantiser)) : NULL;
     if (!row || !medrows || (tolerance && !quant)) {
         free(row);
