@@ -307,6 +307,27 @@ def test_without_the_compiled_coder_the_codec_falls_back_and_says_why(
         FrameDecoder().decode(unpack_record(ctx_records[0]))
 
 
+@pytest.mark.parametrize("tolerance", [0, 2])
+def test_the_compiled_pixel_pass_and_numpy_code_the_same_records(
+    monkeypatch: pytest.MonkeyPatch, pets_cut: Path, tolerance: int
+) -> None:
+    """The compiled pass and numpy's bands must code every record the same but for its SSIM (the compiled SSIM
+    copy is the exact block mean, OpenCV's rounds at each halving)."""
+    frames = list(iter_images(pets_cut, 6))
+    frames.append(cv2.cvtColor(frames[-1], cv2.COLOR_BGR2GRAY))  # a format change: a grey key
+    frames.append(cv2.cvtColor(frames[-3], cv2.COLOR_BGR2GRAY))
+    codec = CodecSettings(entropy="zstd", tolerance=tolerance)
+
+    def coded() -> list[tuple[RecordHeader, bytes]]:
+        return [(replace(r.header, ssim=0.0), r.payload) for r in _encode_all(frames, codec)]
+
+    compiled = coded()
+    assert any(h.kind is Kind.MEMBER and h.pixel_format is PixelFormat.GRAY8 for h, _ in compiled)
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "AVAILABLE", False)
+    assert coded() == compiled
+
+
 def _encode_all(frames: list[np.ndarray], codec: CodecSettings) -> list[Record]:
     encoder = FrameEncoder("cam", codec)
     return [encoder.encode(frame, i) for i, frame in enumerate(frames)]
