@@ -37,7 +37,7 @@ class CodecSettings:
     """With zstd, run PackBits before it on residuals (it shortens zstd's input where residuals are exactly zero)."""
     entropy: Entropy = "auto"
     """The entropy stage: "ctx" (context-modelled rANS, compiled; 15-25 % smaller), "zstd" (PackBits + zstd,
-    5-15 % less encode time since CTX's group planes), or "auto": ctx when the compiled coder is installed,
+    at most 10 % less encode time, none on PETS), or "auto": ctx when the compiled coder is installed,
     else zstd."""
 
     @property
