@@ -229,21 +229,29 @@ class FrameEncoder:
         is used if the kept recipe still wins. Only after a steady estimate: on a scene whose best recipe flips
         from frame to frame (Intel: its source's frame types), trials would code many frames twice.
         """
-        if self._kept is None or self._since_all >= KEEP_RECIPE_FRAMES or self.settings.tolerance:
+        kept = self._kept_recipe(recipes)
+        if kept is None:
             return None
-        stages, of_key, estimate, coded = self._kept
-        held = next((h for s, h in recipes if s == stages and (h is self._key) == of_key), None)
-        if held is None:
-            return None
+        stages, held, estimate, coded = kept
         payload, recon = encode_planes(
             planes, stages, reference=held.planes, tolerance=0, zstd_level=self.settings.zstd_level
         )
         steady = abs(len(payload) - coded) <= KEEP_RECIPE_CHANGE * coded
-        self._trial_ok = steady
         if steady:
             self._since_all += 1
-            self._kept = (stages, of_key, estimate, len(payload))
+            self._kept = (stages, held is self._key, estimate, len(payload))
         return _Trial(payload, recon, stages, held, steady)
+
+    def _kept_recipe(
+        self, recipes: list[tuple[tuple[Stage, ...], _Held]]
+    ) -> tuple[tuple[Stage, ...], _Held, float, int] | None:
+        """The last member's recipe among this member's (stages, reference, estimate, coded bytes), or None when
+        there is none to keep or every recipe is due to be estimated."""
+        if self._kept is None or self._since_all >= KEEP_RECIPE_FRAMES or self.settings.tolerance:
+            return None
+        stages, of_key, estimate, coded = self._kept
+        held = next((h for s, h in recipes if s == stages and (h is self._key) == of_key), None)
+        return None if held is None else (stages, held, estimate, coded)
 
     def _estimate_kept(
         self, planes: Planes, recipes: list[tuple[tuple[Stage, ...], _Held]]
@@ -257,12 +265,10 @@ class FrameEncoder:
         KEEP_RECIPE_CHANGE (the scene, or the source's own coding, changed). Lossless only: with a tolerance
         the choice to quantise or not is the sensitive one, and keeping it cost 0.5-1 % bytes at T=2.
         """
-        if self._kept is None or self._since_all >= KEEP_RECIPE_FRAMES or self.settings.tolerance:
+        kept = self._kept_recipe(recipes)
+        if kept is None:
             return None, False
-        stages, of_key, size, _coded = self._kept
-        held = next((h for s, h in recipes if s == stages and (h is self._key) == of_key), None)
-        if held is None:
-            return None, False
+        stages, held, size, _coded = kept
         estimate = self._estimate(planes, stages, held)
         keep = abs(estimate.size - size) <= KEEP_RECIPE_CHANGE * size
         self._since_all += keep
