@@ -1052,12 +1052,51 @@ static void quantiser_init(Quantiser *q, int tolerance) {
     }
 }
 
-/* The pixel stages in one pass (docs/wire-format.md, stage 1, 2 or 3, then 4 and 5, in that order): the residual
-   against a reference, exact (mod 256) or quantised, or without a reference the quantised values (with quant,
-   both quantisers also write the reconstruction to recon), then RCT, then MED, each optional. Row by row over
-   all planes at once, so nothing frame-sized is made on the way: 1080p in about a third of the time numpy's
-   bands take. On x86-64 with glibc it is also built for AVX2 and picked at load time (32-byte vectors: 0.31 ->
-   0.23 ms for a pets frame's residual, RCT and MED); the baseline build is what runs elsewhere. */
+/* RESIDUAL_QG and QUANTIZE_G (docs/wire-format.md, stages 9 and 10) for one row: G quantised (against the
+   reference when there is one, else its values), B and R moved by G's error and clamped, then written as RCT's
+   chroma of the reconstruction's move (or of the reconstruction, without a reference). row gets the coded
+   (G code, B chroma, R chroma) planes, recon the reconstructed B, G, R. */
+static inline uint8_t clamp_byte(int v) { return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v)); }
+
+static inline void follow_g_row(const uint8_t *cur, const uint8_t *ref, size_t n, Py_ssize_t w,
+                                const Quantiser *quant, uint8_t *row, uint8_t *recon) {
+    const uint8_t *sb = cur, *sg = cur + n, *sr = cur + 2 * n;
+    uint8_t *cg = row, *cb = row + w, *cr = row + 2 * w, *ob = recon, *og = recon + n, *or_ = recon + 2 * n;
+    if (ref) {
+        const uint8_t *rb = ref, *rg = ref + n, *rr = ref + 2 * n;
+        for (Py_ssize_t x = 0; x < w; x++) {
+            const int d = (int)sg[x] - (int)rg[x] + 255;
+            const int g = clamp_byte(rg[x] + quant->back[d]), error = g - sg[x], moved = g - rg[x];
+            const int b = clamp_byte(sb[x] + error), r = clamp_byte(sr[x] + error);
+            cg[x] = quant->code[d];
+            cb[x] = (uint8_t)(b - rb[x] - moved + 128);
+            cr[x] = (uint8_t)(r - rr[x] - moved + 128);
+            ob[x] = (uint8_t)b;
+            og[x] = (uint8_t)g;
+            or_[x] = (uint8_t)r;
+        }
+    } else {
+        for (Py_ssize_t x = 0; x < w; x++) {
+            const int g = quant->intra_back[sg[x]], error = g - sg[x];
+            const int b = clamp_byte(sb[x] + error), r = clamp_byte(sr[x] + error);
+            cg[x] = quant->intra_code[sg[x]];
+            cb[x] = (uint8_t)(b - g + 128);
+            cr[x] = (uint8_t)(r - g + 128);
+            ob[x] = (uint8_t)b;
+            og[x] = (uint8_t)g;
+            or_[x] = (uint8_t)r;
+        }
+    }
+}
+
+/* The pixel stages in one pass (docs/wire-format.md, stage 1, 2, 3, 9 or 10, then 4, then 5 or 11, in that
+   order): the residual against a reference, exact (mod 256) or quantised, or without a reference the quantised
+   values (with quant, both quantisers also write the reconstruction to recon), or with follow G quantised and
+   B and R following it (stages 9 and 10, which bring their own colour transform); then RCT, then MED on the
+   planes medmask names, each optional. Row by row over all planes at once, so nothing frame-sized is made on
+   the way: 1080p in about a third of the time numpy's bands take. On x86-64 with glibc it is also built for
+   AVX2 and picked at load time (32-byte vectors: 0.31 -> 0.23 ms for a pets frame's residual, RCT and MED);
+   the baseline build is what runs elsewhere. */
 #if defined(__x86_64__) && defined(__GLIBC__) && (defined(__GNUC__) || defined(__clang__))
 #define PIXEL_CLONES __attribute__((target_clones("default", "avx2")))
 #else
@@ -1065,12 +1104,16 @@ static void quantiser_init(Quantiser *q, int tolerance) {
 #endif
 PIXEL_CLONES
 static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t channels, Py_ssize_t h, Py_ssize_t w,
-                        int rct, int med, const uint8_t *flip, const Quantiser *quant, uint8_t *out,
-                        uint8_t *recon, uint8_t *row /* C w */, uint8_t *medrows /* C 2 (w + 1) */) {
+                        int rct, int follow, const uint8_t *medmask, const uint8_t *flip, const Quantiser *quant,
+                        uint8_t *out, uint8_t *recon, uint8_t *row /* C w */, uint8_t *medrows /* C 2 (w + 1) */) {
     const size_t n = (size_t)h * (size_t)w;
-    if (med) memset(medrows, 0, (size_t)(2 * (w + 1) * channels));
+    memset(medrows, 0, (size_t)(2 * (w + 1) * channels));
     for (Py_ssize_t y = 0; y < h; y++) {
-        for (Py_ssize_t k = 0; k < channels; k++) {
+        if (follow) {
+            const size_t at = (size_t)y * (size_t)w;
+            follow_g_row(cur + at, ref ? ref + at : NULL, n, w, quant, row, recon + at);
+        }
+        for (Py_ssize_t k = 0; k < channels && !follow; k++) {
             const uint8_t *src = cur + k * n + y * w;
             uint8_t *dst = row + k * w;
             if (ref && quant) {
@@ -1078,9 +1121,8 @@ static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t chann
                 uint8_t *back = recon + k * n + y * w;
                 for (Py_ssize_t x = 0; x < w; x++) {
                     const int d = (int)src[x] - (int)r[x] + 255;
-                    const int v = r[x] + quant->back[d];
                     dst[x] = quant->code[d];
-                    back[x] = (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+                    back[x] = clamp_byte(r[x] + quant->back[d]);
                 }
             } else if (ref) {
                 const uint8_t *r = ref + k * n + y * w;
@@ -1108,7 +1150,7 @@ static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t chann
         for (Py_ssize_t k = 0; k < channels; k++) {
             uint8_t *dst = out + k * n + y * w;
             const uint8_t *src = row + k * w;
-            if (!med) {
+            if (!medmask[k]) {
                 memcpy(dst, src, (size_t)w);
                 continue;
             }
@@ -1118,32 +1160,39 @@ static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t chann
 }
 
 PyDoc_STRVAR(pixels_doc,
-             "pixels(planes, reference, rct, med, signed, tolerance, channels, height, width)\n"
+             "pixels(planes, reference, rct, follow, med, signed, tolerance, channels, height, width)\n"
              "    -> (bytes, bytes | None)\n\n"
-             "Residual (when reference is not None), RCT, MED in one pass; with tolerance > 0 the residual is\n"
-             "quantised, or without a reference the values are (QUANTIZE). Returns the coded planes, and the\n"
-             "reconstruction when something was quantised (else None: it is the planes).");
+             "Residual (when reference is not None), RCT, MED on the planes whose byte in med is not 0, in one\n"
+             "pass; with tolerance > 0 the residual is quantised, or without a reference the values are\n"
+             "(QUANTIZE); with follow (3 planes, tolerance > 0, no rct) only G is, and B and R follow it\n"
+             "(RESIDUAL_QG, QUANTIZE_G). Returns the coded planes, and the reconstruction when something was\n"
+             "quantised (else None: it is the planes).");
 
 static PyObject *pixels(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer view, refview = {0}, flips;
+    Py_buffer view, refview = {0}, medmask, flips;
     PyObject *refobj;
-    int rct, med, tolerance;
+    int rct, follow, tolerance;
     Py_ssize_t channels, height, width, n;
-    if (!PyArg_ParseTuple(args, "y*Oppy*innn", &view, &refobj, &rct, &med, &flips, &tolerance, &channels, &height,
-                          &width))
+    if (!PyArg_ParseTuple(args, "y*Oppy*y*innn", &view, &refobj, &rct, &follow, &medmask, &flips, &tolerance,
+                          &channels, &height, &width))
         return NULL;
     PyObject *result = NULL, *coded = NULL, *recon = NULL;
     int have_ref = refobj != Py_None;
     if (have_ref && PyObject_GetBuffer(refobj, &refview, PyBUF_SIMPLE) < 0) {
         PyBuffer_Release(&view);
+        PyBuffer_Release(&medmask);
         PyBuffer_Release(&flips);
         return NULL;
     }
     if (!plane_shape(channels, height, width, &n)) goto done;
-    if (view.len != channels * n || flips.len != channels || (have_ref && refview.len != view.len) ||
-        (rct && channels != 3)) {
+    if (view.len != channels * n || flips.len != channels || medmask.len != channels ||
+        (have_ref && refview.len != view.len) || (rct && channels != 3)) {
         PyErr_SetString(PyExc_ValueError, "pixels: buffer sizes do not match the shape");
+        goto done;
+    }
+    if (follow && (channels != 3 || rct || tolerance < 1)) {
+        PyErr_SetString(PyExc_ValueError, "pixels: follow needs 3 planes, a tolerance and no rct");
         goto done;
     }
     if (tolerance < 0 || tolerance > 255) {
@@ -1166,8 +1215,9 @@ static PyObject *pixels(PyObject *self, PyObject *args) {
     if (quant) quantiser_init(quant, tolerance);
     Py_BEGIN_ALLOW_THREADS;
     pixels_rows((const uint8_t *)view.buf, have_ref ? (const uint8_t *)refview.buf : NULL, channels, height, width,
-                rct, med, (const uint8_t *)flips.buf, quant, (uint8_t *)PyBytes_AS_STRING(coded),
-                tolerance ? (uint8_t *)PyBytes_AS_STRING(recon) : NULL, row, medrows);
+                rct, follow, (const uint8_t *)medmask.buf, (const uint8_t *)flips.buf, quant,
+                (uint8_t *)PyBytes_AS_STRING(coded), tolerance ? (uint8_t *)PyBytes_AS_STRING(recon) : NULL, row,
+                medrows);
     Py_END_ALLOW_THREADS;
     free(row);
     free(medrows);
@@ -1178,6 +1228,7 @@ done:
     Py_XDECREF(recon);
     PyBuffer_Release(&view);
     if (have_ref) PyBuffer_Release(&refview);
+    PyBuffer_Release(&medmask);
     PyBuffer_Release(&flips);
     return result;
 }

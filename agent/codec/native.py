@@ -95,21 +95,30 @@ def pixels(
     reference: Planes | None,
     *,
     rct: bool,
-    med: bool,
+    med: tuple[bool, ...],
     signed: tuple[bool, ...],
     tolerance: int = 0,
+    follow_g: bool = False,
 ) -> tuple[Planes, Planes | None]:
-    """Residual against ``reference`` (if any), then RCT, then MED, each optional, in one compiled pass.
+    """Residual against ``reference`` (if any), then RCT, then MED on the planes ``med`` names, in one pass.
 
     With a ``tolerance`` the residual is the quantised one (``transforms.quantize_residual``), or without a
-    reference the values are quantised (``transforms.quantize``). Returns the coded planes and the
+    reference the values are quantised (``transforms.quantize``); with ``follow_g`` too only G is, and B and R
+    follow it (``transforms.quantize_residual_g``, ``transforms.quantize_g``). Returns the coded planes and the
     reconstruction, None for it when nothing was quantised (the reconstruction is ``planes``).
     """
     if reference is not None and reference.shape != planes.shape:
         raise ValueError(f"reference is {reference.shape}, planes are {planes.shape}")
     ref = None if reference is None else np.ascontiguousarray(reference).data
     out, recon = _module().pixels(
-        np.ascontiguousarray(planes).data, ref, rct, med, bytes(signed), tolerance, *planes.shape
+        np.ascontiguousarray(planes).data,
+        ref,
+        rct,
+        follow_g,
+        bytes(med),
+        bytes(signed),
+        tolerance,
+        *planes.shape,
     )
     coded = np.frombuffer(out, dtype=np.uint8).reshape(planes.shape)
     if recon is None:

@@ -15,7 +15,7 @@ import zstandard
 
 from agent.codec import native, packbits, transforms
 from agent.codec.transforms import Planes
-from agent.codec.wire import REFERENCE_STAGES, RecordHeader, Stage
+from agent.codec.wire import QUANTISING_STAGES, REFERENCE_STAGES, RecordHeader, Stage
 from agent.errors import WireFormatError
 
 _local = threading.local()
@@ -51,8 +51,8 @@ def signedness(stages: tuple[Stage, ...], channels: int) -> tuple[bool, ...]:
     """Which planes hold signed values (residuals) by the time the spatial predictor sees them."""
     if not any(s in REFERENCE_STAGES for s in stages):
         return (False,) * channels
-    if Stage.RCT in stages:
-        return (True,) + (False,) * (channels - 1)  # RCT re-centres the chroma planes on 128
+    if Stage.RCT in stages or Stage.RESIDUAL_QG in stages:
+        return (True,) + (False,) * (channels - 1)  # RCT (or RESIDUAL_QG's) re-centres the chroma on 128
     return (True,) * channels
 
 
@@ -73,7 +73,8 @@ def _pixel_band(
     MED needs the row above the band, so the band is computed with one extra row on top and that row's
     output is dropped (MED for row y reads only rows y and y−1).
     """
-    top = rows.start - 1 if rows.start > 0 and Stage.MED in stages else rows.start
+    spatial = Stage.MED in stages or Stage.MED_CHROMA in stages
+    top = rows.start - 1 if rows.start > 0 and spatial else rows.start
     window = slice(top, rows.stop)
     data = planes[:, window]
     recon: Planes | None = None
@@ -86,17 +87,25 @@ def _pixel_band(
             data, recon = transforms.quantize_residual(data, reference[:, window], tolerance)
         elif stage is Stage.QUANTIZE:
             data, recon = transforms.quantize(data, tolerance)
+        elif stage is Stage.RESIDUAL_QG:
+            assert reference is not None
+            data, recon = transforms.quantize_residual_g(data, reference[:, window], tolerance)
+        elif stage is Stage.QUANTIZE_G:
+            data, recon = transforms.quantize_g(data, tolerance)
         elif stage is Stage.RCT:
             data = transforms.rct(data)
         elif stage is Stage.MED:
             data = transforms.med(data, signed)
+        elif stage is Stage.MED_CHROMA:
+            data = transforms.med_chroma(data, signed)
     skip = rows.start - top
     return data[:, skip:], None if recon is None else recon[:, skip:]
 
 
-_FUSED_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RCT, Stage.MED)
+_FIRST_STAGES = (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G)
+_FUSED_PIXEL_STAGES = (*_FIRST_STAGES, Stage.RCT, Stage.MED, Stage.MED_CHROMA)
 """The pixel stages the compiled ``native.pixels`` runs in one pass, in its one order, each optional (at most one
-of the first three: they are the wire format's mutually exclusive first stages)."""
+of the first five: they are the wire format's mutually exclusive first stages; at most one MED)."""
 _BYTE_STAGES = frozenset({Stage.PACKBITS, Stage.ZSTD, Stage.CTX})
 
 
@@ -110,19 +119,27 @@ def pixel_stages(
     """The pixel stages of ``stages`` (all but the byte stages); returns their output and the reconstruction."""
     channels, height, _width = planes.shape
     signed = signedness(stages, channels)
-    quantising = Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages
+    quantising = any(s in QUANTISING_STAGES for s in stages)
     pixel = tuple(s for s in stages if s not in _BYTE_STAGES)
-    first = [s for s in pixel if s in (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE)]
-    fusable = pixel == tuple(s for s in _FUSED_PIXEL_STAGES if s in pixel) and len(first) <= 1
+    first = [s for s in pixel if s in _FIRST_STAGES]
+    follow = Stage.RESIDUAL_QG in pixel or Stage.QUANTIZE_G in pixel
+    fusable = (
+        pixel == tuple(s for s in _FUSED_PIXEL_STAGES if s in pixel)
+        and len(first) <= 1
+        and not (Stage.MED in pixel and Stage.MED_CHROMA in pixel)
+        and not (follow and (channels != 3 or Stage.RCT in pixel or tolerance < 1))
+    )
     if native.AVAILABLE and pixel and fusable:
-        residual = Stage.RESIDUAL in pixel or Stage.RESIDUAL_Q in pixel
+        residual = any(s in REFERENCE_STAGES for s in pixel)
+        med = Stage.MED in pixel
         data, recon = native.pixels(
             planes,
             reference if residual else None,
             rct=Stage.RCT in pixel,
-            med=Stage.MED in pixel,
+            med=tuple(med or (Stage.MED_CHROMA in pixel and k > 0) for k in range(channels)),
             signed=signed,
             tolerance=tolerance if quantising else 0,
+            follow_g=follow,
         )
         return data, planes if recon is None else recon
     data = np.empty_like(planes)
@@ -206,6 +223,8 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
     for stage in reversed(stages):
         if stage is Stage.MED:
             data = transforms.unmed(data, signedness(stages, channels))
+        elif stage is Stage.MED_CHROMA:
+            data = transforms.unmed_chroma(data, signedness(stages, channels))
         elif stage is Stage.RCT:
             data = transforms.unrct(data, in_place=data.flags.writeable and data.base is None)
         elif stage is Stage.QUANTIZE:
@@ -216,4 +235,9 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
         elif stage is Stage.RESIDUAL_Q:
             assert reference is not None
             data = transforms.dequantize_residual(data, reference, header.tolerance)
+        elif stage is Stage.QUANTIZE_G:
+            data = transforms.dequantize_g(data, header.tolerance)
+        elif stage is Stage.RESIDUAL_QG:
+            assert reference is not None
+            data = transforms.dequantize_residual_g(data, reference, header.tolerance)
     return np.ascontiguousarray(data)

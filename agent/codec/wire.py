@@ -1,4 +1,4 @@
-"""Wire format v4 (and v3, v2, v1): one self-describing, checksummed record per frame.
+"""Wire format v5 (and v4, v3, v2, v1): one self-describing, checksummed record per frame.
 
 The byte layout is specified in ``docs/wire-format.md``; this module follows that document (a test checks that
 the version there matches :data:`VERSION`). A record carries the lowest version that has all its stages, its
@@ -24,7 +24,7 @@ import xxhash
 from agent.errors import WireFormatError
 
 MAGIC = b"CCTV"
-VERSION = 4
+VERSION = 5
 """The newest version this code reads and writes; it reads every version from 1."""
 GROUP_PLANES_SINCE = 4
 """The version whose CTX stage may hold group planes (``docs/wire-format.md``), which the encoder writes."""
@@ -83,9 +83,22 @@ class Stage(IntEnum):
     """Zstandard frame."""
     CTX = 8
     """Context-modelled rANS over each plane (wire format ≥ 2)."""
+    RESIDUAL_QG = 9
+    """BGR only: G's difference from the reference quantised as RESIDUAL_Q's; B and R take G's error and are coded
+    exactly beside it, as (B'−G'+128, R'−G'+128) moves (wire format ≥ 5)."""
+    QUANTIZE_G = 10
+    """BGR only: G's values quantised as QUANTIZE's; B and R take G's error and are coded exactly beside it, as
+    B'−G'+128 and R'−G'+128 (wire format ≥ 5)."""
+    MED_CHROMA = 11
+    """MED on planes 1 and 2 only, plane 0 left as it is (wire format ≥ 5)."""
 
 
-STAGE_SINCE = {Stage.CTX: 2}
+STAGE_SINCE = {
+    Stage.CTX: 2,
+    Stage.RESIDUAL_QG: 5,
+    Stage.QUANTIZE_G: 5,
+    Stage.MED_CHROMA: 5,
+}
 """The wire format version that introduced a stage (the others are in every version)."""
 
 
@@ -134,13 +147,16 @@ def record_version(
 
 
 _PIXEL_STAGE_ORDER = (
-    (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE),
+    (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G),
     (Stage.RCT,),
-    (Stage.MED,),
+    (Stage.MED, Stage.MED_CHROMA),
     (Stage.PACKBITS,),
     (Stage.ZSTD, Stage.CTX),
 )
-REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q})
+REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG})
+QUANTISING_STAGES = frozenset({Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G})
+COLOUR_FOLLOWS_G = frozenset({Stage.RESIDUAL_QG, Stage.QUANTIZE_G})
+"""The first stages that code B and R beside G themselves (RCT's planes, with G's error): never with RCT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +274,15 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         not (Stage.PACKBITS in stages and Stage.CTX in stages),
         "PACKBITS and CTX do not go together (CTX codes planes, PackBits output is not one)",
     )
-    if Stage.RCT in stages:
-        _check(pixel_format is PixelFormat.BGR8, "RCT needs a BGR frame")
-    if Stage.RESIDUAL_Q in stages or Stage.QUANTIZE in stages:
+    for stage in (Stage.RCT, Stage.MED_CHROMA, *COLOUR_FOLLOWS_G):
+        if stage in stages:
+            _check(pixel_format is PixelFormat.BGR8, f"{stage.name} needs a BGR frame")
+    if any(s in COLOUR_FOLLOWS_G for s in stages):
+        _check(
+            Stage.RCT not in stages,
+            f"{_names(stages)}: RESIDUAL_QG and QUANTIZE_G do their own colour transform",
+        )
+    if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")
 
 

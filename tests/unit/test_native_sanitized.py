@@ -4,7 +4,8 @@
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
 truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
 and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
-through the fused pixel stages), at it in a child process; any invalid access aborts it.
+through the fused pixel stages, B and R following G's quantisation included), at it in a child process; any
+invalid access aborts it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ FUZZ = textwrap.dedent(
         grey = native.grey_shrink(image.tobytes(), shape[1], shape[2], shape[0], factor)
         assert len(grey) == 4 * (shape[1] // factor) * (shape[2] // factor)
         with_reference = rng.random() < 0.5
+        follow = shape[0] == 3 and tolerance > 0 and not rct and rng.random() < 0.5
+        med = bytes(rng.randint(0, 1) for _ in range(shape[0]))
         native.pixels(
-            planes.tobytes(), reference if with_reference else None, rct, True, signed, tolerance, *shape
+            planes.tobytes(), reference if with_reference else None, rct, follow, med, signed, tolerance, *shape
         )
         for _ in range(300):
             data = bytearray(payload)

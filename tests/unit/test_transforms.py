@@ -50,29 +50,45 @@ def test_med_matches_the_scalar_definition(med: object) -> None:
             assert res[0, y, x] == (p[y, x] - pred) % 256
 
 
+FIRST_STAGES = [None, Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G]
+FOLLOW_G = (Stage.RESIDUAL_QG, Stage.QUANTIZE_G)
+
+
 @given(
     st.sampled_from([1, 3])
     .flatmap(lambda c: st.tuples(st.just(c), st.integers(1, 19), st.integers(1, 70)))
     .flatmap(lambda shape: st.tuples(hnp.arrays(np.uint8, shape), hnp.arrays(np.uint8, shape))),
-    st.sampled_from([None, Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE]),
+    st.sampled_from(FIRST_STAGES),
     st.integers(1, 255),
     st.booleans(),
-    st.booleans(),
+    st.sampled_from([None, Stage.MED, Stage.MED_CHROMA]),
 )
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 def test_fused_pixel_stages_match_the_stages_one_by_one(
-    pair: tuple[np.ndarray, np.ndarray], first: Stage | None, tolerance: int, rct: bool, med: bool
+    pair: tuple[np.ndarray, np.ndarray], first: Stage | None, tolerance: int, rct: bool, med: Stage | None
 ) -> None:
-    """The compiled one pass (residual exact or quantised, or quantised values; RCT; MED) gives what the stages
-    give one at a time in numpy."""
+    """The compiled one pass (residual exact or quantised, or quantised values, with or without B and R
+    following G; RCT; MED on every plane or the chroma ones) gives what the stages give one at a time in numpy."""
     planes, reference = pair
-    rct = rct and planes.shape[0] == 3
-    chosen = (first, Stage.RCT if rct else None, Stage.MED if med else None)
+    colour = planes.shape[0] == 3
+    if not colour:
+        first = None if first in FOLLOW_G else first
+        med = None if med is Stage.MED_CHROMA else med
+    rct = rct and colour and first not in FOLLOW_G
+    chosen = (first, Stage.RCT if rct else None, med)
     stages = (*[s for s in chosen if s is not None], Stage.CTX)
     signed = signedness(stages, planes.shape[0])
-    tolerance = tolerance if first in (Stage.RESIDUAL_Q, Stage.QUANTIZE) else 0
-    ref = reference if first in (Stage.RESIDUAL, Stage.RESIDUAL_Q) else None
-    fused, fused_recon = native.pixels(planes, ref, rct=rct, med=med, signed=signed, tolerance=tolerance)
+    tolerance = tolerance if first in (Stage.RESIDUAL_Q, Stage.QUANTIZE, *FOLLOW_G) else 0
+    ref = reference if first in (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG) else None
+    fused, fused_recon = native.pixels(
+        planes,
+        ref,
+        rct=rct,
+        med=tuple(med is Stage.MED or (med is Stage.MED_CHROMA and k > 0) for k in range(planes.shape[0])),
+        signed=signed,
+        tolerance=tolerance,
+        follow_g=first in FOLLOW_G,
+    )
     expected, expected_recon = planes, None
     if first is Stage.RESIDUAL:
         expected = T.residual(expected, reference)
@@ -80,10 +96,16 @@ def test_fused_pixel_stages_match_the_stages_one_by_one(
         expected, expected_recon = T.quantize_residual(expected, reference, tolerance)
     elif first is Stage.QUANTIZE:
         expected, expected_recon = T.quantize(expected, tolerance)
+    elif first is Stage.RESIDUAL_QG:
+        expected, expected_recon = T.quantize_residual_g(expected, reference, tolerance)
+    elif first is Stage.QUANTIZE_G:
+        expected, expected_recon = T.quantize_g(expected, tolerance)
     if rct:
         expected = T.rct(expected)
-    if med:
+    if med is Stage.MED:
         expected = T.med_numpy(expected, signed)
+    elif med is Stage.MED_CHROMA:
+        expected = np.concatenate([expected[:1], T.med_numpy(expected[1:], signed[1:])])
     assert np.array_equal(fused, expected)
     if expected_recon is None:
         assert fused_recon is None
@@ -121,6 +143,37 @@ def test_quantisers_keep_the_error_bound(a: np.ndarray, b: np.ndarray, tolerance
     assert np.array_equal(T.dequantize(codes, tolerance), recon)
 
 
+colour_pairs = st.tuples(st.integers(1, 17), st.integers(1, 23)).flatmap(
+    lambda hw: st.tuples(
+        hnp.arrays(
+            np.uint8, (3, *hw), elements=st.sampled_from([0, 1, 2, 3, 4, 60, 128, 251, 252, 253, 254, 255])
+        ),
+        hnp.arrays(np.uint8, (3, *hw)),
+    )
+)
+
+
+@given(colour_pairs, st.integers(1, 40))
+@settings(max_examples=200, deadline=None)
+def test_b_and_r_follow_g_within_the_bound_and_carry_its_error(
+    pair: tuple[np.ndarray, np.ndarray], tolerance: int
+) -> None:
+    """RESIDUAL_QG and QUANTIZE_G: every channel within T, B and R moved by G's very error wherever no clamp at
+    0 or 255 stopped them (what keeps the next residual's chroma clean), and the decoder rebuilds it."""
+    current, reference = pair
+    inter_codes, inter = T.quantize_residual_g(current, reference, tolerance)
+    intra_codes, intra = T.quantize_g(current, tolerance)
+    assert np.array_equal(T.dequantize_residual_g(inter_codes, reference, tolerance), inter)
+    assert np.array_equal(T.dequantize_g(intra_codes, tolerance), intra)
+    for recon in (inter, intra):
+        error = recon.astype(int) - current
+        assert int(np.abs(error).max()) <= tolerance
+        unclamped = (recon > 0) & (recon < 255)
+        for channel in (0, 2):
+            free = unclamped[channel]
+            assert np.array_equal(error[channel][free], error[1][free])
+
+
 @pytest.mark.parametrize("tolerance", [1, 2, 32, 127, 128, 255])
 def test_dequantisers_follow_their_definition_for_any_code_a_record_can_hold(tolerance: int) -> None:
     """Every byte as a code, up to the T=255 a header may declare: no int16 overflow, no wrap-around."""
@@ -135,6 +188,34 @@ def test_dequantisers_follow_their_definition_for_any_code_a_record_can_hold(tol
     assert T.dequantize(codes, tolerance).ravel().tolist() == [min(255, c * step) for c in range(256)]
     values = np.arange(256, dtype=np.uint8).reshape(1, 1, 256)
     assert T.quantize(values, tolerance)[0].ravel().tolist() == [(v + tolerance) // step for v in range(256)]
+    # Stages 9 and 10 (docs/wire-format.md): G as stages 2 and 3 rebuild it, B and R from their chroma byte.
+    rng = np.random.default_rng(tolerance)
+    colour = np.stack([np.arange(256), rng.permutation(256), rng.permutation(256)]).astype(np.uint8)
+    colour = colour.reshape(3, 2, 128)
+    back = np.stack([rng.permutation(256), np.arange(255, -1, -1), rng.permutation(256)]).astype(np.uint8)
+    back = back.reshape(3, 2, 128)
+    g = [min(255, max(0, r + q * step)) for q, r in zip(signed, back[1].ravel().tolist(), strict=True)]
+    recon = T.dequantize_residual_g(colour, back, tolerance)
+    assert recon[1].ravel().tolist() == g
+    for channel, plane in ((0, 1), (2, 2)):
+        moved = [
+            (c - 128 + r + gv - rg) % 256
+            for c, r, gv, rg in zip(
+                colour[plane].ravel().tolist(),
+                back[channel].ravel().tolist(),
+                g,
+                back[1].ravel().tolist(),
+                strict=True,
+            )
+        ]
+        assert recon[channel].ravel().tolist() == moved
+    recon = T.dequantize_g(colour, tolerance)
+    g = [min(255, c * step) for c in range(256)]
+    assert recon[1].ravel().tolist() == g
+    for channel, plane in ((0, 1), (2, 2)):
+        assert recon[channel].ravel().tolist() == [
+            (c - 128 + gv) % 256 for c, gv in zip(colour[plane].ravel().tolist(), g, strict=True)
+        ]
 
 
 def test_dequantising_a_1080p_frame_needs_no_frame_sized_temporaries() -> None:
@@ -146,6 +227,8 @@ def test_dequantising_a_1080p_frame_needs_no_frame_sized_temporaries() -> None:
     try:
         T.dequantize_residual(codes, reference, 2)
         T.dequantize(codes, 2)
+        T.dequantize_residual_g(codes, reference, 2)
+        T.dequantize_g(codes, 2)
         _now, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

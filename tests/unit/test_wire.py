@@ -1,4 +1,4 @@
-"""Wire format v1-v4: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
+"""Wire format v1-v5: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
 
 from __future__ import annotations
 
@@ -114,6 +114,56 @@ def test_golden_bytes_pin_version_3_and_its_frame_hash() -> None:
     assert unpack_record(expected) == record
 
 
+GOLDEN_V5_HEX = "".join(
+    [
+        "43435456",  # magic "CCTV"
+        "05",  # version 5
+        "01",  # kind: member
+        "01",  # flags: clock synchronised
+        "03",  # pixel format bgr8
+        "6000",  # header length 96 = 88 + 1 + len("cam1") + 3 stages
+        "0200",  # width 2
+        "0100",  # height 1
+        "02",  # tolerance 2
+        "03",  # three stages
+        "03000000",  # payload length 3
+        "0500000000000000",  # seq 5
+        "0400000000000000",  # key_seq 4
+        "0400000000000000",  # ref_seq 4
+        struct.pack("<q", 1_700_000_000_123_456_789).hex(),  # capture time
+        struct.pack("<f", 0.75).hex(),  # ssim
+        XXH3_OF_0102 + "00" * 16,  # frame hash: XXH3-128, then 16 zero bytes
+        "04",  # camera id length
+        b"cam1".hex(),
+        "090b08",  # stages RESIDUAL_QG, MED_CHROMA, CTX
+        "abcdef",  # payload
+    ]
+)
+
+
+def test_golden_bytes_pin_version_5_and_its_stages() -> None:
+    """Stages 9-11 (B and R following G's quantisation, MED on the chroma planes) need version 5; a record
+    that lists them under an older version is refused, so a v4 reader never misreads one."""
+    body = bytes.fromhex(GOLDEN_V5_HEX)
+    assert len(body) == FIXED_SIZE + 1 + 4 + 3 + 3
+    expected = body + struct.pack("<I", zlib.crc32(body))
+    header = _header(
+        pixel_format=PixelFormat.BGR8,
+        stages=(Stage.RESIDUAL_QG, Stage.MED_CHROMA, Stage.CTX),
+        tolerance=2,
+        frame_hash=hash_pixels(b"\x01\x02", FrameHash.XXH3_128),
+        hash_kind=FrameHash.XXH3_128,
+    )
+    record = Record(header, b"\xab\xcd\xef")
+    assert pack_record(record) == expected
+    assert unpack_record(expected) == record
+    older = bytearray(expected)
+    older[4] = 4
+    older[-4:] = struct.pack("<I", zlib.crc32(older[:-4]))
+    with pytest.raises(WireFormatError, match="need wire format version 5"):
+        unpack_record(bytes(older))
+
+
 def test_a_version_3_frame_hash_must_end_in_zeros() -> None:
     field = bytearray(hash_pixels(b"\x01\x02", FrameHash.XXH3_128))
     field[31] = 1
@@ -162,6 +212,25 @@ def test_key_and_member_round_trip_with_all_fields() -> None:
         ({"stages": (Stage.ZSTD, Stage.RESIDUAL)}, "out of order"),
         ({"stages": (Stage.RCT,)}, "RCT needs a BGR frame"),
         ({"stages": (Stage.QUANTIZE,)}, "needs tolerance"),
+        ({"stages": (Stage.RESIDUAL_QG, Stage.CTX), "tolerance": 2}, "RESIDUAL_QG needs a BGR frame"),
+        (
+            {"stages": (Stage.QUANTIZE_G,), "tolerance": 2, "kind": Kind.KEY, "key_seq": 5, "ref_seq": 5},
+            "BGR",
+        ),
+        ({"stages": (Stage.MED_CHROMA,), "ref_seq": 5}, "MED_CHROMA needs a BGR frame"),
+        (
+            {"stages": (Stage.RESIDUAL_QG, Stage.CTX), "pixel_format": PixelFormat.BGR8},
+            "needs tolerance",
+        ),
+        (
+            {"stages": (Stage.RESIDUAL_QG, Stage.RCT), "pixel_format": PixelFormat.BGR8, "tolerance": 1},
+            "their own colour transform",
+        ),
+        (
+            {"stages": (Stage.RESIDUAL, Stage.MED, Stage.MED_CHROMA), "pixel_format": PixelFormat.BGR8},
+            "out of order",
+        ),
+        ({"stages": (Stage.RESIDUAL, Stage.RESIDUAL_QG), "pixel_format": PixelFormat.BGR8}, "out of order"),
         ({"camera_id": "../etc"}, "invalid camera id"),
         ({"width": 0}, "width 0"),
     ],
@@ -208,11 +277,17 @@ def test_ten_thousand_mutations_raise_only_wire_format_error() -> None:
     v3 = replace(
         header, frame_hash=hash_pixels(b"\x01\x02", FrameHash.XXH3_128), hash_kind=FrameHash.XXH3_128
     )
-    bases = [pack_record(Record(h, bytes(range(200)))) for h in (header, v3)]
-    assert [b[4] for b in bases] == [1, 3]
+    v5 = replace(
+        v3,
+        pixel_format=PixelFormat.BGR8,
+        stages=(Stage.RESIDUAL_QG, Stage.MED_CHROMA, Stage.CTX),
+        tolerance=2,
+    )
+    bases = [pack_record(Record(h, bytes(range(200)))) for h in (header, v3, v5)]
+    assert [b[4] for b in bases] == [1, 3, 5]
     outcomes = {"ok": 0, "error": 0}
     for i in range(10_000):
-        data = bytearray(bases[(i // 2) % 2])
+        data = bytearray(bases[(i // 2) % 3])
         for _ in range(rng.randint(1, 4)):
             op = rng.randrange(4)
             pos = rng.randrange(len(data))
