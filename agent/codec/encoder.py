@@ -17,7 +17,17 @@ from agent.codec.keyselect import KeyDecision, KeySelector
 from agent.codec.pipeline import encode_planes, pixel_stages
 from agent.codec.settings import CodecSettings
 from agent.codec.transforms import Planes, from_planes, to_planes
-from agent.codec.wire import FrameHash, Kind, PixelFormat, Record, RecordHeader, Stage, hash_pixels
+from agent.codec.wire import (
+    COLOUR_FOLLOWS_G,
+    QUANTISING_STAGES,
+    FrameHash,
+    Kind,
+    PixelFormat,
+    Record,
+    RecordHeader,
+    Stage,
+    hash_pixels,
+)
 
 
 def frame_hash(image: npt.NDArray[np.uint8], kind: FrameHash = FrameHash.XXH3_128) -> bytes:
@@ -45,10 +55,20 @@ _NO_PLANES: Planes = np.zeros((0, 0, 0), dtype=np.uint8)
 
 
 def intra_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> list[tuple[Stage, ...]]:
-    """Intra recipes: exact, and with a tolerance also quantised (the estimate picks; exact is within any T)."""
-    colour = (Stage.RCT,) if pixel_format is PixelFormat.BGR8 else ()
-    exact = (*colour, Stage.MED, settings.entropy_stage)
-    return [(Stage.QUANTIZE, *exact), exact] if settings.tolerance else [exact]
+    """Intra recipes: exact, and with a tolerance also quantised (the estimate picks; exact is within any T).
+
+    Colour frames are quantised two ways: G alone with B and R following it (QUANTIZE_G, the chroma stays
+    exact: the JPEG stills 1.54× smaller at T=2 than exact, against 1.12× quantising each channel), or each
+    channel on its own (QUANTIZE, for noise that differs from channel to channel).
+    """
+    colour = pixel_format is PixelFormat.BGR8
+    exact = (*((Stage.RCT,) if colour else ()), Stage.MED, settings.entropy_stage)
+    if not settings.tolerance:
+        return [exact]
+    quantised = [(Stage.QUANTIZE, *exact)]
+    if colour:
+        quantised.insert(0, (Stage.QUANTIZE_G, Stage.MED, settings.entropy_stage))
+    return [*quantised, exact]
 
 
 def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> list[tuple[Stage, ...]]:
@@ -56,29 +76,47 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
 
     On colour frames the residual goes through RCT: decoded video carries 4:2:0 chroma, so the three
     residual planes move together and RCT takes that shared part out (measured: 5.6× → 9.9× on PETS).
-    With zstd, the recipe without MED runs PackBits first (``packbits``). With a tolerance the quantised
-    residual is tried first, and the exact one too: on clean video the exact residual is sometimes
-    smaller, and it is always within tolerance.
+    Colour residuals are also tried with MED on the chroma planes only (MED_CHROMA): PETS's luma residual is
+    cheaper unpredicted, its chroma predicted (lossless 1.4 % smaller). With zstd, the recipe without MED runs
+    PackBits first (``packbits``). With a tolerance the quantised residuals are tried first, and the exact
+    ones too: on clean video the exact residual is sometimes smaller, and it is always within tolerance.
+    Colour is quantised as in :func:`intra_stage_lists`: G alone with B and R following it (RESIDUAL_QG), or
+    each channel on its own (RESIDUAL_Q); a group keeps to one of the two (``FrameEncoder._choose``).
     """
     entropy = settings.entropy_stage
     flat: tuple[Stage, ...] = (Stage.PACKBITS,) if settings.packbits and entropy is Stage.ZSTD else ()
-    kinds = [Stage.RESIDUAL_Q, Stage.RESIDUAL] if settings.tolerance else [Stage.RESIDUAL]
-    lists: list[tuple[Stage, ...]] = []
-    for kind in kinds:
-        first: tuple[Stage, ...] = (kind, Stage.RCT) if pixel_format is PixelFormat.BGR8 else (kind,)
-        lists.append((*first, *flat, entropy))
-        lists.append((*first, Stage.MED, entropy))
-    return lists
+    colour = pixel_format is PixelFormat.BGR8
+    first: tuple[Stage, ...] = (Stage.RESIDUAL, Stage.RCT) if colour else (Stage.RESIDUAL,)
+    exact = [(*first, *flat, entropy), (*first, Stage.MED, entropy)]
+    if colour:
+        exact.append((*first, Stage.MED_CHROMA, entropy))
+    if not settings.tolerance:
+        return exact
+    each = (Stage.RESIDUAL_Q, Stage.RCT) if colour else (Stage.RESIDUAL_Q,)
+    quantised = [(*each, *flat, entropy), (*each, Stage.MED, entropy)]
+    if colour:
+        quantised[:0] = [
+            (Stage.RESIDUAL_QG, Stage.MED_CHROMA, entropy),
+            (Stage.RESIDUAL_QG, Stage.MED, entropy),
+        ]
+    return quantised + exact
 
 
-QUANTISED_MUST_SAVE = 0.4
+QUANTISED_MUST_SAVE = 0.2
 """With a tolerance, a quantised recipe is chosen only when estimated at least this much smaller than an exact one.
-Greedy per-frame choice without it made T=2 19-22 % *larger* than exact on PETS and the motorway clip: once a
-frame is quantised, exact residuals against its reconstruction carry its error and quantising always looks
-cheaper from then on. With 0.4, T=2 is at least as small as exact on every public set (docs/benchmarks.md).
+Once a frame is quantised, exact residuals against its reconstruction carry its error and quantising always
+looks cheaper from then on. When each channel was quantised on its own (wire format ≤ 4) greedy choice made
+T=2 19-22 % *larger* than exact on PETS and the motorway clip, and 0.4 was needed; with B and R following G the
+error re-enters G's residual only, and 0.2 is best: T=2 over exact on 150 frames PETS 1.57×, Intel 1.50×, the
+motorway clip 1.54×, the stills 1.54× (0.4: 1.54, 1.33, 1.51, 1.49×; 0: the same on the videos, stills 1.52×).
 
 Quantised intra coding right after an intra-coded frame is exempt when it is the smallest recipe outright: in a
 run of intra frames (stills, scene cuts) no residual inherits the error (LTA stills at T=2: 1.00× → 1.11×)."""
+EACH_CHANNEL_MUST_SAVE = 0.4
+"""On colour frames with a tolerance, a group quantises each channel on its own only where its first member
+estimates that at least this much smaller than letting B and R follow G (``FrameEncoder._choose``). Measured on
+the public sets, frame by frame in a chain that follows G: each channel on its own 0.61-1.12× the size on decoded
+video (Intel's lowest 0.61, PETS 0.86-0.93), 0.51-0.55× on the simulated camera's sensor noise."""
 KEEP_RECIPE_FRAMES = 8
 KEEP_RECIPE_CHANGE = 0.2
 """A member's recipe is kept for the next member, estimated alone, up to KEEP_RECIPE_FRAMES members in a row
@@ -107,6 +145,9 @@ class FrameEncoder:
         self._since_all = 0  # members since every recipe was last estimated
         self._trial_ok = False  # the next member is coded with the kept recipe before any estimate
         self._steady_before = False  # the last member's estimate found the scene steady
+        # With a tolerance on colour frames: whether this group quantises each channel on its own (True) or lets
+        # B and R follow G (False); None until its first member's estimates decide (``_choose``).
+        self._each_channel: bool | None = None
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -167,6 +208,7 @@ class FrameEncoder:
             self._key = held if self.settings.reference != "previous" else _Held(seq, _NO_PLANES)
             self._kept = None  # a new group's first member estimates every recipe
             self._trial_ok = self._steady_before = False
+            self._each_channel = None
         self._previous = held
         self._previous_intra = ref_seq == seq
         self.next_seq = seq + 1
@@ -185,7 +227,10 @@ class FrameEncoder:
         else:
             references = [self._previous, self._key]
         recipes = [
-            (stages, held) for held in references for stages in residual_stage_lists(settings, pixel_format)
+            (stages, held)
+            for held in references
+            for stages in residual_stage_lists(settings, pixel_format)
+            if self._in_colour_mode(stages)
         ]
         trial = self._encode_kept(planes, recipes) if self._trial_ok else None
         if trial is not None and trial.steady:
@@ -199,7 +244,9 @@ class FrameEncoder:
         if not keep and best_size * INTRA_WORTH_TRYING_RATIO > planes.nbytes / self._sample_fraction(planes):
             # A poor residual (a scene change, sparse stills): intra coding may win.
             sized += [
-                self._estimate(planes, stages, None) for stages in intra_stage_lists(settings, pixel_format)
+                self._estimate(planes, stages, None)
+                for stages in intra_stage_lists(settings, pixel_format)
+                if self._in_colour_mode(stages)
             ]
         chosen = self._choose(sized)
         stages, held = chosen.stages, chosen.held
@@ -298,11 +345,31 @@ class FrameEncoder:
         in every later residual of the chain, a cost the size of this one frame does not show. Except where the
         frame before was intra coded too and quantised intra is the smallest outright: in a run of intra frames
         (stills, cuts) no residual inherits the error.
+
+        On colour frames with a tolerance the group's first member also settles how the group quantises: each
+        channel on its own only where that is estimated EACH_CHANNEL_MUST_SAVE smaller than B and R following
+        G (sensor noise, independent in each channel), else B and R follow G (decoded video). The choice holds
+        for the group: once a frame quantised each channel, the chroma of every later residual carries the
+        difference of their errors, and following G looks far costlier than it is (0.3× of its size on PETS).
+        A key decides nothing, but may quantise each channel only by the same margin.
         """
         smallest = min(sized, key=lambda c: c.size)
-        if self._previous_intra and Stage.QUANTIZE in smallest.stages:
+        if self._previous_intra and smallest.held is None and _quantising(smallest.stages):
             return smallest
+        each = min((c.size for c in sized if _each_channel(c.stages)), default=None)
+        following = min((c.size for c in sized if _follows_g(c.stages)), default=None)
+        if each is not None and following is not None:
+            clearly = each <= (1.0 - EACH_CHANNEL_MUST_SAVE) * following
+            if any(c.held is not None for c in sized):
+                self._each_channel = clearly
+            sized = [c for c in sized if clearly or not _each_channel(c.stages)]
         return min(sized, key=lambda c: _with_margin(c.size, c.stages))
+
+    def _in_colour_mode(self, stages: tuple[Stage, ...]) -> bool:
+        """Whether a recipe quantises colour the way this group does (any recipe, before that is settled)."""
+        if self._each_channel is None:
+            return True
+        return not _follows_g(stages) if self._each_channel else not _each_channel(stages)
 
     def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> _Sized:
         """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all."""
@@ -339,10 +406,21 @@ class _Sized(NamedTuple):
     """The reference, or None for intra coding."""
 
 
+def _quantising(stages: tuple[Stage, ...]) -> bool:
+    return any(s in QUANTISING_STAGES for s in stages)
+
+
+def _follows_g(stages: tuple[Stage, ...]) -> bool:
+    return any(s in COLOUR_FOLLOWS_G for s in stages)
+
+
+def _each_channel(stages: tuple[Stage, ...]) -> bool:
+    """A colour recipe that quantises B, G and R each on its own (RCT then takes their chroma)."""
+    return Stage.RCT in stages and _quantising(stages)
+
+
 def _with_margin(size: float, stages: tuple[Stage, ...]) -> float:
-    if Stage.QUANTIZE in stages or Stage.RESIDUAL_Q in stages:
-        return size / (1.0 - QUANTISED_MUST_SAVE)
-    return size
+    return size / (1.0 - QUANTISED_MUST_SAVE) if _quantising(stages) else size
 
 
 SAMPLE_BAND = 8

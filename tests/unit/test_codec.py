@@ -59,15 +59,22 @@ def test_lossless_is_bit_exact_on_the_committed_clip(pets_cut: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FRAMES_PER_SET))
-@pytest.mark.parametrize("tolerance", [0, 2])
-def test_real_footage_reconstructs_within_tolerance(name: str, tolerance: int) -> None:
+def test_real_footage_reconstructs_within_tolerance(name: str) -> None:
+    """Exact is bit for bit; T=2 is within 2 of every pixel and pays on every public set.
+
+    T=2 over exact on these frames (wire format v5): PETS 1.58×, Intel 1.60×, the motorway clip 1.53×, the
+    stills 1.55× (with each channel quantised on its own, v4: 1.08-1.31×; docs/benchmarks.md)."""
     path = shared_set(name)
-    n, worst, raw, wire = _round_trip(_frames(path, FRAMES_PER_SET[name]), CodecSettings(tolerance=tolerance))
-    print(f"\n{name} T={tolerance}: {n} frames, ratio {raw / wire:.2f}, max error {worst}")
-    assert n == FRAMES_PER_SET[name]
-    assert worst <= tolerance
-    if tolerance == 0:
-        assert worst == 0
+    sizes = {}
+    for tolerance in (0, 2):
+        n, worst, raw, wire = _round_trip(
+            _frames(path, FRAMES_PER_SET[name]), CodecSettings(tolerance=tolerance)
+        )
+        print(f"\n{name} T={tolerance}: {n} frames, ratio {raw / wire:.2f}, max error {worst}")
+        assert n == FRAMES_PER_SET[name]
+        assert worst == 0 if tolerance == 0 else 0 < worst <= tolerance
+        sizes[tolerance] = wire
+    assert sizes[2] * 1.4 <= sizes[0], sizes
 
 
 @pytest.mark.parametrize("reference", ["key", "previous", "auto"])
@@ -91,14 +98,15 @@ def test_tolerance_holds_over_a_long_chain() -> None:
 
 
 def test_tolerance_pays_on_the_committed_clip(pets_cut: Path) -> None:
-    """A quantised frame's error re-enters every later residual; the encoder's margin keeps that from backfiring.
+    """A quantised frame's error re-enters later residuals; letting B and R follow G keeps it out of their chroma.
 
-    Measured on this clip: T=2 is 1.22x smaller than exact with the margin, 1.05x without it (greedy choice).
+    Measured on this clip: T=2 is 1.58x smaller than exact (wire format v5); it was 1.22x when each channel
+    was quantised on its own (v4), and 1.05x that way without the margin (greedy choice).
     """
     _n, _worst, _raw, exact = _round_trip(_frames(pets_cut, 120), CodecSettings())
     _n, worst, _raw, near = _round_trip(_frames(pets_cut, 120), CodecSettings(tolerance=2))
     assert worst <= 2
-    assert near * 1.15 <= exact
+    assert near * 1.45 <= exact
 
 
 def test_intra_frames_after_intra_frames_are_quantised_on_the_estimate_alone() -> None:
@@ -110,7 +118,8 @@ def test_intra_frames_after_intra_frames_are_quantised_on_the_estimate_alone() -
     quantised = [Stage.QUANTIZE in r.header.stages for r in records]
     assert all(r.header.kind is Kind.KEY for r in records)
     # Uniform noise quantised to steps of 5 saves well under the margin: the first frame, with nothing
-    # before it, stays exact; every frame after an intra frame takes the smaller, quantised recipe.
+    # before it, stays exact; every frame after an intra frame takes the smaller, quantised recipe, each
+    # channel on its own (the channels are independent noise, so B and R gain nothing by following G).
     assert quantised == [False, True, True, True, True]
     assert all(len(r.payload) < len(records[0].payload) for r in records[1:])
     decoder = FrameDecoder()
@@ -119,12 +128,26 @@ def test_intra_frames_after_intra_frames_are_quantised_on_the_estimate_alone() -
 
 
 def test_a_noisy_scene_keeps_quantised_residuals_after_its_key() -> None:
-    """The intra exemption must not hand video to intra coding: residuals stay cheaper on a camera's noise."""
+    """The intra exemption must not hand video to intra coding: residuals stay cheaper on a camera's noise.
+
+    Sensor noise is independent in each channel, so B and R gain nothing by following G: the group quantises
+    each channel on its own (about half the size of following G here)."""
     scene = Scene(SceneSettings(seed=5, width=320, height=180, fps=10.0))
     encoder = FrameEncoder("cam", CodecSettings(tolerance=2))
     records = [encoder.encode(scene.frame(i), i) for i in range(8)]
     assert records[0].header.kind is Kind.KEY
     assert all(r.header.stages[0] is Stage.RESIDUAL_Q for r in records[1:])
+
+
+def test_decoded_video_lets_b_and_r_follow_g(pets_cut: Path) -> None:
+    """Decoded video's chroma is smooth and its channels move together: quantising only G keeps it so (each
+    channel on its own looks 10 % smaller a frame, but its errors make every later chroma residual noise)."""
+    encoder = FrameEncoder("cam", CodecSettings(tolerance=2))
+    records = [encoder.encode(frame, i) for i, frame in enumerate(_frames(pets_cut, 12))]
+    assert records[0].header.stages[0] is Stage.QUANTIZE_G
+    assert all(r.header.stages[0] is Stage.RESIDUAL_QG for r in records[1:]), [
+        r.header.stages for r in records
+    ]
 
 
 frames_strategy = st.integers(1, 4).flatmap(
@@ -265,7 +288,7 @@ def test_a_steady_scene_keeps_its_recipe_and_estimates_the_others_every_few_memb
     encoder = FrameEncoder("cam")
     counts = _estimates_per_frame(encoder, frames)
     recipes = len(residual_stage_lists(encoder.settings, PixelFormat.BGR8))
-    assert recipes == 2
+    assert recipes == 3
     assert counts[0] == 0, "a lossless key has one recipe: nothing to estimate"
     assert counts[1] >= recipes, "a group's first member estimates every recipe"
     for i, count in enumerate(counts[1:], 1):  # trials (no estimate) follow trials or two steady estimates
@@ -305,12 +328,33 @@ def test_a_change_of_scene_estimates_every_recipe_again(pets_cut: Path, coded_ou
     assert changed[at] >= 2, (at, changed)  # every recipe is estimated
 
 
-def test_with_a_tolerance_every_recipe_is_estimated_every_member(pets_cut: Path) -> None:
+def test_with_a_tolerance_every_recipe_of_the_groups_colour_mode_is_estimated_every_member(
+    pets_cut: Path,
+) -> None:
+    """The first member estimates every recipe and settles the group's colour mode (B and R follow G on PETS);
+    each later member estimates every recipe but the two that quantise each channel on its own."""
     frames = list(_frames(pets_cut, 6))
     encoder = FrameEncoder("cam", CodecSettings(tolerance=2))
-    counts = _estimates_per_frame(encoder, frames)
-    recipes = len(residual_stage_lists(encoder.settings, PixelFormat.BGR8))
-    assert all(c >= recipes for c in counts[1:]), counts
+    estimated: list[list[tuple[Stage, ...]]] = []
+    original = encoder._estimate
+
+    def recorded(planes: np.ndarray, stages: tuple[Stage, ...], held: object) -> object:
+        estimated[-1].append(stages)
+        return original(planes, stages, held)  # type: ignore[arg-type]
+
+    encoder._estimate = recorded  # type: ignore[method-assign,assignment]
+    for i, frame in enumerate(frames):
+        estimated.append([])
+        encoder.encode(frame, i)
+    recipes = residual_stage_lists(encoder.settings, PixelFormat.BGR8)
+    assert len(recipes) == 7
+    each_channel = [r for r in recipes if Stage.RESIDUAL_Q in r]
+    assert len(each_channel) == 2
+    assert set(recipes) <= set(estimated[1]), estimated[1]
+    for later in estimated[2:]:
+        assert set(recipes) - set(each_channel) <= set(later), later
+        assert not any(Stage.RESIDUAL_Q in s or Stage.QUANTIZE in s for s in later), later
+    assert encoder._each_channel is False
 
 
 @pytest.mark.parametrize(
