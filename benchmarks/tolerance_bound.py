@@ -1,22 +1,25 @@
-"""Where `tolerance = T` loses against its ideal: quantised residuals in the loop and out of it.
+"""Where `tolerance = T` loses against its ideal: quantised residuals in the loop and out of it, two ways.
 
     .venv/bin/python benchmarks/tolerance_bound.py [SOURCE ...] [--frames N] [--tolerance T]
 
 With no SOURCE it runs every public set under ``$CCTV_SHARED_DATA`` (default ``../shared/data``), as
 ``compare.py --all`` does.
 
-The codec's near-lossless mode quantises residuals to steps of 2T+1 (``transforms.quantize_residual``) in the
-loop: each frame is predicted from the previous *reconstruction*, whose error (up to ±T, spread evenly) then
-re-enters the next residual. Per video this prints, costed with the CTX coder (each the cheaper of with and
-without MED, as the encoder chooses; RCT on colour, which is exact on quantised codes too):
+The codec's near-lossless mode quantises residuals to steps of 2T+1 in the loop: each frame is predicted from
+the previous *reconstruction*, whose error (up to ±T) then re-enters the next residual. A colour frame is
+quantised one of two ways: each channel on its own (RESIDUAL_Q, then RCT of the codes: three independent
+errors, whose differences land in the chroma planes) or G alone with B and R carrying its error (RESIDUAL_QG:
+the chroma is coded exactly and the shared error cancels out of the next residual's chroma). Per video this
+prints, costed with the CTX coder (each the cheapest of the recipes the encoder tries, with MED on no plane,
+every plane or the chroma planes):
 
 - exact: the lossless residuals against the previous frame;
 - open loop: each frame's residual against the previous *captured* frame, quantised. Not decodable (the error
   would drift without bound), so not reachable: the gain quantising would give if its error cost nothing;
-- closed loop: every frame quantised against the previous reconstruction, what a decoder can follow (the
-  codec mixes these with exact frames, which is why it does a little better than this column).
+- closed loop: every frame quantised against the previous reconstruction, what a decoder can follow.
 
-For stills (a folder) each frame is intra coded: quantised pixels against exact ones, no loop.
+For stills (a folder) each frame is intra coded: quantised pixels (QUANTIZE, QUANTIZE_G) against exact ones,
+no loop, so the open and closed columns are the same.
 """
 
 from __future__ import annotations
@@ -34,15 +37,42 @@ if str(REPO) not in sys.path:  # run as a script: make `agent` importable
 from agent.capture.files import iter_images  # noqa: E402
 from agent.codec import native  # noqa: E402
 from agent.codec import transforms as T  # noqa: E402
-from agent.codec.pipeline import signedness  # noqa: E402
+from agent.codec.pipeline import pixel_stages  # noqa: E402
 from agent.codec.transforms import Planes  # noqa: E402
 from agent.codec.wire import Stage  # noqa: E402
 from benchmarks.compare import shared_sets  # noqa: E402
 
+Recipes = tuple[tuple[Stage, ...], ...]
+KINDS = ("exact", "each channel", "B, R follow G")
 
-def cheapest(planes: Planes, signed: tuple[bool, ...]) -> float:
-    """CTX bytes of ``planes`` as they are or through MED, whichever is smaller (what the encoder picks)."""
-    return min(native.ctx_cost(planes), native.ctx_cost(T.med(planes, signed)))
+
+def recipes(kind: str, colour: bool, residual: bool) -> Recipes:
+    """The pixel stages the encoder tries for one kind of coding (``KINDS``), before CTX."""
+    if not residual:
+        exact = (Stage.RCT, Stage.MED) if colour else (Stage.MED,)
+        if kind == "exact":
+            return (exact,)
+        return ((Stage.QUANTIZE, *exact),) if kind == "each channel" else ((Stage.QUANTIZE_G, Stage.MED),)
+    if kind == "B, R follow G":
+        return ((Stage.RESIDUAL_QG, Stage.MED_CHROMA), (Stage.RESIDUAL_QG, Stage.MED))
+    first = Stage.RESIDUAL if kind == "exact" else Stage.RESIDUAL_Q
+    head = (first, Stage.RCT) if colour else (first,)
+    tails: Recipes = ((), (Stage.MED,), (Stage.MED_CHROMA,)) if colour else ((), (Stage.MED,))
+    return tuple((*head, *tail) for tail in tails if not (kind != "exact" and Stage.MED_CHROMA in tail))
+
+
+def cheapest(
+    planes: Planes, reference: Planes | None, tolerance: int, tried: Recipes
+) -> tuple[float, Planes]:
+    """CTX bytes of the cheapest recipe, and its reconstruction (the same for all of one kind)."""
+    best: tuple[float, Planes] | None = None
+    for stages in tried:
+        data, recon = pixel_stages(planes, (*stages, Stage.CTX), reference=reference, tolerance=tolerance)
+        cost = native.ctx_cost(data)
+        if best is None or cost < best[0]:
+            best = (cost, recon)
+    assert best is not None
+    return best
 
 
 def frames_of(source: Path, limit: int) -> Iterator[Planes]:
@@ -50,34 +80,32 @@ def frames_of(source: Path, limit: int) -> Iterator[Planes]:
         yield T.to_planes(image)
 
 
-def bound(source: Path, frames: int, tolerance: int) -> tuple[float, float, float]:
-    """(exact, open-loop, closed-loop) CTX bytes over the source; for stills open and closed are the same."""
-    exact = open_loop = closed_loop = 0.0
+def bound(source: Path, frames: int, tolerance: int) -> dict[str, tuple[float, float]]:
+    """(open-loop, closed-loop) CTX bytes over the source for each kind that applies; for stills and for
+    exact coding the two are the same."""
+    totals: dict[str, list[float]] = {}
     previous: Planes | None = None
-    recon: Planes | None = None
+    recon: dict[str, Planes] = {}
     for planes in frames_of(source, frames):
         colour = planes.shape[0] == 3
-        if source.is_dir():
-            signed = signedness((Stage.RCT,) if colour else (), planes.shape[0])
-            codes, _ = T.quantize(planes, tolerance)
-            exact += cheapest(_rct(planes), signed)
-            open_loop += cheapest(_rct(codes), signed)
-            closed_loop += cheapest(_rct(codes), signed)
-        elif previous is not None and recon is not None:
-            signed = signedness((Stage.RESIDUAL, Stage.RCT) if colour else (Stage.RESIDUAL,), planes.shape[0])
-            exact += cheapest(_rct(T.residual(planes, previous)), signed)
-            codes, _ = T.quantize_residual(planes, previous, tolerance)
-            open_loop += cheapest(_rct(codes), signed)
-            codes, recon = T.quantize_residual(planes, recon, tolerance)
-            closed_loop += cheapest(_rct(codes), signed)
+        kinds = KINDS if colour else KINDS[:2]
+        if source.is_dir() or previous is None:
+            for kind in kinds:
+                cost, recon[kind] = cheapest(planes, None, tolerance, recipes(kind, colour, residual=False))
+                if source.is_dir():
+                    totals.setdefault(kind, [0.0, 0.0])
+                    totals[kind][0] += cost
+                    totals[kind][1] += cost
         else:
-            recon = planes
+            for kind in kinds:
+                tried = recipes(kind, colour, residual=True)
+                open_cost, _ = cheapest(planes, previous, tolerance, tried)
+                closed_cost, recon[kind] = cheapest(planes, recon[kind], tolerance, tried)
+                totals.setdefault(kind, [0.0, 0.0])
+                totals[kind][0] += open_cost
+                totals[kind][1] += closed_cost
         previous = planes
-    return exact, open_loop, closed_loop
-
-
-def _rct(planes: Planes) -> Planes:
-    return T.rct(planes) if planes.shape[0] == 3 else planes
+    return {kind: (pair[0], pair[1]) for kind, pair in totals.items()}
 
 
 def main() -> int:
@@ -90,15 +118,22 @@ def main() -> int:
         parser.error(f"needs the compiled CTX coder: {native.HOW_TO_GET}")
     sources = args.sources or shared_sets()
     t = args.tolerance
-    print(f"| source | exact (CTX bytes) | open loop T={t} (not decodable) | closed loop T={t} |")
-    print("| --- | --- | --- | --- |")
+    print(
+        f"| source | exact (CTX bytes) | each channel, open loop T={t} (not decodable) | each channel, closed "
+        f"loop | B, R follow G, open loop | B, R follow G, closed loop |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for source in sources:
-        exact, open_loop, closed_loop = bound(source, args.frames, t)
+        costs = bound(source, args.frames, t)
+        exact = costs["exact"][1]
         name = source.parent.name if source.name == "frames" else source.name
-        print(
-            f"| {name} | {exact:,.0f} | {open_loop:,.0f} ({exact / open_loop:.2f}×) "
-            f"| {closed_loop:,.0f} ({exact / closed_loop:.2f}×) |"
-        )
+        cells = [f"{exact:,.0f}"]
+        for kind in KINDS[1:]:
+            if kind in costs:
+                cells += [f"{exact / costs[kind][0]:.2f}×", f"{exact / costs[kind][1]:.2f}×"]
+            else:
+                cells += ["n/a", "n/a"]
+        print(f"| {name} | {' | '.join(cells)} |")
     return 0
 
 
