@@ -17,7 +17,7 @@ import cv2
 import pytest
 
 from agent.archive.maintenance import verify
-from agent.archive.reader import iter_frames
+from agent.archive.reader import Image, iter_frames
 from agent.spool import Spool
 from tests.fixtures.broker import BrokerFactory, MqttBroker
 from tests.integration.agent_harness import (
@@ -68,25 +68,34 @@ def _assert_archive_whole(root: Path, expected: set[int]) -> None:
     assert report.ok, report.problems[:10]
 
 
-def test_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path) -> None:
-    collector = _collector(mqtt_broker, tmp_path)
+def _clip_through_the_stack(broker: MqttBroker, clip: Path, tmp_path: Path, codec: str = "") -> list[Image]:
+    """Run ``clip`` through the agent, the broker and the collector until all of it is archived; its frames."""
+    collector = _collector(broker, tmp_path)
     agent_config = write_config(
         tmp_path / "agent.toml",
-        port=mqtt_broker.port,
+        port=broker.port,
         spool=tmp_path / "spool",
-        capture=f'kind = "file"\npath = "{pets_cut}"',
+        capture=f'kind = "file"\npath = "{clip}"',
+        codec=codec,
     )
     agent = AgentProcess(agent_config, tmp_path / "agent.log").start()
     try:
         assert agent.wait(120) == 0, agent.text()[-2000:]
-        cap = cv2.VideoCapture(str(pets_cut))
+        cap = cv2.VideoCapture(str(clip))
         captured = []
         while (frame := cap.read()[1]) is not None:
-            captured.append(hashlib.sha256(frame.data).digest())
+            captured.append(frame)
         assert wait_until(lambda: len(archived_seqs(tmp_path / "archive")) >= len(captured), 30)
     finally:
         agent.close()
         collector.terminate()
+    return captured
+
+
+def test_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path) -> None:
+    captured = [
+        hashlib.sha256(f.data).digest() for f in _clip_through_the_stack(mqtt_broker, pets_cut, tmp_path)
+    ]
     rebuilt = [hashlib.sha256(image.data).digest() for _h, image in iter_frames(tmp_path / "archive", "cam1")]
     print(f"\n{len(captured)} frames captured, {len(rebuilt)} reconstructed from the archive, all bit-exact")
     assert rebuilt == captured
@@ -95,25 +104,7 @@ def test_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: 
 def test_near_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path) -> None:
     """tolerance = 2 through the real processes: wire format v5 records (B and R following G) verified by the
     collector, archived, and every frame rebuilt from the archive within 2 of the one captured."""
-    collector = _collector(mqtt_broker, tmp_path)
-    agent_config = write_config(
-        tmp_path / "agent.toml",
-        port=mqtt_broker.port,
-        spool=tmp_path / "spool",
-        capture=f'kind = "file"\npath = "{pets_cut}"',
-        codec="tolerance = 2",
-    )
-    agent = AgentProcess(agent_config, tmp_path / "agent.log").start()
-    try:
-        assert agent.wait(120) == 0, agent.text()[-2000:]
-        cap = cv2.VideoCapture(str(pets_cut))
-        captured = []
-        while (frame := cap.read()[1]) is not None:
-            captured.append(frame)
-        assert wait_until(lambda: len(archived_seqs(tmp_path / "archive")) >= len(captured), 30)
-    finally:
-        agent.close()
-        collector.terminate()
+    captured = _clip_through_the_stack(mqtt_broker, pets_cut, tmp_path, codec="tolerance = 2")
     _assert_archive_whole(tmp_path / "archive", set(range(len(captured))))
     frames = list(iter_frames(tmp_path / "archive", "cam1"))
     assert len(frames) == len(captured)
