@@ -112,11 +112,14 @@ motorway clip 1.54×, the stills 1.54× (0.4: 1.54, 1.33, 1.51, 1.49×; 0: the s
 
 Quantised intra coding right after an intra-coded frame is exempt when it is the smallest recipe outright: in a
 run of intra frames (stills, scene cuts) no residual inherits the error (LTA stills at T=2: 1.00× → 1.11×)."""
-EACH_CHANNEL_MUST_SAVE = 0.4
-"""On colour frames with a tolerance, a group quantises each channel on its own only where its first member
-estimates that at least this much smaller than letting B and R follow G (``FrameEncoder._choose``). Measured on
-the public sets, frame by frame in a chain that follows G: each channel on its own 0.61-1.12× the size on decoded
-video (Intel's lowest 0.61, PETS 0.86-0.93), 0.51-0.55× on the simulated camera's sensor noise."""
+EACH_CHANNEL_MUST_SAVE = 0.35
+"""On colour frames with a tolerance, a key or a group's first member quantises each channel on its own only where
+that is estimated at least this much smaller than letting B and R follow G (``FrameEncoder._choose``), and the
+group keeps the first member's choice. Measured, each channel on its own against following G: members of the
+public videos 0.61-1.12× (Intel's lowest 0.61, PETS 0.86-0.93), keys 1.18-1.45× but 0.97 on PETS shrunk to
+384×288 (holding keys to the margin made the T=2 streams of PETS and Intel shrunk to 192×144 and 384×288
+5 % smaller to 1 % larger); the simulated camera's sensor noise 0.51-0.55× for members and 0.61× for keys
+(0.4 lost its key's quantising: 3 %)."""
 KEEP_RECIPE_FRAMES = 8
 KEEP_RECIPE_CHANGE = 0.2
 """A member's recipe is kept for the next member, estimated alone, up to KEEP_RECIPE_FRAMES members in a row
@@ -351,18 +354,18 @@ class FrameEncoder:
         G (sensor noise, independent in each channel), else B and R follow G (decoded video). The choice holds
         for the group: once a frame quantised each channel, the chroma of every later residual carries the
         difference of their errors, and following G looks far costlier than it is (0.3× of its size on PETS).
-        A key is not held to that margin: intra coding that quantises each channel measured 1.18-1.45× the
-        size of following G on every public set and 0.61× on sensor noise, a gap no margin needs to widen.
+        A key is held to the same margin, for the same reason, but decides nothing.
         """
         smallest = min(sized, key=lambda c: c.size)
         if self._previous_intra and smallest.held is None and _quantising(smallest.stages):
             return smallest
-        residuals = [c for c in sized if c.held is not None]
-        each = min((c.size for c in residuals if _each_channel(c.stages)), default=None)
-        following = min((c.size for c in residuals if _follows_g(c.stages)), default=None)
+        each = min((c.size for c in sized if _each_channel(c.stages)), default=None)
+        following = min((c.size for c in sized if _follows_g(c.stages)), default=None)
         if each is not None and following is not None:
-            self._each_channel = each <= (1.0 - EACH_CHANNEL_MUST_SAVE) * following
-            sized = [c for c in sized if self._in_colour_mode(c.stages)]
+            clearly = each <= (1.0 - EACH_CHANNEL_MUST_SAVE) * following
+            if any(c.held is not None for c in sized):
+                self._each_channel = clearly
+            sized = [c for c in sized if clearly or not _each_channel(c.stages)]
         return min(sized, key=lambda c: _with_margin(c.size, c.stages))
 
     def _in_colour_mode(self, stages: tuple[Stage, ...]) -> bool:
