@@ -102,6 +102,16 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
     return quantised + exact
 
 
+def block_chroma_variant(stages: tuple[Stage, ...]) -> tuple[Stage, ...] | None:
+    """The recipe with its chroma planes laid out by 2×2 block (BLOCK_CHROMA right after the stage that made
+    them), or None for a recipe without RCT's chroma planes (grey)."""
+    for maker in (Stage.RCT, Stage.RESIDUAL_QG, Stage.QUANTIZE_G):
+        if maker in stages:
+            after = stages.index(maker) + 1
+            return (*stages[:after], Stage.BLOCK_CHROMA, *stages[after:])
+    return None
+
+
 QUANTISED_MUST_SAVE = 0.2
 """With a tolerance, a quantised recipe is chosen only when estimated at least this much smaller than an exact one.
 Once a frame is quantised, exact residuals against its reconstruction carry its error and quantising always
@@ -151,6 +161,8 @@ class FrameEncoder:
         # With a tolerance on colour frames: whether this group quantises each channel on its own (True) or lets
         # B and R follow G (False); None until its first member's estimates decide (``_choose``).
         self._each_channel: bool | None = None
+        # Whether this group lays its chroma out by 2×2 block (BLOCK_CHROMA): its key's estimates decide.
+        self._block_chroma = False
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -173,12 +185,7 @@ class FrameEncoder:
         seq = self.next_seq
         tolerance = self.settings.tolerance
         if decision.is_key:
-            candidates = intra_stage_lists(self.settings, pixel_format)
-            stages = (
-                self._choose([self._estimate(planes, c, None) for c in candidates]).stages
-                if len(candidates) > 1
-                else candidates[0]
-            )
+            stages, block_chroma = self._key_recipe(planes, pixel_format)
             payload, recon = encode_planes(
                 planes, stages, tolerance=tolerance, zstd_level=self.settings.zstd_level
             )
@@ -212,10 +219,33 @@ class FrameEncoder:
             self._kept = None  # a new group's first member estimates every recipe
             self._trial_ok = self._steady_before = False
             self._each_channel = None
+            self._block_chroma = block_chroma
         self._previous = held
         self._previous_intra = ref_seq == seq
         self.next_seq = seq + 1
         return Record(header, payload)
+
+    def _key_recipe(self, planes: Planes, pixel_format: PixelFormat) -> tuple[tuple[Stage, ...], bool]:
+        """The key's stage list, and whether its group lays the chroma out by 2×2 block.
+
+        The block layout pays on decoded 4:2:0 video only (JPEG stills are upsampled smoothly, sensor noise has
+        no blocks), and the key tells: its group follows whichever of the key's best estimates with and without
+        the layout is smaller, so members estimate no more recipes than before.
+        """
+        candidates = intra_stage_lists(self.settings, pixel_format)
+        blocked = [b for b in map(block_chroma_variant, candidates) if b is not None]
+        if len(candidates) + len(blocked) == 1:
+            return candidates[0], False
+        sized = [self._estimate(planes, c, None) for c in (*candidates, *blocked)]
+        plain, block = sized[: len(candidates)], sized[len(candidates) :]
+        use_blocks = bool(block) and min(c.size for c in block) < min(c.size for c in plain)
+        return self._choose(block if use_blocks else plain).stages, use_blocks
+
+    def _group_recipes(self, lists: list[tuple[Stage, ...]]) -> list[tuple[Stage, ...]]:
+        """``lists`` as this group codes them: with the chroma laid out by 2×2 block when its key chose that."""
+        if not self._block_chroma:
+            return lists
+        return [block_chroma_variant(stages) or stages for stages in lists]
 
     def _encode_member(
         self, planes: Planes, pixel_format: PixelFormat
@@ -232,7 +262,7 @@ class FrameEncoder:
         recipes = [
             (stages, held)
             for held in references
-            for stages in residual_stage_lists(settings, pixel_format)
+            for stages in self._group_recipes(residual_stage_lists(settings, pixel_format))
             if self._in_colour_mode(stages)
         ]
         trial = self._encode_kept(planes, recipes) if self._trial_ok else None
@@ -248,7 +278,7 @@ class FrameEncoder:
             # A poor residual (a scene change, sparse stills): intra coding may win.
             sized += [
                 self._estimate(planes, stages, None)
-                for stages in intra_stage_lists(settings, pixel_format)
+                for stages in self._group_recipes(intra_stage_lists(settings, pixel_format))
                 if self._in_colour_mode(stages)
             ]
         chosen = self._choose(sized)
@@ -443,7 +473,7 @@ def sample_rows(height: int, width: int) -> npt.NDArray[np.intp] | slice:
     """
     fewest, most = SAMPLE_BANDS
     bands = min(most, max(fewest, -(-SAMPLE_SAMPLES // (SAMPLE_BAND * width))))
-    every = height // bands
+    every = (height // bands) & ~1  # bands start on even rows, so 2×2 chroma blocks stay whole (BLOCK_CHROMA)
     if every < 2 * SAMPLE_BAND:
         return slice(None)
     starts = np.arange(0, height - SAMPLE_BAND + 1, every)

@@ -126,6 +126,12 @@ def pixels(
     return coded, np.frombuffer(recon, dtype=np.uint8).reshape(planes.shape)
 
 
+def blocks(planes: Planes, *, inverse: bool) -> Planes:
+    """``transforms.block_chroma`` (or with ``inverse`` its inverse), compiled: the same bytes."""
+    out: bytes = _module().blocks(np.ascontiguousarray(planes).data, *planes.shape, inverse)
+    return np.frombuffer(out, dtype=np.uint8).reshape(planes.shape)
+
+
 def packbits(data: npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     """``agent.codec.packbits.encode_rows``, compiled: the same bytes, about 15× faster."""
     out: bytes = _module().packbits(np.ascontiguousarray(data).data, row_bytes)

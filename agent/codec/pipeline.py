@@ -121,6 +121,16 @@ def pixel_stages(
     signed = signedness(stages, channels)
     quantising = any(s in QUANTISING_STAGES for s in stages)
     pixel = tuple(s for s in stages if s not in _BYTE_STAGES)
+    if Stage.BLOCK_CHROMA in pixel:
+        # The layout moves samples across rows, so it runs on the whole frame after the stages before it, and
+        # MED after it predicts the laid-out planes (transforms.med_blocks).
+        before, rebuilt = pixel_stages(
+            planes, pixel[: pixel.index(Stage.BLOCK_CHROMA)], reference=reference, tolerance=tolerance
+        )
+        laid = transforms.block_chroma(before)
+        if Stage.MED in pixel or Stage.MED_CHROMA in pixel:
+            laid = transforms.med_blocks(laid, signed, luma=Stage.MED in pixel)
+        return laid, rebuilt
     first = [s for s in pixel if s in _FIRST_STAGES]
     follow = Stage.RESIDUAL_QG in pixel or Stage.QUANTIZE_G in pixel
     fusable = (
@@ -220,11 +230,16 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
             raise WireFormatError(f"payload decodes to {len(raw)} bytes, the frame needs {frame_bytes}")
         data = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
         del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
+    blocks = Stage.BLOCK_CHROMA in stages
     for stage in reversed(stages):
-        if stage is Stage.MED:
+        if stage in (Stage.MED, Stage.MED_CHROMA) and blocks:
+            data = transforms.unmed_blocks(data, signedness(stages, channels), luma=stage is Stage.MED)
+        elif stage is Stage.MED:
             data = transforms.unmed(data, signedness(stages, channels))
         elif stage is Stage.MED_CHROMA:
             data = transforms.unmed_chroma(data, signedness(stages, channels))
+        elif stage is Stage.BLOCK_CHROMA:
+            data = transforms.unblock_chroma(data)
         elif stage is Stage.RCT:
             data = transforms.unrct(data, in_place=data.flags.writeable and data.base is None)
         elif stage is Stage.QUANTIZE:

@@ -1,4 +1,4 @@
-"""Wire format v5 (and v4, v3, v2, v1): one self-describing, checksummed record per frame.
+"""Wire format v6 (and v5, v4, v3, v2, v1): one self-describing, checksummed record per frame.
 
 The byte layout is specified in ``docs/wire-format.md``; this module follows that document (a test checks that
 the version there matches :data:`VERSION`). A record carries the lowest version that has all its stages, its
@@ -24,7 +24,7 @@ import xxhash
 from agent.errors import WireFormatError
 
 MAGIC = b"CCTV"
-VERSION = 5
+VERSION = 6
 """The newest version this code reads and writes; it reads every version from 1."""
 GROUP_PLANES_SINCE = 4
 """The version whose CTX stage may hold group planes (``docs/wire-format.md``), which the encoder writes."""
@@ -91,6 +91,10 @@ class Stage(IntEnum):
     B'−G'+128 and R'−G'+128 (wire format ≥ 5)."""
     MED_CHROMA = 11
     """MED on planes 1 and 2 only, plane 0 left as it is (wire format ≥ 5)."""
+    BLOCK_CHROMA = 12
+    """BGR only: planes 1 and 2 laid out by 2×2 block, each block's top-left sample first and its other three as
+    differences from it, for decoded 4:2:0 video whose chroma is constant over aligned 2×2 blocks (wire format
+    ≥ 6)."""
 
 
 STAGE_SINCE = {
@@ -98,6 +102,7 @@ STAGE_SINCE = {
     Stage.RESIDUAL_QG: 5,
     Stage.QUANTIZE_G: 5,
     Stage.MED_CHROMA: 5,
+    Stage.BLOCK_CHROMA: 6,
 }
 """The wire format version that introduced a stage (the others are in every version)."""
 
@@ -149,6 +154,7 @@ def record_version(
 _PIXEL_STAGE_ORDER = (
     (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G),
     (Stage.RCT,),
+    (Stage.BLOCK_CHROMA,),
     (Stage.MED, Stage.MED_CHROMA),
     (Stage.PACKBITS,),
     (Stage.ZSTD, Stage.CTX),
@@ -274,13 +280,18 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         not (Stage.PACKBITS in stages and Stage.CTX in stages),
         "PACKBITS and CTX do not go together (CTX codes planes, PackBits output is not one)",
     )
-    for stage in (Stage.RCT, Stage.MED_CHROMA, *COLOUR_FOLLOWS_G):
+    for stage in (Stage.RCT, Stage.MED_CHROMA, Stage.BLOCK_CHROMA, *COLOUR_FOLLOWS_G):
         if stage in stages:
             _check(pixel_format is PixelFormat.BGR8, f"{stage.name} needs a BGR frame")
     if any(s in COLOUR_FOLLOWS_G for s in stages):
         _check(
             Stage.RCT not in stages,
             f"{_names(stages)}: RESIDUAL_QG and QUANTIZE_G do their own colour transform",
+        )
+    if Stage.BLOCK_CHROMA in stages:
+        _check(
+            Stage.RCT in stages or any(s in COLOUR_FOLLOWS_G for s in stages),
+            f"{_names(stages)}: BLOCK_CHROMA needs the chroma planes of RCT, RESIDUAL_QG or QUANTIZE_G",
         )
     if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")

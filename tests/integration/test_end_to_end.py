@@ -102,8 +102,9 @@ def test_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: 
 
 
 def test_near_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path) -> None:
-    """tolerance = 2 through the real processes: wire format v5 records (B and R following G) verified by the
-    collector, archived, and every frame rebuilt from the archive within 2 of the one captured."""
+    """tolerance = 2 through the real processes: wire format v6 records (B and R following G, the chroma laid
+    out by 2×2 block) verified by the collector, archived, and every frame rebuilt from the archive within 2 of
+    the one captured."""
     captured = _clip_through_the_stack(mqtt_broker, pets_cut, tmp_path, codec="tolerance = 2")
     _assert_archive_whole(tmp_path / "archive", set(range(len(captured))))
     frames = list(iter_frames(tmp_path / "archive", "cam1"))
@@ -116,7 +117,7 @@ def test_near_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_p
         f"\n{len(captured)} frames at T=2 rebuilt from the archive, max error {worst}, stages {dict(stages)}"
     )
     assert worst == 2
-    assert stages["RESIDUAL_QG+MED_CHROMA+CTX"] >= len(captured) // 2
+    assert stages["RESIDUAL_QG+BLOCK_CHROMA+MED_CHROMA+CTX"] >= len(captured) // 2
 
 
 def test_broker_down_mid_stream_zero_loss_order_restored(

@@ -4,7 +4,8 @@
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
 truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
 and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
-through the fused pixel stages, B and R following G's quantisation included), at it in a child process; any
+through the fused pixel stages, B and R following G's quantisation included, and the 2×2 chroma block
+layout both ways), at it in a child process; any
 invalid access aborts it.
 """
 
@@ -56,6 +57,8 @@ FUZZ = textwrap.dedent(
         native.pixels(
             planes.tobytes(), reference if with_reference else None, rct, follow, med, signed, tolerance, *shape
         )
+        blocked = native.blocks(planes.tobytes(), *shape, False)
+        assert native.blocks(blocked, *shape, True) == planes.tobytes()
         for _ in range(300):
             data = bytearray(payload)
             pick = rng.random()

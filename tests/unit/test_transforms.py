@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -235,6 +236,53 @@ def test_dequantising_a_1080p_frame_needs_no_frame_sized_temporaries() -> None:
     assert peak < codes.nbytes + 4 * 2**20, peak
 
 
+def test_block_chroma_lays_each_2x2_block_out_as_the_document_says() -> None:
+    """A 3×5 frame: odd in both directions, so the last row and column hold part blocks."""
+    planes = np.arange(45, dtype=np.uint8).reshape(3, 3, 5) * 7
+    out = T.block_chroma(planes)
+    assert np.array_equal(out[0], planes[0])
+    for k in (1, 2):
+        p = planes[k].astype(int)
+        expected = np.zeros((3, 5), dtype=int)
+        for by in range(2):  # ⌈3/2⌉ block rows, ⌈5/2⌉ block columns; the quadrants split at row 2, column 3
+            for bx in range(3):
+                t = p[2 * by, 2 * bx]
+                expected[by, bx] = t - 128
+                if 2 * bx + 1 < 5:
+                    expected[by, 3 + bx] = p[2 * by, 2 * bx + 1] - t
+                if 2 * by + 1 < 3:
+                    expected[2 + by, bx] = p[2 * by + 1, 2 * bx] - t
+                    if 2 * bx + 1 < 5:
+                        expected[2 + by, 3 + bx] = p[2 * by + 1, 2 * bx + 1] - t
+        assert np.array_equal(out[k], expected % 256), k
+
+
+@given(hnp.arrays(np.uint8, st.tuples(st.just(3), st.integers(1, 17), st.integers(1, 23))))
+@settings(max_examples=200, deadline=None)
+def test_block_chroma_inverts_exactly_compiled_and_in_numpy(planes: np.ndarray) -> None:
+    blocked = T.block_chroma_numpy(planes)
+    assert np.array_equal(T.unblock_chroma_numpy(blocked), planes)
+    if native.AVAILABLE:
+        assert np.array_equal(native.blocks(planes, inverse=False), blocked)
+        assert np.array_equal(native.blocks(blocked, inverse=True), planes)
+    signed = (True, False, False)
+    for luma in (False, True):
+        assert np.array_equal(
+            T.unmed_blocks(T.med_blocks(blocked, signed, luma=luma), signed, luma=luma), blocked
+        )
+
+
+def test_constant_chroma_blocks_lay_out_as_zeros() -> None:
+    """What the layout is for: chroma constant over aligned 2×2 blocks leaves only the top-left quadrant."""
+    rng = np.random.default_rng(3)
+    chroma = np.repeat(np.repeat(rng.integers(0, 256, (2, 5, 7), dtype=np.uint8), 2, axis=1), 2, axis=2)
+    planes = np.concatenate([rng.integers(0, 256, (1, 10, 14), dtype=np.uint8), chroma])
+    out = T.block_chroma(planes)
+    assert not out[1:, :5, 7:].any()
+    assert not out[1:, 5:].any()
+    assert np.array_equal(out[1:, :5, :7], (chroma[:, ::2, ::2] - np.uint8(128)))
+
+
 def _header_for(planes: np.ndarray, stages: tuple[Stage, ...], tolerance: int = 0) -> RecordHeader:
     c, h, w = planes.shape
     ref = any(s in (Stage.RESIDUAL, Stage.RESIDUAL_Q) for s in stages)
@@ -260,6 +308,9 @@ STAGE_LISTS = [
     (Stage.RESIDUAL, Stage.PACKBITS, Stage.ZSTD),
     (Stage.RESIDUAL, Stage.MED, Stage.ZSTD),
     (Stage.RESIDUAL, Stage.RCT, Stage.MED, Stage.PACKBITS),
+    (Stage.RCT, Stage.BLOCK_CHROMA, Stage.MED, Stage.CTX),
+    (Stage.RESIDUAL, Stage.RCT, Stage.BLOCK_CHROMA, Stage.CTX),
+    (Stage.RESIDUAL, Stage.RCT, Stage.BLOCK_CHROMA, Stage.MED_CHROMA, Stage.ZSTD),
     (Stage.PACKBITS,),
     (),
 ]
@@ -274,6 +325,31 @@ def test_pipeline_round_trips_real_frames(pets_cut: object, stages: tuple[Stage,
     payload, recon = encode_planes(cur, stages, reference=ref)
     assert np.array_equal(recon, cur)
     assert np.array_equal(decode_planes(_header_for(cur, stages), payload, ref), cur)
+
+
+@pytest.mark.parametrize("entropy", [Stage.CTX, Stage.ZSTD])
+@pytest.mark.parametrize("med", [None, Stage.MED, Stage.MED_CHROMA])
+@pytest.mark.parametrize(
+    "first", [None, Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG, Stage.QUANTIZE_G]
+)
+def test_block_chroma_round_trips_after_every_stage_that_makes_chroma(
+    pets_cut: object, first: Stage | None, med: Stage | None, entropy: Stage
+) -> None:
+    """Real frames cut to an odd size (part blocks on the last row and column), exact and at T=2."""
+    cap = cv2.VideoCapture(str(pets_cut))
+    frames = [cap.read()[1][:575, :767] for _ in range(3)]
+    cap.release()
+    ref, cur = T.to_planes(frames[0]), T.to_planes(frames[2])
+    makes_own_chroma = first in (Stage.RESIDUAL_QG, Stage.QUANTIZE_G)
+    chosen = (first, None if makes_own_chroma else Stage.RCT, Stage.BLOCK_CHROMA, med, entropy)
+    stages = tuple(s for s in chosen if s is not None)
+    tolerance = 2 if first in (Stage.RESIDUAL_Q, *FOLLOW_G) else 0
+    referenced = first in (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG)
+    payload, recon = encode_planes(cur, stages, reference=ref if referenced else None, tolerance=tolerance)
+    header = replace(_header_for(cur, stages, tolerance), ref_seq=1 if referenced else 2)
+    decoded = decode_planes(header, payload, ref if referenced else None)
+    assert np.array_equal(decoded, recon)
+    assert int(np.abs(recon.astype(int) - cur).max()) <= tolerance
 
 
 def test_pipeline_refuses_what_does_not_add_up() -> None:

@@ -1,4 +1,4 @@
-"""Wire format v1-v5: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
+"""Wire format v1-v6: golden bytes pin the layout; hostile bytes raise only WireFormatError."""
 
 from __future__ import annotations
 
@@ -164,6 +164,33 @@ def test_golden_bytes_pin_version_5_and_its_stages() -> None:
         unpack_record(bytes(older))
 
 
+def test_golden_bytes_pin_version_6_and_its_stage() -> None:
+    """Stage 12 (the chroma laid out by 2×2 block) needs version 6; listed under version 5 it is refused."""
+    body = bytes.fromhex(
+        GOLDEN_V5_HEX.replace("43435456" + "05", "43435456" + "06", 1)
+        .replace("6000", "6100", 1)  # header length 97: one stage more
+        .replace("0203", "0204", 1)  # tolerance 2, four stages
+        .replace("090b08", "090c0b08", 1)  # stages RESIDUAL_QG, BLOCK_CHROMA, MED_CHROMA, CTX
+    )
+    assert len(body) == FIXED_SIZE + 1 + 4 + 4 + 3
+    expected = body + struct.pack("<I", zlib.crc32(body))
+    header = _header(
+        pixel_format=PixelFormat.BGR8,
+        stages=(Stage.RESIDUAL_QG, Stage.BLOCK_CHROMA, Stage.MED_CHROMA, Stage.CTX),
+        tolerance=2,
+        frame_hash=hash_pixels(b"\x01\x02", FrameHash.XXH3_128),
+        hash_kind=FrameHash.XXH3_128,
+    )
+    record = Record(header, b"\xab\xcd\xef")
+    assert pack_record(record) == expected
+    assert unpack_record(expected) == record
+    older = bytearray(expected)
+    older[4] = 5
+    older[-4:] = struct.pack("<I", zlib.crc32(older[:-4]))
+    with pytest.raises(WireFormatError, match="need wire format version 6"):
+        unpack_record(bytes(older))
+
+
 def test_a_version_3_frame_hash_must_end_in_zeros() -> None:
     field = bytearray(hash_pixels(b"\x01\x02", FrameHash.XXH3_128))
     field[31] = 1
@@ -231,6 +258,22 @@ def test_key_and_member_round_trip_with_all_fields() -> None:
             "out of order",
         ),
         ({"stages": (Stage.RESIDUAL, Stage.RESIDUAL_QG), "pixel_format": PixelFormat.BGR8}, "out of order"),
+        ({"stages": (Stage.RESIDUAL, Stage.BLOCK_CHROMA)}, "BLOCK_CHROMA needs a BGR frame"),
+        (
+            {"stages": (Stage.RESIDUAL, Stage.BLOCK_CHROMA, Stage.CTX), "pixel_format": PixelFormat.BGR8},
+            "BLOCK_CHROMA needs the chroma planes of RCT",
+        ),
+        (
+            {
+                "stages": (Stage.RESIDUAL, Stage.RCT, Stage.MED, Stage.BLOCK_CHROMA),
+                "pixel_format": PixelFormat.BGR8,
+            },
+            "out of order",
+        ),
+        (
+            {"stages": (Stage.RESIDUAL, Stage.BLOCK_CHROMA, Stage.RCT), "pixel_format": PixelFormat.BGR8},
+            "out of order",
+        ),
         ({"camera_id": "../etc"}, "invalid camera id"),
         ({"width": 0}, "width 0"),
     ],
@@ -283,11 +326,12 @@ def test_ten_thousand_mutations_raise_only_wire_format_error() -> None:
         stages=(Stage.RESIDUAL_QG, Stage.MED_CHROMA, Stage.CTX),
         tolerance=2,
     )
-    bases = [pack_record(Record(h, bytes(range(200)))) for h in (header, v3, v5)]
-    assert [b[4] for b in bases] == [1, 3, 5]
+    v6 = replace(v5, stages=(Stage.RESIDUAL_QG, Stage.BLOCK_CHROMA, Stage.MED_CHROMA, Stage.CTX))
+    bases = [pack_record(Record(h, bytes(range(200)))) for h in (header, v3, v5, v6)]
+    assert [b[4] for b in bases] == [1, 3, 5, 6]
     outcomes = {"ok": 0, "error": 0}
     for i in range(10_000):
-        data = bytearray(bases[(i // 2) % 3])
+        data = bytearray(bases[(i // 2) % 4])
         for _ in range(rng.randint(1, 4)):
             op = rng.randrange(4)
             pos = rng.randrange(len(data))
