@@ -11,7 +11,7 @@ quantised one of two ways: each channel on its own (RESIDUAL_Q, then RCT of the 
 errors, whose differences land in the chroma planes) or G alone with B and R carrying its error (RESIDUAL_QG:
 the chroma is coded exactly and the shared error cancels out of the next residual's chroma). Per video this
 prints, costed with the CTX coder (each the cheapest of the recipes the encoder tries, with MED on no plane,
-every plane or the chroma planes):
+every plane or the chroma planes, and with and without the chroma laid out by 2×2 block):
 
 - exact: the lossless residuals against the previous frame;
 - open loop: each frame's residual against the previous *captured* frame, quantised. Not decodable (the error
@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:  # run as a script: make `agent` importable
 from agent.capture.files import iter_images  # noqa: E402
 from agent.codec import native  # noqa: E402
 from agent.codec import transforms as T  # noqa: E402
+from agent.codec.encoder import block_chroma_variant  # noqa: E402
 from agent.codec.pipeline import pixel_stages  # noqa: E402
 from agent.codec.transforms import Planes  # noqa: E402
 from agent.codec.wire import Stage  # noqa: E402
@@ -47,7 +48,15 @@ KINDS = ("exact", "each channel", "B, R follow G")
 
 
 def recipes(kind: str, colour: bool, residual: bool) -> Recipes:
-    """The pixel stages the encoder tries for one kind of coding (``KINDS``), before CTX."""
+    """The pixel stages the encoder tries for one kind of coding (``KINDS``), before CTX; on colour frames each
+    also with the chroma laid out by 2×2 block (BLOCK_CHROMA), as a group of decoded 4:2:0 video codes them."""
+    plain = _recipes(kind, colour, residual)
+    if not colour:
+        return plain
+    return plain + tuple(b for b in map(block_chroma_variant, plain) if b is not None)
+
+
+def _recipes(kind: str, colour: bool, residual: bool) -> Recipes:
     if not residual:
         exact = (Stage.RCT, Stage.MED) if colour else (Stage.MED,)
         if kind == "exact":
