@@ -141,15 +141,12 @@ GOLDEN_V5_HEX = "".join(
 )
 
 
-def test_golden_bytes_pin_version_5_and_its_stages() -> None:
-    """Stages 9-11 (B and R following G's quantisation, MED on the chroma planes) need version 5; a record
-    that lists them under an older version is refused, so a v4 reader never misreads one."""
-    body = bytes.fromhex(GOLDEN_V5_HEX)
-    assert len(body) == FIXED_SIZE + 1 + 4 + 3 + 3
+def _pins_a_colour_record(body: bytes, stages: tuple[Stage, ...], version: int) -> None:
+    """``body`` (a CRC short) is the T=2 member with ``stages``, and one version lower it is refused."""
     expected = body + struct.pack("<I", zlib.crc32(body))
     header = _header(
         pixel_format=PixelFormat.BGR8,
-        stages=(Stage.RESIDUAL_QG, Stage.MED_CHROMA, Stage.CTX),
+        stages=stages,
         tolerance=2,
         frame_hash=hash_pixels(b"\x01\x02", FrameHash.XXH3_128),
         hash_kind=FrameHash.XXH3_128,
@@ -158,10 +155,18 @@ def test_golden_bytes_pin_version_5_and_its_stages() -> None:
     assert pack_record(record) == expected
     assert unpack_record(expected) == record
     older = bytearray(expected)
-    older[4] = 4
+    older[4] = version - 1
     older[-4:] = struct.pack("<I", zlib.crc32(older[:-4]))
-    with pytest.raises(WireFormatError, match="need wire format version 5"):
+    with pytest.raises(WireFormatError, match=f"need wire format version {version}"):
         unpack_record(bytes(older))
+
+
+def test_golden_bytes_pin_version_5_and_its_stages() -> None:
+    """Stages 9-11 (B and R following G's quantisation, MED on the chroma planes) need version 5; a record
+    that lists them under an older version is refused, so a v4 reader never misreads one."""
+    body = bytes.fromhex(GOLDEN_V5_HEX)
+    assert len(body) == FIXED_SIZE + 1 + 4 + 3 + 3
+    _pins_a_colour_record(body, (Stage.RESIDUAL_QG, Stage.MED_CHROMA, Stage.CTX), 5)
 
 
 def test_golden_bytes_pin_version_6_and_its_stage() -> None:
@@ -173,22 +178,7 @@ def test_golden_bytes_pin_version_6_and_its_stage() -> None:
         .replace("090b08", "090c0b08", 1)  # stages RESIDUAL_QG, BLOCK_CHROMA, MED_CHROMA, CTX
     )
     assert len(body) == FIXED_SIZE + 1 + 4 + 4 + 3
-    expected = body + struct.pack("<I", zlib.crc32(body))
-    header = _header(
-        pixel_format=PixelFormat.BGR8,
-        stages=(Stage.RESIDUAL_QG, Stage.BLOCK_CHROMA, Stage.MED_CHROMA, Stage.CTX),
-        tolerance=2,
-        frame_hash=hash_pixels(b"\x01\x02", FrameHash.XXH3_128),
-        hash_kind=FrameHash.XXH3_128,
-    )
-    record = Record(header, b"\xab\xcd\xef")
-    assert pack_record(record) == expected
-    assert unpack_record(expected) == record
-    older = bytearray(expected)
-    older[4] = 5
-    older[-4:] = struct.pack("<I", zlib.crc32(older[:-4]))
-    with pytest.raises(WireFormatError, match="need wire format version 6"):
-        unpack_record(bytes(older))
+    _pins_a_colour_record(body, (Stage.RESIDUAL_QG, Stage.BLOCK_CHROMA, Stage.MED_CHROMA, Stage.CTX), 6)
 
 
 def test_a_version_3_frame_hash_must_end_in_zeros() -> None:
