@@ -40,15 +40,22 @@ X264_LIMIT_PIXELS = 1920 * 1080
 
 
 def run_ours(
-    frames: Sequence[Image], tolerance: int = 0, fps: float = 10.0, entropy: str = "auto"
+    frames: Sequence[Image],
+    tolerance: int = 0,
+    fps: float = 10.0,
+    entropy: str = "auto",
+    jpeg_chroma: bool = False,
 ) -> MethodResult:
     """Our encoder, one thread; each record is packed to wire bytes, parsed back and decoded to check it.
 
-    ``entropy`` is the codec setting: "auto" (CTX with the compiled coder, the default) or "zstd" (faster).
+    ``entropy`` is the codec setting: "auto" (CTX with the compiled coder, the default) or "zstd" (faster);
+    ``jpeg_chroma`` the setting for stills decoded from JPEGs (off by default).
     """
     name = "ours (lossless)" if tolerance == 0 else f"ours (tolerance {tolerance})"
     if entropy != "auto":
         name = name[:-1] + f", {entropy})"
+    if jpeg_chroma:
+        name = name[:-1] + ", jpeg_chroma)"
     raw = sum(f.nbytes for f in frames)
     try:
         from agent.codec.decoder import FrameDecoder
@@ -57,7 +64,8 @@ def run_ours(
         from agent.codec.wire import Kind, pack_record, unpack_record
     except ImportError as e:
         return MethodResult(name, len(frames), raw, None, None, None, note=f"n/a: codec not importable ({e})")
-    encoder = FrameEncoder("bench", CodecSettings(tolerance=tolerance, entropy=entropy))  # type: ignore[arg-type]
+    settings = CodecSettings(tolerance=tolerance, entropy=entropy, jpeg_chroma=jpeg_chroma)  # type: ignore[arg-type]
+    encoder = FrameEncoder("bench", settings)
     decoder = FrameDecoder()
     step_ns = int(1e9 / fps) if fps > 0 else 100_000_000
     t0 = time.time_ns()
@@ -114,6 +122,8 @@ def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | 
     if x264_limit is None and height * width >= X264_LIMIT_PIXELS:
         x264_limit = 40
     results = [run_ours(images, 0, fps), run_ours(images, 0, fps, "zstd")]
+    if source.is_dir() and images[0].ndim == 3:  # stills: the setting for JPEG snapshots
+        results.append(run_ours(images, 0, fps, jpeg_chroma=True))
     if tolerance:
         results.append(run_ours(images, tolerance, fps))
     results += [run_seed(images), run_seed(images, exact=True)]

@@ -64,6 +64,8 @@ def intra_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> lis
     colour = pixel_format is PixelFormat.BGR8
     exact = (*((Stage.RCT,) if colour else ()), Stage.MED, settings.entropy_stage)
     if not settings.tolerance:
+        if colour and settings.jpeg_chroma:  # only on even sizes: FrameEncoder drops it elsewhere (fits)
+            return [exact, (Stage.JPEG_CHROMA, Stage.MED, settings.entropy_stage)]
         return [exact]
     quantised = [(Stage.QUANTIZE, *exact)]
     if colour:
@@ -100,6 +102,11 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
             (Stage.RESIDUAL_QG, Stage.MED, entropy),
         ]
     return quantised + exact
+
+
+def fits(stages: tuple[Stage, ...], planes: Planes) -> bool:
+    """Whether a recipe can code frames of this size (JPEG_CHROMA needs an even width and height)."""
+    return Stage.JPEG_CHROMA not in stages or (planes.shape[1] % 2 == 0 and planes.shape[2] % 2 == 0)
 
 
 def block_chroma_variant(stages: tuple[Stage, ...]) -> tuple[Stage, ...] | None:
@@ -232,7 +239,7 @@ class FrameEncoder:
         no blocks), and the key tells: its group follows whichever of the key's best estimates with and without
         the layout is smaller, so members estimate no more recipes than before.
         """
-        candidates = intra_stage_lists(self.settings, pixel_format)
+        candidates = [c for c in intra_stage_lists(self.settings, pixel_format) if fits(c, planes)]
         blocked = [b for b in map(block_chroma_variant, candidates) if b is not None]
         if len(candidates) + len(blocked) == 1:
             return candidates[0], False
@@ -279,7 +286,7 @@ class FrameEncoder:
             sized += [
                 self._estimate(planes, stages, None)
                 for stages in self._group_recipes(intra_stage_lists(settings, pixel_format))
-                if self._in_colour_mode(stages)
+                if self._in_colour_mode(stages) and fits(stages, planes)
             ]
         chosen = self._choose(sized)
         stages, held = chosen.stages, chosen.held
@@ -407,6 +414,8 @@ class FrameEncoder:
     def _estimate(self, planes: Planes, stages: tuple[Stage, ...], held: _Held | None) -> _Sized:
         """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all."""
         rows = sample_rows(planes.shape[1], planes.shape[2])
+        if Stage.JPEG_CHROMA in stages and not isinstance(rows, slice):
+            return _Sized(_jpeg_estimate(planes, stages, rows), stages, None)
         reference = None if held is None else held.planes[:, rows]
         tolerance = self.settings.tolerance
         if Stage.CTX in stages:  # CTX counts without coding, in about half the time
@@ -454,6 +463,26 @@ def _each_channel(stages: tuple[Stage, ...]) -> bool:
 
 def _with_margin(size: float, stages: tuple[Stage, ...]) -> float:
     return size / (1.0 - QUANTISED_MUST_SAVE) if _quantising(stages) else size
+
+
+JPEG_MARGIN = 4
+"""Rows of context above and below each sample band for JPEG_CHROMA's estimate (even, and at least 2)."""
+
+
+def _jpeg_estimate(planes: Planes, stages: tuple[Stage, ...], rows: npt.NDArray[np.intp]) -> float:
+    """JPEG_CHROMA's estimate on the sample bands, each coded with JPEG_MARGIN rows around it and costed
+    without them: the upsampling reads the chroma rows above and below, which stacked bands would not give
+    it (a band's edge rows would look like misses, 2 of its 8)."""
+    height = planes.shape[1]
+    pieces: list[Planes] = []
+    quarters: list[Planes] = []
+    for start in rows[::SAMPLE_BAND]:
+        low, high = max(0, int(start) - JPEG_MARGIN), min(height, int(start) + SAMPLE_BAND + JPEG_MARGIN)
+        coded, _ = pixel_stages(planes[:, low:high], stages)
+        inner = int(start) - low
+        pieces.append(coded[:3, inner : inner + SAMPLE_BAND])
+        quarters.append(coded[3:, inner // 2 : (inner + SAMPLE_BAND) // 2])
+    return native.ctx_cost(np.concatenate(pieces, axis=1)) + native.ctx_cost(np.concatenate(quarters, axis=1))
 
 
 SAMPLE_BAND = 8

@@ -132,6 +132,20 @@ def blocks(planes: Planes, *, inverse: bool) -> Planes:
     return np.frombuffer(out, dtype=np.uint8).reshape(planes.shape)
 
 
+def jpeg(planes: Planes, *, inverse: bool) -> Planes:
+    """JPEG_CHROMA (``docs/wire-format.md``): (B, G, R) planes → (G, B − B̂, R − R̂, quarter planes), where B̂ and R̂
+    are JFIF's conversion of the quarter planes upsampled as libjpeg does, recovered from the pixels; with
+    ``inverse`` the four planes back to (B, G, R). Height and width must be even."""
+    channels, height, width = planes.shape
+    if channels != (4 if inverse else 3):
+        raise ValueError(f"JPEG_CHROMA takes {4 if inverse else 3} planes, got {channels}")
+    try:
+        out: bytes = _module().jpeg(np.ascontiguousarray(planes).data, height, width, inverse)
+    except ValueError as e:
+        raise WireFormatError(str(e)) from e
+    return np.frombuffer(out, dtype=np.uint8).reshape((3 if inverse else 4), height, width)
+
+
 def packbits(data: npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     """``agent.codec.packbits.encode_rows``, compiled: the same bytes, about 15× faster."""
     out: bytes = _module().packbits(np.ascontiguousarray(data).data, row_bytes)

@@ -121,6 +121,13 @@ def pixel_stages(
     signed = signedness(stages, channels)
     quantising = any(s in QUANTISING_STAGES for s in stages)
     pixel = tuple(s for s in stages if s not in _BYTE_STAGES)
+    if Stage.JPEG_CHROMA in pixel:
+        # Four planes out of three: G, the residuals of B and R, the quarter chroma planes (native.jpeg); MED
+        # predicts G and the quarter planes, the residuals are mostly zeros.
+        coded = native.jpeg(planes, inverse=False)
+        if Stage.MED in pixel:
+            coded = transforms.med_jpeg(coded)
+        return coded, planes
     if Stage.BLOCK_CHROMA in pixel:
         # The layout moves samples across rows, so it runs on the whole frame after the stages before it, and
         # MED after it predicts the laid-out planes (transforms.med_blocks).
@@ -179,7 +186,7 @@ def encode_planes(
     # The byte stages run one plane at a time, streaming into zstd.
     compressor = _compressor(zstd_level).compressobj() if Stage.ZSTD in stages else None
     parts: list[bytes] = []
-    for index in range(planes.shape[0]):
+    for index in range(data.shape[0]):
         plane = np.ascontiguousarray(data[index])  # PackBits and zstd read it in place, without a copy
         chunk = packbits.encode_rows(plane, width) if Stage.PACKBITS in stages else plane.data
         parts.append(compressor.compress(chunk) if compressor else bytes(chunk))
@@ -205,14 +212,14 @@ def _unzstd(payload: bytes, bound: int) -> bytes:
 def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None = None) -> Planes:
     """Undo ``header.stages`` on ``payload``; raise WireFormatError on anything inconsistent."""
     stages = header.stages
-    channels, height, width = header.channels, header.height, header.width
-    frame_bytes = header.frame_bytes
+    channels, height, width = header.coded_planes, header.height, header.width
+    frame_bytes = header.coded_bytes
     if header.needs_reference:
         if reference is None:
             raise WireFormatError(f"record seq={header.seq} needs its reference seq={header.ref_seq}")
-        if reference.shape != (channels, height, width):
+        if reference.shape != (header.channels, height, width):
             raise WireFormatError(
-                f"record seq={header.seq} is {channels}x{height}x{width} but its reference is "
+                f"record seq={header.seq} is {header.channels}x{height}x{width} but its reference is "
                 f"{'x'.join(map(str, reference.shape))}"
             )
     data: Planes
@@ -232,7 +239,11 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
         del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
     blocks = Stage.BLOCK_CHROMA in stages
     for stage in reversed(stages):
-        if stage in (Stage.MED, Stage.MED_CHROMA) and blocks:
+        if stage is Stage.MED and Stage.JPEG_CHROMA in stages:
+            data = transforms.unmed_jpeg(data)
+        elif stage is Stage.JPEG_CHROMA:
+            data = native.jpeg(data, inverse=True)
+        elif stage in (Stage.MED, Stage.MED_CHROMA) and blocks:
             data = transforms.unmed_blocks(data, signedness(stages, channels), luma=stage is Stage.MED)
         elif stage is Stage.MED:
             data = transforms.unmed(data, signedness(stages, channels))

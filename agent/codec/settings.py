@@ -40,6 +40,11 @@ class CodecSettings:
     at most 10 % less encode time, none on PETS), or "auto": ctx when the compiled coder is installed,
     else zstd."""
 
+    jpeg_chroma: bool = False
+    """Also try, for frames coded on their own, the JPEG_CHROMA stage: stills decoded from 4:2:0 JPEGs (snapshot
+    cameras, image folders) code 16-23 % smaller, at about 35 ms more a 1080p frame where it is used, so it is
+    off unless asked for (docs/benchmarks.md). Lossless only; needs the compiled module."""
+
     @property
     def entropy_stage(self) -> Stage:
         """The stage ``entropy`` resolves to on this install."""
@@ -64,5 +69,7 @@ class CodecSettings:
             raise ValueError(f"entropy must be 'auto', 'ctx' or 'zstd', got {self.entropy!r}")
         if self.entropy == "ctx" and not native.AVAILABLE:
             raise ValueError(f"entropy 'ctx' is not available: {native.MISSING}")
+        if self.jpeg_chroma and not native.AVAILABLE:
+            raise ValueError(f"jpeg_chroma is not available: {native.MISSING}")
         if not 1 <= self.zstd_level <= 19:
             raise ValueError(f"zstd_level must be within 1..19, got {self.zstd_level}")

@@ -328,6 +328,29 @@ def unmed_blocks(res: Planes, signed: tuple[bool, ...], *, luma: bool) -> Planes
     return out
 
 
+# --- JPEG stills (JPEG_CHROMA) ------------------------------------------------------------------------------
+# The stage itself is compiled only (``native.jpeg``): its encoder searches for the quarter planes, which numpy
+# cannot do at a useful speed. MED after it predicts the planes that are images (G and the quarter planes).
+
+_JPEG_IMAGES = [0, 3]
+
+
+def med_jpeg(planes: Planes) -> Planes:
+    """MED after JPEG_CHROMA: on plane 0 (G) and plane 3 (the quarter chroma planes), as unsigned planes."""
+    out = np.empty_like(planes)
+    out[1:3] = planes[1:3]
+    out[_JPEG_IMAGES] = med(planes[_JPEG_IMAGES], (False, False))
+    return out
+
+
+def unmed_jpeg(res: Planes) -> Planes:
+    """Inverse of :func:`med_jpeg`."""
+    out = np.empty_like(res)
+    out[1:3] = res[1:3]
+    out[_JPEG_IMAGES] = unmed(res[_JPEG_IMAGES], (False, False))
+    return out
+
+
 # --- spatial prediction (MED) ------------------------------------------------------------------------------
 # MED is translation-equivariant, so a plane of signed values (residuals centred on 0) is predicted on its
 # bytes XOR 0x80 (centred on 128) and gives the very same residuals as a signed predictor would.

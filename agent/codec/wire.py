@@ -95,6 +95,10 @@ class Stage(IntEnum):
     """BGR only: planes 1 and 2 laid out by 2×2 block, each block's top-left sample first and its other three as
     differences from it, for decoded 4:2:0 video whose chroma is constant over aligned 2×2 blocks (wire format
     ≥ 6)."""
+    JPEG_CHROMA = 13
+    """BGR only, even width and height, intra and exact: G, then B and R as residuals against JFIF's YCbCr → RGB
+    conversion of two quarter-size chroma planes upsampled as libjpeg does, which follow as a fourth plane; for
+    stills decoded from 4:2:0 JPEGs (wire format ≥ 6)."""
 
 
 STAGE_SINCE = {
@@ -103,6 +107,7 @@ STAGE_SINCE = {
     Stage.QUANTIZE_G: 5,
     Stage.MED_CHROMA: 5,
     Stage.BLOCK_CHROMA: 6,
+    Stage.JPEG_CHROMA: 6,
 }
 """The wire format version that introduced a stage (the others are in every version)."""
 
@@ -153,7 +158,7 @@ def record_version(
 
 _PIXEL_STAGE_ORDER = (
     (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G),
-    (Stage.RCT,),
+    (Stage.RCT, Stage.JPEG_CHROMA),
     (Stage.BLOCK_CHROMA,),
     (Stage.MED, Stage.MED_CHROMA),
     (Stage.PACKBITS,),
@@ -218,6 +223,16 @@ class RecordHeader:
         return self.width * self.height * self.channels
 
     @property
+    def coded_planes(self) -> int:
+        """Planes the entropy stage holds: C, or 4 with JPEG_CHROMA (G, two residuals, the quarter planes)."""
+        return 4 if Stage.JPEG_CHROMA in self.stages else self.channels
+
+    @property
+    def coded_bytes(self) -> int:
+        """Bytes of those planes: what the byte stages must give back."""
+        return self.width * self.height * self.coded_planes
+
+    @property
     def needs_reference(self) -> bool:
         return any(s in REFERENCE_STAGES for s in self.stages)
 
@@ -239,6 +254,11 @@ class RecordHeader:
         if self.hash_kind is FrameHash.XXH3_128:
             _check(not any(self.frame_hash[16:]), "an XXH3-128 frame hash must end in 16 zero bytes")
         _check_stages(self.stages, self.pixel_format, self.tolerance)
+        if Stage.JPEG_CHROMA in self.stages:
+            _check(
+                self.width % 2 == 0 and self.height % 2 == 0,
+                f"JPEG_CHROMA needs an even width and height, got {self.width}x{self.height}",
+            )
         if self.kind is Kind.KEY:
             _check(not self.needs_reference, "a key record must not reference another frame")
             _check(self.key_seq == self.seq, f"key record seq={self.seq} names key_seq={self.key_seq}")
@@ -280,7 +300,7 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         not (Stage.PACKBITS in stages and Stage.CTX in stages),
         "PACKBITS and CTX do not go together (CTX codes planes, PackBits output is not one)",
     )
-    for stage in (Stage.RCT, Stage.MED_CHROMA, Stage.BLOCK_CHROMA, *COLOUR_FOLLOWS_G):
+    for stage in (Stage.RCT, Stage.MED_CHROMA, Stage.BLOCK_CHROMA, Stage.JPEG_CHROMA, *COLOUR_FOLLOWS_G):
         if stage in stages:
             _check(pixel_format is PixelFormat.BGR8, f"{stage.name} needs a BGR frame")
     if any(s in COLOUR_FOLLOWS_G for s in stages):
@@ -292,6 +312,11 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         _check(
             Stage.RCT in stages or any(s in COLOUR_FOLLOWS_G for s in stages),
             f"{_names(stages)}: BLOCK_CHROMA needs the chroma planes of RCT, RESIDUAL_QG or QUANTIZE_G",
+        )
+    if Stage.JPEG_CHROMA in stages:
+        _check(
+            not any(s in _PIXEL_STAGE_ORDER[0] for s in stages) and Stage.MED_CHROMA not in stages,
+            f"{_names(stages)}: JPEG_CHROMA codes a frame on its own and exactly (MED, if any, after it)",
         )
     if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")
@@ -428,7 +453,7 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
         group_planes=version >= GROUP_PLANES_SINCE or Stage.CTX not in stages,
     )
     header.validate(limits)
-    max_payload = limits.max_payload(header.frame_bytes, header.height * header.channels)
+    max_payload = limits.max_payload(header.coded_bytes, header.height * header.coded_planes)
     _check(
         payload_length <= max_payload, f"payload of {payload_length} bytes exceeds the bound {max_payload}"
     )
@@ -445,7 +470,7 @@ def iter_records(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Iterator[
         total = record_length(prefix)
         bound = FIXED_SIZE + 1 + MAX_CAMERA_ID + MAX_STAGES + CRC_SIZE
         _check(
-            total <= bound + limits.max_payload(limits.max_frame_bytes, limits.max_height * 3),
+            total <= bound + limits.max_payload(limits.max_frame_bytes * 4 // 3, limits.max_height * 4),
             "record too big",
         )
         rest = stream.read(total - len(prefix))

@@ -199,6 +199,7 @@ class CodecSection(_Validated):
     zstd_level: int = 1
     packbits: bool = True
     entropy: Entropy = "auto"
+    jpeg_chroma: bool = False
 
     def to_codec_settings(self) -> CodecSettings:
         """The encoder's settings; their own checks are reported under ``codec.<field>``."""

@@ -4,8 +4,8 @@
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
 truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
 and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
-through the fused pixel stages, B and R following G's quantisation included, and the 2×2 chroma block
-layout both ways), at it in a child process; any
+through the fused pixel stages, B and R following G's quantisation included, the 2×2 chroma block
+layout both ways, and JPEG_CHROMA both ways), at it in a child process; any
 invalid access aborts it.
 """
 
@@ -59,6 +59,13 @@ FUZZ = textwrap.dedent(
         )
         blocked = native.blocks(planes.tobytes(), *shape, False)
         assert native.blocks(blocked, *shape, True) == planes.tobytes()
+        if shape[0] == 3 and shape[1] % 2 == 0 and shape[2] % 2 == 0:
+            coded = native.jpeg(planes.tobytes(), shape[1], shape[2], False)
+            assert native.jpeg(coded, shape[1], shape[2], True) == planes.tobytes()
+            noisy = bytearray(coded)
+            for _ in range(8):  # any four planes are a valid input to the inverse
+                noisy[rng.randrange(len(noisy))] = rng.randrange(256)
+            native.jpeg(bytes(noisy), shape[1], shape[2], True)
         for _ in range(300):
             data = bytearray(payload)
             pick = rng.random()

@@ -264,6 +264,40 @@ def test_key_and_member_round_trip_with_all_fields() -> None:
             {"stages": (Stage.RESIDUAL, Stage.BLOCK_CHROMA, Stage.RCT), "pixel_format": PixelFormat.BGR8},
             "out of order",
         ),
+        ({"stages": (Stage.JPEG_CHROMA, Stage.CTX), "ref_seq": 5}, "JPEG_CHROMA needs a BGR frame"),
+        (
+            {
+                "stages": (Stage.RCT, Stage.JPEG_CHROMA, Stage.CTX),
+                "pixel_format": PixelFormat.BGR8,
+                "ref_seq": 5,
+            },
+            "out of order",
+        ),
+        (
+            {"stages": (Stage.RESIDUAL, Stage.JPEG_CHROMA, Stage.CTX), "pixel_format": PixelFormat.BGR8},
+            "codes a frame on its own and exactly",
+        ),
+        (
+            {"stages": (Stage.JPEG_CHROMA, Stage.MED_CHROMA), "pixel_format": PixelFormat.BGR8, "ref_seq": 5},
+            "codes a frame on its own and exactly",
+        ),
+        (
+            {
+                "stages": (Stage.JPEG_CHROMA, Stage.BLOCK_CHROMA),
+                "pixel_format": PixelFormat.BGR8,
+                "ref_seq": 5,
+            },
+            "BLOCK_CHROMA needs the chroma planes of RCT",
+        ),
+        (
+            {
+                "stages": (Stage.JPEG_CHROMA, Stage.CTX),
+                "pixel_format": PixelFormat.BGR8,
+                "ref_seq": 5,
+                "width": 9,
+            },
+            "even width and height",
+        ),
         ({"camera_id": "../etc"}, "invalid camera id"),
         ({"width": 0}, "width 0"),
     ],
