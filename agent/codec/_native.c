@@ -1182,42 +1182,38 @@ static void jpeg_solve(const uint8_t *full, const uint8_t *ok, Py_ssize_t h2, Py
 /* Forward: (B, G, R) planes -> (G, B - B^, R - R^, Q) with Q's top half the two quarter planes side by side. */
 static int jpeg_forward(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
     const Py_ssize_t n = h * w, h2 = h / 2, w2 = w / 2;
-    uint8_t *buf = malloc((size_t)(4 * n));
+    uint8_t *scratch = malloc((size_t)n);
+    uint8_t *qb = malloc((size_t)(3 * h2 * w2)); /* the two quarter planes, then the solver's block flags */
     int32_t *ints = malloc(sizeof(int32_t) * (size_t)(w2 + h2 * w2));
-    if (!buf || !ints) {
-        free(buf);
+    if (!scratch || !qb || !ints) {
+        free(scratch);
+        free(qb);
         free(ints);
         return 0;
     }
-    /* Once both quarter planes are solved, the full-size cb and cr are not needed: their upsampling goes there. */
-    uint8_t *cb = buf, *cr = buf + n, *ok = buf + 2 * n, *scratch = buf + 3 * n, *up_b = cb, *up_r = cr;
+    /* The output's planes hold the work until they are written: the full-size (cb, cr) in planes 1 and 2, the
+       pixels they were found for in plane 0, then the upsampled cr there and the upsampled cb in scratch. */
+    uint8_t *ok = out, *cb = out + n, *cr = out + 2 * n, *q = out + 3 * n, *up_b = scratch, *up_r = out;
     const uint8_t *B = in, *G = in + n, *R = in + 2 * n;
     for (Py_ssize_t k = 0; k < n; k++) ok[k] = (uint8_t)jpeg_invert(B[k], G[k], R[k], cb + k, cr + k);
-    uint8_t *q = out + 3 * n;
-    memset(q, 0, (size_t)n);
-    uint8_t *qb = malloc((size_t)(3 * h2 * w2)); /* the two quarter planes, then the solver's block flags */
-    if (!qb) {
-        free(buf);
-        free(ints);
-        return 0;
-    }
     uint8_t *miss = qb + 2 * h2 * w2;
     jpeg_solve(cb, ok, h2, w2, qb, scratch, ints, ints + w2, miss);
     jpeg_solve(cr, ok, h2, w2, qb + h2 * w2, scratch, ints, ints + w2, miss);
+    memset(q, 0, (size_t)n);
     for (Py_ssize_t i = 0; i < h2; i++) {
         memcpy(q + i * w, qb + i * w2, (size_t)w2);
         memcpy(q + i * w + w2, qb + h2 * w2 + i * w2, (size_t)w2);
     }
     fancy_up(qb, h2, w2, up_b, ints);
     fancy_up(qb + h2 * w2, h2, w2, up_r, ints);
-    memcpy(out, G, (size_t)n);
     for (Py_ssize_t k = 0; k < n; k++) {
         const int y = G[k] - jpeg_g(up_b[k], up_r[k]);
         out[n + k] = (uint8_t)(B[k] - clamp_u8(y + JCB_B[up_b[k]]));
         out[2 * n + k] = (uint8_t)(R[k] - clamp_u8(y + JCR_R[up_r[k]]));
     }
+    memcpy(out, G, (size_t)n);
     free(qb);
-    free(buf);
+    free(scratch);
     free(ints);
     return 1;
 }

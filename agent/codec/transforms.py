@@ -339,7 +339,8 @@ def med_jpeg(planes: Planes) -> Planes:
     """MED after JPEG_CHROMA: on plane 0 (G) and plane 3 (the quarter chroma planes), as unsigned planes."""
     out = np.empty_like(planes)
     out[1:3] = planes[1:3]
-    out[_JPEG_IMAGES] = med(planes[_JPEG_IMAGES], (False, False))
+    for k in _JPEG_IMAGES:  # one plane at a time: no two-plane temporaries at 1080p
+        out[k] = med(planes[k : k + 1], (False,))[0]
     return out
 
 
@@ -347,7 +348,8 @@ def unmed_jpeg(res: Planes) -> Planes:
     """Inverse of :func:`med_jpeg`."""
     out = np.empty_like(res)
     out[1:3] = res[1:3]
-    out[_JPEG_IMAGES] = unmed(res[_JPEG_IMAGES], (False, False))
+    for k in _JPEG_IMAGES:
+        out[k] = unmed(res[k : k + 1], (False,))[0]
     return out
 
 
