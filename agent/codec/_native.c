@@ -1138,7 +1138,7 @@ static void upsample_errors(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, cons
 
 /* A quarter-size plane q whose fancy upsampling matches full wherever ok: block means, then Jacobi steps (each
    of a block's four outputs weighs q 9/16, so their sum moves 9/4 a unit), then greedy +-1 sweeps over the
-   samples next to a block that misses (measured on the LTA stills: 99.7-99.8 % of outputs matched). */
+   samples of blocks that miss (measured on five LTA stills: 98.2-98.8 % of pixels left with no residual). */
 static void jpeg_solve(const uint8_t *full, const uint8_t *ok, Py_ssize_t h2, Py_ssize_t w2, uint8_t *q,
                        uint8_t *up, int32_t *cs, int32_t *err /* h2 w2 */, uint8_t *miss /* h2 w2 */) {
     const Py_ssize_t w = 2 * w2;
@@ -1152,7 +1152,22 @@ static void jpeg_solve(const uint8_t *full, const uint8_t *ok, Py_ssize_t h2, Py
                     n += ok[k];
                 }
             q[i * w2 + j] = (uint8_t)(n ? (2 * sum + n) / (2 * n) : 128);
+            miss[i * w2 + j] = (uint8_t)(n > 0); /* here: whether the block had a pixel to start from */
         }
+    /* A block all of whose pixels are clipped starts from a neighbour's value (one pass down and right, one up
+       and left), not from grey: its upsampling reaches its neighbours' pixels. */
+    for (Py_ssize_t k = 0; k < h2 * w2; k++) {
+        if (miss[k]) continue;
+        const Py_ssize_t j = k % w2;
+        const Py_ssize_t from = j > 0 && miss[k - 1] ? k - 1 : (k >= w2 && miss[k - w2] ? k - w2 : -1);
+        if (from >= 0) q[k] = q[from], miss[k] = 1;
+    }
+    for (Py_ssize_t k = h2 * w2 - 1; k >= 0; k--) {
+        if (miss[k]) continue;
+        const Py_ssize_t j = k % w2;
+        const Py_ssize_t from = j + 1 < w2 && miss[k + 1] ? k + 1 : (k + w2 < h2 * w2 && miss[k + w2] ? k + w2 : -1);
+        if (from >= 0) q[k] = q[from], miss[k] = 1;
+    }
     for (int step = 0; step < JPEG_JACOBI_STEPS; step++) {
         upsample_errors(q, h2, w2, full, ok, up, cs, err, miss);
         for (Py_ssize_t k = 0; k < h2 * w2; k++) {

@@ -141,13 +141,13 @@ def _intra_wire_bytes(frames: list[np.ndarray], codec: CodecSettings) -> tuple[i
 
 def test_jpeg_stills_code_smaller_with_jpeg_chroma(pets_cut: Path) -> None:
     """Stills decoded from 4:2:0 JPEGs by OpenCV's libjpeg: with ``jpeg_chroma`` every key takes JPEG_CHROMA,
-    exactly, and the stream is smaller (measured on these 8 stills: 21 % smaller)."""
+    exactly, and the stream is smaller (measured on these 8 stills: 27 % smaller)."""
     stills = _jpeg_stills(_frames(pets_cut, 8))
     plain, _records = _intra_wire_bytes(stills, CodecSettings())
     smaller, records = _intra_wire_bytes(stills, CodecSettings(jpeg_chroma=True))
     print(f"\n8 JPEG stills: {plain} bytes as RCT+MED, {smaller} with JPEG_CHROMA")
     assert all(r.header.stages[0] is Stage.JPEG_CHROMA for r in records)
-    assert smaller <= 0.85 * plain
+    assert smaller <= 0.8 * plain
     # Video frames (not JPEG-decoded) do not take it: the key's estimate keeps RCT.
     _bytes, video = _intra_wire_bytes(list(_frames(pets_cut, 2)), CodecSettings(jpeg_chroma=True))
     assert all(Stage.JPEG_CHROMA not in r.header.stages for r in video)

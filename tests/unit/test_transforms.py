@@ -335,7 +335,7 @@ def test_jpeg_chroma_inverts_any_frame_as_the_document_says(planes: np.ndarray) 
 @pytest.mark.skipif(not native.AVAILABLE, reason="JPEG_CHROMA is compiled only")
 def test_jpeg_chroma_finds_a_jpeg_stills_chroma(pets_cut: object) -> None:
     """A frame through OpenCV's 4:2:0 JPEG: the quarter planes recovered leave B and R's residuals mostly zero
-    (measured: 6.0 % of samples not, most of them at or next to the 4.6 % of pixels a channel of which is
+    (measured: 3.2 % of samples not, most of them at or next to the 4.6 % of pixels a channel of which is
     clipped at 0 or 255), where the video frame itself leaves most of them not zero."""
     cap = cv2.VideoCapture(str(pets_cut))
     frame = cap.read()[1]
@@ -344,7 +344,7 @@ def test_jpeg_chroma_finds_a_jpeg_stills_chroma(pets_cut: object) -> None:
     assert ok
     still = T.to_planes(cv2.imdecode(data, cv2.IMREAD_COLOR))
     coded = native.jpeg(still, inverse=False)
-    assert np.count_nonzero(coded[1:3]) < 0.08 * coded[1:3].size
+    assert np.count_nonzero(coded[1:3]) < 0.05 * coded[1:3].size
     assert np.count_nonzero(native.jpeg(T.to_planes(frame), inverse=False)[1:3]) > 0.5 * coded[1:3].size
     with pytest.raises(WireFormatError, match="even height and width"):
         native.jpeg(still[:, :-1], inverse=False)
