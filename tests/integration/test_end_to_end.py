@@ -120,6 +120,45 @@ def test_near_lossless_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_p
     assert stages["RESIDUAL_QG+BLOCK_CHROMA+MED_CHROMA+CTX"] >= len(captured) // 2
 
 
+def test_jpeg_snapshots_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_path: Path) -> None:
+    """A folder of JPEG snapshots through the real processes with ``jpeg_chroma = true``: each still coded from
+    the quarter chroma planes the agent recovers (JPEG_CHROMA, four coded planes), verified by the collector
+    and rebuilt from the archive bit for bit as OpenCV decodes the file."""
+    cap = cv2.VideoCapture(str(pets_cut))
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    for i in range(6):  # unlike each other (a flip every other one), as snapshots minutes apart are
+        frame = cap.read()[1]
+        for _ in range(9):
+            cap.read()
+        cv2.imwrite(
+            str(folder / f"{i:03d}.jpg"), frame[:, ::-1] if i % 2 else frame, [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
+    cap.release()
+    collector = _collector(mqtt_broker, tmp_path)
+    agent_config = write_config(
+        tmp_path / "agent.toml",
+        port=mqtt_broker.port,
+        spool=tmp_path / "spool",
+        capture=f'kind = "folder"\npath = "{folder}"',
+        codec="jpeg_chroma = true",
+    )
+    agent = AgentProcess(agent_config, tmp_path / "agent.log").start()
+    try:
+        assert agent.wait(120) == 0, agent.text()[-2000:]
+        assert wait_until(lambda: len(archived_seqs(tmp_path / "archive")) >= 6, 30)
+    finally:
+        agent.close()
+        collector.terminate()
+    _assert_archive_whole(tmp_path / "archive", set(range(6)))
+    frames = list(iter_frames(tmp_path / "archive", "cam1"))
+    stills = [cv2.imread(str(path)) for path in sorted(folder.glob("*.jpg"))]
+    stages = Counter("+".join(s.name for s in h.stages) for h, _image in frames)
+    print(f"\n6 JPEG snapshots rebuilt from the archive, stages {dict(stages)}")
+    assert all(image.tobytes() == still.tobytes() for (_h, image), still in zip(frames, stills, strict=True))
+    assert stages["JPEG_CHROMA+MED+CTX"] == 6
+
+
 def test_broker_down_mid_stream_zero_loss_order_restored(
     mqtt_broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
