@@ -82,7 +82,7 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         "--jpeg-chroma",
         action="store_true",
         help="also try coding frames on their own as decoded 4:2:0 JPEGs (stills from snapshot cameras: "
-        "16-27 %% smaller, slower to encode; lossless only)",
+        "16-27 %% smaller, slower to encode)",
     )
     p.add_argument("--frames", type=int, default=None, metavar="N", help="only the first N frames")
     p.add_argument(

@@ -63,13 +63,15 @@ def intra_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> lis
     """
     colour = pixel_format is PixelFormat.BGR8
     exact = (*((Stage.RCT,) if colour else ()), Stage.MED, settings.entropy_stage)
+    # Only on even sizes: FrameEncoder drops it elsewhere (fits).
+    jpeg = (Stage.JPEG_CHROMA, Stage.MED, settings.entropy_stage) if colour and settings.jpeg_chroma else None
     if not settings.tolerance:
-        if colour and settings.jpeg_chroma:  # only on even sizes: FrameEncoder drops it elsewhere (fits)
-            return [exact, (Stage.JPEG_CHROMA, Stage.MED, settings.entropy_stage)]
-        return [exact]
+        return [exact] if jpeg is None else [exact, jpeg]
     quantised = [(Stage.QUANTIZE, *exact)]
     if colour:
         quantised.insert(0, (Stage.QUANTIZE_G, Stage.MED, settings.entropy_stage))
+    if jpeg is not None:
+        return [(Stage.QUANTIZE_G, *jpeg), *quantised, exact, jpeg]
     return [*quantised, exact]
 
 
@@ -111,7 +113,9 @@ def fits(stages: tuple[Stage, ...], planes: Planes) -> bool:
 
 def block_chroma_variant(stages: tuple[Stage, ...]) -> tuple[Stage, ...] | None:
     """The recipe with its chroma planes laid out by 2×2 block (BLOCK_CHROMA right after the stage that made
-    them), or None for a recipe without RCT's chroma planes (grey)."""
+    them), or None for a recipe without RCT's chroma planes (grey, JPEG_CHROMA)."""
+    if Stage.JPEG_CHROMA in stages:
+        return None
     for maker in (Stage.RCT, Stage.RESIDUAL_QG, Stage.QUANTIZE_G):
         if maker in stages:
             after = stages.index(maker) + 1
@@ -415,7 +419,7 @@ class FrameEncoder:
         """Coded size of a sample of row bands: picks the recipe at a fraction of the cost of trying them all."""
         rows = sample_rows(planes.shape[1], planes.shape[2])
         if Stage.JPEG_CHROMA in stages and not isinstance(rows, slice):
-            return _Sized(_jpeg_estimate(planes, stages, rows), stages, None)
+            return _Sized(_jpeg_estimate(planes, stages, rows, self.settings.tolerance), stages, None)
         reference = None if held is None else held.planes[:, rows]
         tolerance = self.settings.tolerance
         if Stage.CTX in stages:  # CTX counts without coding, in about half the time
@@ -469,7 +473,9 @@ JPEG_MARGIN = 4
 """Rows of context above and below each sample band for JPEG_CHROMA's estimate (even, and at least 2)."""
 
 
-def _jpeg_estimate(planes: Planes, stages: tuple[Stage, ...], rows: npt.NDArray[np.intp]) -> float:
+def _jpeg_estimate(
+    planes: Planes, stages: tuple[Stage, ...], rows: npt.NDArray[np.intp], tolerance: int
+) -> float:
     """JPEG_CHROMA's estimate on the sample bands, each coded with JPEG_MARGIN rows around it and costed
     without them: the upsampling reads the chroma rows above and below, which stacked bands would not give
     it (a band's edge rows would look like misses, 2 of its 8)."""
@@ -478,7 +484,7 @@ def _jpeg_estimate(planes: Planes, stages: tuple[Stage, ...], rows: npt.NDArray[
     quarters: list[Planes] = []
     for start in rows[::SAMPLE_BAND]:
         low, high = max(0, int(start) - JPEG_MARGIN), min(height, int(start) + SAMPLE_BAND + JPEG_MARGIN)
-        coded, _ = pixel_stages(planes[:, low:high], stages)
+        coded, _ = pixel_stages(planes[:, low:high], stages, tolerance=tolerance)
         inner = int(start) - low
         pieces.append(coded[:3, inner : inner + SAMPLE_BAND])
         quarters.append(coded[3:, inner // 2 : (inner + SAMPLE_BAND) // 2])

@@ -123,11 +123,17 @@ def pixel_stages(
     pixel = tuple(s for s in stages if s not in _BYTE_STAGES)
     if Stage.JPEG_CHROMA in pixel:
         # Four planes out of three: G, the residuals of B and R, the quarter chroma planes (native.jpeg); MED
-        # predicts G and the quarter planes, the residuals are mostly zeros.
-        coded = native.jpeg(planes, inverse=False)
+        # predicts G and the quarter planes, the residuals are mostly zeros. After QUANTIZE_G the stage codes
+        # the reconstruction (B and R moved with G), and plane 0 holds G's codes instead of G.
+        moved = planes
+        if Stage.QUANTIZE_G in pixel:
+            g_codes, moved = pixel_stages(planes, (Stage.QUANTIZE_G,), tolerance=tolerance)
+            coded = np.concatenate([g_codes[:1], native.jpeg(moved, inverse=False)[1:]])
+        else:
+            coded = native.jpeg(planes, inverse=False)
         if Stage.MED in pixel:
             coded = transforms.med_jpeg(coded)
-        return coded, planes
+        return coded, moved
     if Stage.BLOCK_CHROMA in pixel:
         # The layout moves samples across rows, so it runs on the whole frame after the stages before it, and
         # MED after it predicts the laid-out planes (transforms.med_blocks).
@@ -242,7 +248,11 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
         if stage is Stage.MED and Stage.JPEG_CHROMA in stages:
             data = transforms.unmed_jpeg(data)
         elif stage is Stage.JPEG_CHROMA:
+            if Stage.QUANTIZE_G in stages:  # plane 0 holds G's codes: the stage's G is their reconstruction
+                data = np.concatenate([transforms.dequantize(data[:1], header.tolerance), data[1:]])
             data = native.jpeg(data, inverse=True)
+        elif stage is Stage.QUANTIZE_G and Stage.JPEG_CHROMA in stages:
+            pass  # undone with JPEG_CHROMA, whose input was QUANTIZE_G's reconstruction
         elif stage in (Stage.MED, Stage.MED_CHROMA) and blocks:
             data = transforms.unmed_blocks(data, signedness(stages, channels), luma=stage is Stage.MED)
         elif stage is Stage.MED:

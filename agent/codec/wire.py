@@ -96,9 +96,9 @@ class Stage(IntEnum):
     differences from it, for decoded 4:2:0 video whose chroma is constant over aligned 2×2 blocks (wire format
     ≥ 6)."""
     JPEG_CHROMA = 13
-    """BGR only, even width and height, intra and exact: G, then B and R as residuals against JFIF's YCbCr → RGB
-    conversion of two quarter-size chroma planes upsampled as libjpeg does, which follow as a fourth plane; for
-    stills decoded from 4:2:0 JPEGs (wire format ≥ 6)."""
+    """BGR only, even width and height, intra (exact, or after QUANTIZE_G): G, then B and R as residuals against
+    JFIF's YCbCr → RGB conversion of two quarter-size chroma planes upsampled as libjpeg does, which follow as a
+    fourth plane; for stills decoded from 4:2:0 JPEGs (wire format ≥ 6)."""
 
 
 STAGE_SINCE = {
@@ -315,8 +315,10 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         )
     if Stage.JPEG_CHROMA in stages:
         _check(
-            not any(s in _PIXEL_STAGE_ORDER[0] for s in stages) and Stage.MED_CHROMA not in stages,
-            f"{_names(stages)}: JPEG_CHROMA codes a frame on its own and exactly (MED, if any, after it)",
+            not any(s in _PIXEL_STAGE_ORDER[0] and s is not Stage.QUANTIZE_G for s in stages)
+            and Stage.MED_CHROMA not in stages,
+            f"{_names(stages)}: JPEG_CHROMA codes a frame on its own, exactly or after QUANTIZE_G (MED, if any, "
+            "after it)",
         )
     if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")

@@ -350,6 +350,26 @@ def test_jpeg_chroma_finds_a_jpeg_stills_chroma(pets_cut: object) -> None:
         native.jpeg(still[:, :-1], inverse=False)
 
 
+@pytest.mark.skipif(not native.AVAILABLE, reason="JPEG_CHROMA is compiled only")
+@pytest.mark.parametrize("tolerance", [1, 2, 5])
+def test_jpeg_chroma_after_quantize_g_keeps_the_bound(pets_cut: object, tolerance: int) -> None:
+    """With a tolerance the stage codes QUANTIZE_G's reconstruction (plane 0 G's codes): decoded as encoded,
+    every pixel within T of the still."""
+    cap = cv2.VideoCapture(str(pets_cut))
+    frame = cap.read()[1]
+    cap.release()
+    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    still = T.to_planes(cv2.imdecode(data, cv2.IMREAD_COLOR))
+    stages = (Stage.QUANTIZE_G, Stage.JPEG_CHROMA, Stage.MED, Stage.CTX)
+    payload, recon = encode_planes(still, stages, tolerance=tolerance)
+    header = replace(_header_for(still, stages, tolerance), kind=Kind.KEY, key_seq=2)
+    assert np.array_equal(decode_planes(header, payload), recon)
+    assert int(np.abs(recon.astype(int) - still).max()) == tolerance
+    exact, _ = encode_planes(still, (Stage.JPEG_CHROMA, Stage.MED, Stage.CTX))
+    assert len(payload) < len(exact)
+
+
 def _header_for(planes: np.ndarray, stages: tuple[Stage, ...], tolerance: int = 0) -> RecordHeader:
     c, h, w = planes.shape
     ref = any(s in (Stage.RESIDUAL, Stage.RESIDUAL_Q) for s in stages)

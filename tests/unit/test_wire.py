@@ -275,11 +275,20 @@ def test_key_and_member_round_trip_with_all_fields() -> None:
         ),
         (
             {"stages": (Stage.RESIDUAL, Stage.JPEG_CHROMA, Stage.CTX), "pixel_format": PixelFormat.BGR8},
-            "codes a frame on its own and exactly",
+            "codes a frame on its own, exactly or after QUANTIZE_G",
         ),
         (
             {"stages": (Stage.JPEG_CHROMA, Stage.MED_CHROMA), "pixel_format": PixelFormat.BGR8, "ref_seq": 5},
-            "codes a frame on its own and exactly",
+            "codes a frame on its own, exactly or after QUANTIZE_G",
+        ),
+        (
+            {
+                "stages": (Stage.QUANTIZE, Stage.JPEG_CHROMA),
+                "pixel_format": PixelFormat.BGR8,
+                "ref_seq": 5,
+                "tolerance": 2,
+            },
+            "codes a frame on its own, exactly or after QUANTIZE_G",
         ),
         (
             {
