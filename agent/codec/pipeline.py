@@ -250,7 +250,7 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
         elif stage is Stage.JPEG_CHROMA:
             if Stage.QUANTIZE_G in stages:  # plane 0 holds G's codes: the stage's G is their reconstruction
                 data = np.concatenate([transforms.dequantize(data[:1], header.tolerance), data[1:]])
-            data = native.jpeg(data, inverse=True)
+            data = transforms.jpeg_inverse(data)
         elif stage is Stage.QUANTIZE_G and Stage.JPEG_CHROMA in stages:
             pass  # undone with JPEG_CHROMA, whose input was QUANTIZE_G's reconstruction
         elif stage in (Stage.MED, Stage.MED_CHROMA) and blocks:

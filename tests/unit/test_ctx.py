@@ -291,15 +291,24 @@ def test_ctx_beats_zstd_on_the_committed_clip(pets_cut: Path) -> None:
 def test_without_the_compiled_coder_the_codec_falls_back_and_says_why(
     monkeypatch: pytest.MonkeyPatch, pets_cut: Path
 ) -> None:
-    """An install without a C compiler: "auto" codes with zstd and numpy's MED, "ctx" is refused with the
-    reason, and a CTX record names what is missing instead of failing obscurely."""
+    """An install without a C compiler: "auto" codes with zstd and numpy's MED, "ctx" and "jpeg_chroma" are
+    refused with the reason, a CTX record names what is missing instead of failing obscurely, and a
+    JPEG_CHROMA record coded with zstd still decodes (numpy's inverse)."""
     frames = list(iter_images(pets_cut, 3))
     ctx_records = [pack_record(r) for r in _encode_all(frames, CodecSettings())]
+    ok, data = cv2.imencode(".jpg", frames[0])
+    assert ok
+    still = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    jpeg_record = FrameEncoder("cam", CodecSettings(entropy="zstd", jpeg_chroma=True)).encode(still, 0)
+    assert jpeg_record.header.stages == (Stage.JPEG_CHROMA, Stage.MED, Stage.ZSTD)
     monkeypatch.setattr(native, "_native", None)
     monkeypatch.setattr(native, "AVAILABLE", False)
     assert CodecSettings().entropy_stage is Stage.ZSTD
     with pytest.raises(ValueError, match="gcc python3-dev"):
         CodecSettings(entropy="ctx")
+    with pytest.raises(ValueError, match="gcc python3-dev"):
+        CodecSettings(jpeg_chroma=True)
+    assert np.array_equal(FrameDecoder().decode(unpack_record(pack_record(jpeg_record))), still)
     decoder = FrameDecoder()
     for frame, record in zip(frames, _encode_all(frames, CodecSettings()), strict=True):
         assert record.header.stages[-1] is Stage.ZSTD

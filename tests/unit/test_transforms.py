@@ -330,6 +330,9 @@ def test_jpeg_chroma_inverts_any_frame_as_the_document_says(planes: np.ndarray) 
     assert not coded[3, planes.shape[1] // 2 :].any(), "the quarter planes fill the top half only"
     assert np.array_equal(native.jpeg(coded, inverse=True), planes)
     assert np.array_equal(_jpeg_inverse_from_the_document(coded), planes)
+    assert np.array_equal(T.jpeg_inverse_numpy(coded), planes)  # the fallback for installs without the module
+    noisy = np.random.default_rng(int(planes.sum())).integers(0, 256, coded.shape, dtype=np.uint8)
+    assert np.array_equal(T.jpeg_inverse_numpy(noisy), native.jpeg(noisy, inverse=True))
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="JPEG_CHROMA is compiled only")
