@@ -68,27 +68,31 @@ def _assert_archive_whole(root: Path, expected: set[int]) -> None:
     assert report.ok, report.problems[:10]
 
 
-def _clip_through_the_stack(broker: MqttBroker, clip: Path, tmp_path: Path, codec: str = "") -> list[Image]:
-    """Run ``clip`` through the agent, the broker and the collector until all of it is archived; its frames."""
+def _through_the_stack(
+    broker: MqttBroker, capture: str, tmp_path: Path, frames: int, codec: str = ""
+) -> None:
+    """Run a finite source (``capture``: the [capture] section) through the agent, the broker and the collector
+    until its ``frames`` frames are archived."""
     collector = _collector(broker, tmp_path)
     agent_config = write_config(
-        tmp_path / "agent.toml",
-        port=broker.port,
-        spool=tmp_path / "spool",
-        capture=f'kind = "file"\npath = "{clip}"',
-        codec=codec,
+        tmp_path / "agent.toml", port=broker.port, spool=tmp_path / "spool", capture=capture, codec=codec
     )
     agent = AgentProcess(agent_config, tmp_path / "agent.log").start()
     try:
         assert agent.wait(120) == 0, agent.text()[-2000:]
-        cap = cv2.VideoCapture(str(clip))
-        captured = []
-        while (frame := cap.read()[1]) is not None:
-            captured.append(frame)
-        assert wait_until(lambda: len(archived_seqs(tmp_path / "archive")) >= len(captured), 30)
+        assert wait_until(lambda: len(archived_seqs(tmp_path / "archive")) >= frames, 30)
     finally:
         agent.close()
         collector.terminate()
+
+
+def _clip_through_the_stack(broker: MqttBroker, clip: Path, tmp_path: Path, codec: str = "") -> list[Image]:
+    """Run ``clip`` through the agent, the broker and the collector until all of it is archived; its frames."""
+    cap = cv2.VideoCapture(str(clip))
+    captured = []
+    while (frame := cap.read()[1]) is not None:
+        captured.append(frame)
+    _through_the_stack(broker, f'kind = "file"\npath = "{clip}"', tmp_path, len(captured), codec)
     return captured
 
 
@@ -135,21 +139,7 @@ def test_jpeg_snapshots_end_to_end(mqtt_broker: MqttBroker, pets_cut: Path, tmp_
             str(folder / f"{i:03d}.jpg"), frame[:, ::-1] if i % 2 else frame, [cv2.IMWRITE_JPEG_QUALITY, 90]
         )
     cap.release()
-    collector = _collector(mqtt_broker, tmp_path)
-    agent_config = write_config(
-        tmp_path / "agent.toml",
-        port=mqtt_broker.port,
-        spool=tmp_path / "spool",
-        capture=f'kind = "folder"\npath = "{folder}"',
-        codec="jpeg_chroma = true",
-    )
-    agent = AgentProcess(agent_config, tmp_path / "agent.log").start()
-    try:
-        assert agent.wait(120) == 0, agent.text()[-2000:]
-        assert wait_until(lambda: len(archived_seqs(tmp_path / "archive")) >= 6, 30)
-    finally:
-        agent.close()
-        collector.terminate()
+    _through_the_stack(mqtt_broker, f'kind = "folder"\npath = "{folder}"', tmp_path, 6, "jpeg_chroma = true")
     _assert_archive_whole(tmp_path / "archive", set(range(6)))
     frames = list(iter_frames(tmp_path / "archive", "cam1"))
     stills = [cv2.imread(str(path)) for path in sorted(folder.glob("*.jpg"))]

@@ -335,17 +335,22 @@ def test_jpeg_chroma_inverts_any_frame_as_the_document_says(planes: np.ndarray) 
     assert np.array_equal(T.jpeg_inverse_numpy(noisy), native.jpeg(noisy, inverse=True))
 
 
-@pytest.mark.skipif(not native.AVAILABLE, reason="JPEG_CHROMA is compiled only")
-def test_jpeg_chroma_finds_a_jpeg_stills_chroma(pets_cut: object) -> None:
-    """A frame through OpenCV's 4:2:0 JPEG: the quarter planes recovered leave B and R's residuals mostly zero
-    (measured: 3.2 % of samples not, most of them at or next to the 4.6 % of pixels a channel of which is
-    clipped at 0 or 255), where the video frame itself leaves most of them not zero."""
+def _frame_and_its_jpeg(pets_cut: object) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's first frame, and its planes through OpenCV's 4:2:0 JPEG (quality 90) and back."""
     cap = cv2.VideoCapture(str(pets_cut))
     frame = cap.read()[1]
     cap.release()
     ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
-    still = T.to_planes(cv2.imdecode(data, cv2.IMREAD_COLOR))
+    return frame, T.to_planes(cv2.imdecode(data, cv2.IMREAD_COLOR))
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="JPEG_CHROMA is compiled only")
+def test_jpeg_chroma_finds_a_jpeg_stills_chroma(pets_cut: object) -> None:
+    """A frame through OpenCV's 4:2:0 JPEG: the quarter planes recovered leave B and R's residuals mostly zero
+    (measured: 3.2 % of samples not, most of them at or next to the 4.6 % of pixels a channel of which is
+    clipped at 0 or 255), where the video frame itself leaves most of them not zero."""
+    frame, still = _frame_and_its_jpeg(pets_cut)
     coded = native.jpeg(still, inverse=False)
     assert np.count_nonzero(coded[1:3]) < 0.05 * coded[1:3].size
     assert np.count_nonzero(native.jpeg(T.to_planes(frame), inverse=False)[1:3]) > 0.5 * coded[1:3].size
@@ -358,12 +363,7 @@ def test_jpeg_chroma_finds_a_jpeg_stills_chroma(pets_cut: object) -> None:
 def test_jpeg_chroma_after_quantize_g_keeps_the_bound(pets_cut: object, tolerance: int) -> None:
     """With a tolerance the stage codes QUANTIZE_G's reconstruction (plane 0 G's codes): decoded as encoded,
     every pixel within T of the still."""
-    cap = cv2.VideoCapture(str(pets_cut))
-    frame = cap.read()[1]
-    cap.release()
-    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    still = T.to_planes(cv2.imdecode(data, cv2.IMREAD_COLOR))
+    _frame, still = _frame_and_its_jpeg(pets_cut)
     stages = (Stage.QUANTIZE_G, Stage.JPEG_CHROMA, Stage.MED, Stage.CTX)
     payload, recon = encode_planes(still, stages, tolerance=tolerance)
     header = replace(_header_for(still, stages, tolerance), kind=Kind.KEY, key_seq=2)
