@@ -1011,6 +1011,14 @@ done:
     return result;
 }
 
+/* The loops that go over every pixel of a frame are also built for AVX2 on x86-64 with glibc and picked at load
+   time (GCC's target_clones); the baseline build is what runs elsewhere (the Pi's NEON is its baseline). */
+#if defined(__x86_64__) && defined(__GLIBC__) && (defined(__GNUC__) || defined(__clang__))
+#define PIXEL_CLONES __attribute__((target_clones("default", "avx2")))
+#else
+#define PIXEL_CLONES
+#endif
+
 /* ------------------------------------------------------------------------------------------- JPEG chroma */
 
 /* JPEG_CHROMA (docs/wire-format.md): a still decoded by libjpeg from a 4:2:0 JPEG is, pixel for pixel, JFIF's
@@ -1036,57 +1044,72 @@ static void jpeg_tables(void) {
 static inline int jpeg_g(int cb, int cr) { return (JCB_G[cb] + JCR_G[cr]) >> 16; }
 static inline Py_ssize_t clampi(Py_ssize_t v, Py_ssize_t hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
 
-/* One output sample of the h2v2 fancy upsampling of q (h2 x w2) at (y, x), 0 <= y < 2 h2, 0 <= x < 2 w2. */
-static inline int fancy_at(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, Py_ssize_t y, Py_ssize_t x) {
-    const Py_ssize_t i = y >> 1, j = x >> 1;
-    const Py_ssize_t i2 = clampi(i + ((y & 1) ? 1 : -1), h2 - 1), j2 = clampi(j + ((x & 1) ? 1 : -1), w2 - 1);
-    const int near = 3 * q[i * w2 + j] + q[i2 * w2 + j], far = 3 * q[i * w2 + j2] + q[i2 * w2 + j2];
-    return (3 * near + far + ((x & 1) ? 7 : 8)) >> 4;
+/* Column sums of a row pair (as jdsample.c makes them, 3 near + far), padded with the edge column on both sides so
+   that every output of the row is the same expression. int16: a sum is at most 4 * 255. */
+static inline void column_sums(const uint8_t *restrict near, const uint8_t *restrict far, Py_ssize_t w2,
+                               int16_t *restrict cs /* w2 + 2 */) {
+    for (Py_ssize_t j = 0; j < w2; j++) cs[j + 1] = (int16_t)(3 * near[j] + far[j]);
+    cs[0] = cs[1];
+    cs[w2 + 1] = cs[w2];
 }
 
-/* The whole upsampled plane, row by row (colsums once a row, as jdsample.c does). */
-static void fancy_up(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, uint8_t *out, int32_t *cs /* w2 */) {
+/* Output x = 2j (even) and 2j + 1 (odd) of a row from its padded column sums: the neighbour outside the plane is
+   the edge sample itself, so the first output is (4 cs + 8) >> 4 and the last (4 cs + 7) >> 4, as in jdsample.c. */
+#define FANCY_EVEN(cs, j) ((3 * (cs)[(j) + 1] + (cs)[(j)] + 8) >> 4)
+#define FANCY_ODD(cs, j) ((3 * (cs)[(j) + 1] + (cs)[(j) + 2] + 7) >> 4)
+
+/* The whole upsampled plane, row by row; both outputs of a column sum in one loop, which vectorises. */
+PIXEL_CLONES
+static void fancy_up(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, uint8_t *out, int16_t *cs /* w2 + 2 */) {
     const Py_ssize_t w = 2 * w2;
     for (Py_ssize_t y = 0; y < 2 * h2; y++) {
         const uint8_t *r0 = q + (y >> 1) * w2, *r1 = q + clampi((y >> 1) + ((y & 1) ? 1 : -1), h2 - 1) * w2;
-        for (Py_ssize_t j = 0; j < w2; j++) cs[j] = 3 * r0[j] + r1[j];
-        uint8_t *o = out + y * w;
-        o[0] = (uint8_t)((4 * cs[0] + 8) >> 4); /* the edges: the neighbour outside is the sample itself */
-        o[w - 1] = (uint8_t)((4 * cs[w2 - 1] + 7) >> 4);
-        for (Py_ssize_t j = 1; j < w2; j++) o[2 * j] = (uint8_t)((3 * cs[j] + cs[j - 1] + 8) >> 4);
-        for (Py_ssize_t j = 0; j + 1 < w2; j++) o[2 * j + 1] = (uint8_t)((3 * cs[j] + cs[j + 1] + 7) >> 4);
+        column_sums(r0, r1, w2, cs);
+        uint8_t *restrict o = out + y * w;
+        for (Py_ssize_t j = 0; j < w2; j++) {
+            o[2 * j] = (uint8_t)FANCY_EVEN(cs, j);
+            o[2 * j + 1] = (uint8_t)FANCY_ODD(cs, j);
+        }
     }
 }
 
 static inline uint8_t clamp_u8(int v) { return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v)); }
 
-/* (cb, cr) by (B - G, R - G) as JFIF's conversion makes them from an unclipped pixel: cb << 8 | cr, plus 1 << 16
-   where one does (any one: pairs that give the same differences give the same B and R from G). Made on first
-   use (the encoder's; 1 MB), not at import, so decoders do not carry it. */
+/* (cb, cr) by (B - G, R - G) as JFIF's conversion makes them from an unclipped pixel: cb << 8 | cr where one does
+   (any one: pairs that give the same differences give the same B and R from G), 0 where none does: (0, 0) gives
+   differences far outside +-254 (B - G = -362), so it is never an entry. 16 bits an entry (512 kB, about a
+   Pi's or this x86's L2), made on first use (the encoder's), not at import, so decoders do not carry it. */
 #define JINV_SPAN 512
-static uint32_t *JINV;
+static uint16_t *JINV;
 
 static int jpeg_inverse_table(void) {
     if (JINV) return 1;
-    uint32_t *t = calloc((size_t)JINV_SPAN * JINV_SPAN, sizeof(uint32_t));
+    uint16_t *t = calloc((size_t)JINV_SPAN * JINV_SPAN, sizeof(uint16_t));
     if (!t) return 0;
     for (int u = 255; u >= 0; u--) /* downwards, so that the lowest pair is kept where two coincide */
         for (int v = 255; v >= 0; v--) {
             const int gt = jpeg_g(u, v), dbg = JCB_B[u] - gt, drg = JCR_R[v] - gt; /* within -364..362 */
             if (dbg < -254 || dbg > 254 || drg < -254 || drg > 254) continue; /* no unclipped pixel has them */
-            t[(dbg + JINV_SPAN / 2) * JINV_SPAN + drg + JINV_SPAN / 2] = 1u << 16 | (uint32_t)u << 8 | (uint32_t)v;
+            t[(dbg + JINV_SPAN / 2) * JINV_SPAN + drg + JINV_SPAN / 2] = (uint16_t)(u << 8 | v);
         }
     JINV = t;
     return 1;
 }
 
-/* The pixel's (cb, cr) when B - G and R - G come from JFIF's conversion of one, unclipped; 0 if none does. */
-static inline int jpeg_invert(int b, int g, int r, uint8_t *cb, uint8_t *cr) {
-    if (b <= 0 || b >= 255 || g <= 0 || g >= 255 || r <= 0 || r >= 255) return 0;
-    const uint32_t e = JINV[(b - g + JINV_SPAN / 2) * JINV_SPAN + r - g + JINV_SPAN / 2];
-    *cb = (uint8_t)(e >> 8);
-    *cr = (uint8_t)e;
-    return (int)(e >> 16);
+/* Each pixel's (cb, cr) where B - G and R - G come from JFIF's conversion of one, unclipped: ok[k] says where (no
+   channel at 0 or 255, and a pair in the table); elsewhere cb and cr hold whatever the table gives, which nothing
+   reads (every use is masked by ok). Branch-free: the index is in the table for any pixel. */
+static void jpeg_invert(const uint8_t *restrict B, const uint8_t *restrict G, const uint8_t *restrict R,
+                        Py_ssize_t n, uint8_t *restrict ok, uint8_t *restrict cb, uint8_t *restrict cr) {
+    const uint16_t *table = JINV;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const int b = B[k], g = G[k], r = R[k];
+        const uint16_t e = table[(b - g + JINV_SPAN / 2) * JINV_SPAN + r - g + JINV_SPAN / 2];
+        const int unclipped = ((unsigned)(b - 1) < 254u) & ((unsigned)(g - 1) < 254u) & ((unsigned)(r - 1) < 254u);
+        cb[k] = (uint8_t)(e >> 8);
+        cr[k] = (uint8_t)e;
+        ok[k] = (uint8_t)(unclipped & (e != 0));
+    }
 }
 
 /* Mismatches against full (where ok) of the 4 x 4 outputs that q[i][j] reaches, were q[i][j] one less, as it
@@ -1095,6 +1118,31 @@ static void window_misses(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, const 
                           Py_ssize_t i, Py_ssize_t j, int misses[3]) {
     const Py_ssize_t w = 2 * w2;
     misses[0] = misses[1] = misses[2] = 0;
+    if (i >= 1 && i + 2 <= h2 && j >= 1 && j + 2 <= w2) {
+        /* Away from the edges nothing is clamped: output row 2i - 1 + r takes near and far rows from
+           (i-1, i), (i, i-1), (i, i+1), (i+1, i), and q[i][j] weighs {1, 3, 3, 1} by row times the same by
+           column in it. Branch-free, the same sums as the general loop below. */
+        static const int WEIGHT[4] = {1, 3, 3, 1};
+        const uint8_t *rows[4][2] = {{q + (i - 1) * w2, q + i * w2},
+                                     {q + i * w2, q + (i - 1) * w2},
+                                     {q + i * w2, q + (i + 1) * w2},
+                                     {q + (i + 1) * w2, q + i * w2}};
+        int m0 = 0, m1 = 0, m2 = 0;
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *nr = rows[r][0], *fr = rows[r][1];
+            const int a = 3 * nr[j - 1] + fr[j - 1], b = 3 * nr[j] + fr[j], c = 3 * nr[j + 1] + fr[j + 1];
+            const int sums[4] = {3 * a + b + 7, 3 * b + a + 8, 3 * b + c + 7, 3 * c + b + 8};
+            const Py_ssize_t at = (2 * i - 1 + r) * w + 2 * j - 1;
+            for (int x = 0; x < 4; x++) {
+                const int weight = WEIGHT[r] * WEIGHT[x], target = full[at + x], valid = ok[at + x];
+                m0 += valid & (((sums[x] - weight) >> 4) != target);
+                m1 += valid & ((sums[x] >> 4) != target);
+                m2 += valid & (((sums[x] + weight) >> 4) != target);
+            }
+        }
+        misses[0] = m0, misses[1] = m1, misses[2] = m2;
+        return;
+    }
     for (Py_ssize_t y = 2 * i - 1; y <= 2 * i + 2; y++) {
         if (y < 0 || y >= 2 * h2) continue;
         const Py_ssize_t in = y >> 1, ifar = clampi(in + ((y & 1) ? 1 : -1), h2 - 1);
@@ -1113,80 +1161,141 @@ static void window_misses(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, const 
     }
 }
 
-/* up = the fancy upsampling of q; err[block] = the sum of full - up over the block's valid outputs and, in
-   miss[block], whether any of them differs. One pass, row pair by row pair. */
-static void upsample_errors(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, const uint8_t *full, const uint8_t *ok,
-                            uint8_t *up, int32_t *cs, int32_t *err, uint8_t *miss) {
-    const Py_ssize_t w = 2 * w2;
-    fancy_up(q, h2, w2, up, cs);
-    int16_t *d = (int16_t *)cs; /* w2 int32 = w int16: one row of differences at a time */
-    for (Py_ssize_t i = 0; i < h2; i++) {
-        int32_t *e = err + i * w2;
-        uint8_t *m = miss + i * w2;
-        for (Py_ssize_t j = 0; j < w2; j++) e[j] = 0, m[j] = 0;
-        for (Py_ssize_t dy = 0; dy < 2; dy++) {
-            const Py_ssize_t row = (2 * i + dy) * w;
-            for (Py_ssize_t x = 0; x < w; x++) /* ok is 0 or 1: branchless, so it vectorises */
-                d[x] = (int16_t)(((int16_t)full[row + x] - (int16_t)up[row + x]) * (int16_t)ok[row + x]);
+/* A full-size plane's samples by their place in the 2 x 2 blocks: quarter plane k (h2 x w2) holds the samples at
+   (2i + k / 2, 2j + k % 2), so that the solver's loops read every block's four samples contiguously. */
+PIXEL_CLONES
+static void quarters_of(const uint8_t *restrict full, Py_ssize_t h2, Py_ssize_t w2, uint8_t *restrict out) {
+    const Py_ssize_t w = 2 * w2, m = h2 * w2;
+    for (Py_ssize_t i = 0; i < h2; i++)
+        for (int dy = 0; dy < 2; dy++) {
+            const uint8_t *row = full + (2 * i + dy) * w;
+            uint8_t *even = out + (2 * dy) * m + i * w2, *odd = even + m;
             for (Py_ssize_t j = 0; j < w2; j++) {
-                e[j] += d[2 * j] + d[2 * j + 1];
-                m[j] |= (uint8_t)((d[2 * j] | d[2 * j + 1]) != 0);
+                even[j] = row[2 * j];
+                odd[j] = row[2 * j + 1];
             }
         }
+}
+
+/* One block row of upsample_errors: the four outputs of each block from the row's two column sums (up: the
+   block's upper output row, down: its lower one), against full's quarters f0-f3 where ok's quarters k0-k3 say.
+   Its own function so that restrict holds for the compiler (ok is 0 or 1: branchless, so the loop vectorises). */
+static inline void error_row(const int16_t *restrict up, const int16_t *restrict down, const uint8_t *restrict f0,
+                             const uint8_t *restrict f1, const uint8_t *restrict f2, const uint8_t *restrict f3,
+                             const uint8_t *restrict k0, const uint8_t *restrict k1, const uint8_t *restrict k2,
+                             const uint8_t *restrict k3, Py_ssize_t w2, int16_t *restrict e, uint8_t *restrict mi) {
+    for (Py_ssize_t j = 0; j < w2; j++) {
+        const int16_t d0 = (int16_t)((f0[j] - FANCY_EVEN(up, j)) * k0[j]);
+        const int16_t d1 = (int16_t)((f1[j] - FANCY_ODD(up, j)) * k1[j]);
+        const int16_t d2 = (int16_t)((f2[j] - FANCY_EVEN(down, j)) * k2[j]);
+        const int16_t d3 = (int16_t)((f3[j] - FANCY_ODD(down, j)) * k3[j]);
+        e[j] = (int16_t)(d0 + d1 + d2 + d3); /* within +-1020 */
+        mi[j] = (uint8_t)((d0 | d1 | d2 | d3) != 0);
+    }
+}
+
+/* err[block] = the sum of full - up over the block's valid outputs, where up is the fancy upsampling of q, and
+   miss[block] whether any of them differs. full and ok come as quarters (quarters_of), so the upsampled outputs
+   are never stored: each block row's two column sums give its four outputs, compared where they are made. */
+PIXEL_CLONES
+static void upsample_errors(const uint8_t *q, Py_ssize_t h2, Py_ssize_t w2, const uint8_t *fq, const uint8_t *okq,
+                            int16_t *cs /* 2 (w2 + 2) */, int16_t *err, uint8_t *miss) {
+    const Py_ssize_t m = h2 * w2;
+    int16_t *up = cs, *down = cs + w2 + 2;
+    for (Py_ssize_t i = 0; i < h2; i++) {
+        const uint8_t *row = q + i * w2;
+        column_sums(row, q + (i > 0 ? i - 1 : 0) * w2, w2, up);
+        column_sums(row, q + (i + 1 < h2 ? i + 1 : h2 - 1) * w2, w2, down);
+        const Py_ssize_t at = i * w2;
+        error_row(up, down, fq + at, fq + m + at, fq + 2 * m + at, fq + 3 * m + at, okq + at, okq + m + at,
+                  okq + 2 * m + at, okq + 3 * m + at, w2, err + at, miss + at);
+    }
+}
+
+/* Each block's first estimate, the mean of its valid pixels rounded, (2 sum + n) / (2 n), or 128 where it has none;
+   has[block] says which. Returns how many blocks have none. Branch-free (a select a count), so it vectorises. */
+PIXEL_CLONES
+static Py_ssize_t block_means(const uint8_t *restrict fq, const uint8_t *restrict okq, Py_ssize_t m,
+                              uint8_t *restrict q, uint8_t *restrict has) {
+    const uint8_t *f0 = fq, *f1 = fq + m, *f2 = fq + 2 * m, *f3 = fq + 3 * m;
+    const uint8_t *k0 = okq, *k1 = okq + m, *k2 = okq + 2 * m, *k3 = okq + 3 * m;
+    Py_ssize_t empty = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int n = k0[k] + k1[k] + k2[k] + k3[k];
+        const int sum = f0[k] * k0[k] + f1[k] * k1[k] + f2[k] * k2[k] + f3[k] * k3[k];
+        const int third = ((2 * sum + 3) * 10923) >> 16; /* (2 sum + 3) / 6, exact below 2 048 */
+        const int mean = n == 4 ? (sum + 2) >> 2 : (n == 2 ? (sum + 1) >> 1 : (n == 1 ? sum : (n == 3 ? third : 128)));
+        q[k] = (uint8_t)mean;
+        has[k] = (uint8_t)(n > 0);
+        empty += n == 0;
+    }
+    return empty;
+}
+
+/* One Jacobi step: each block's sample moves by 4/9 of its four outputs' summed error, rounded (each output
+   weighs it 9/16, so their sum moves 9/4 a unit), clamped. int16 throughout: the sum is within +-1020. */
+PIXEL_CLONES
+static void jacobi_step(const int16_t *restrict err, Py_ssize_t m, uint8_t *restrict q) {
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int16_t e = err[k], move = (int16_t)((e >= 0 ? 4 * e + 4 : 4 * e - 4) / 9);
+        const int16_t v = (int16_t)(q[k] + move);
+        q[k] = (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
     }
 }
 
 /* A quarter-size plane q whose fancy upsampling matches full wherever ok: block means, then Jacobi steps (each
    of a block's four outputs weighs q 9/16, so their sum moves 9/4 a unit), then greedy +-1 sweeps over the
-   samples of blocks that miss (measured on five LTA stills: 98.2-98.8 % of pixels left with no residual). */
-static void jpeg_solve(const uint8_t *full, const uint8_t *ok, Py_ssize_t h2, Py_ssize_t w2, uint8_t *q,
-                       uint8_t *up, int32_t *cs, int32_t *err /* h2 w2 */, uint8_t *miss /* h2 w2 */) {
-    const Py_ssize_t w = 2 * w2;
-    for (Py_ssize_t i = 0; i < h2; i++)
-        for (Py_ssize_t j = 0; j < w2; j++) {
-            int sum = 0, n = 0;
-            for (int dy = 0; dy < 2; dy++)
-                for (int dx = 0; dx < 2; dx++) {
-                    const Py_ssize_t k = (2 * i + dy) * w + 2 * j + dx;
-                    sum += ok[k] ? full[k] : 0;
-                    n += ok[k];
-                }
-            q[i * w2 + j] = (uint8_t)(n ? (2 * sum + n) / (2 * n) : 128);
-            miss[i * w2 + j] = (uint8_t)(n > 0); /* here: whether the block had a pixel to start from */
-        }
+   samples of blocks that miss (measured on five LTA stills: 98.2-98.8 % of pixels left with no residual).
+   fq and okq are full and ok as quarters (quarters_of); the sweeps read full and ok themselves. */
+static void jpeg_solve(const uint8_t *full, const uint8_t *ok, const uint8_t *fq, const uint8_t *okq, Py_ssize_t h2,
+                       Py_ssize_t w2, uint8_t *q, int16_t *cs, int16_t *err /* h2 w2 */, uint8_t *miss /* h2 w2 */) {
+    const Py_ssize_t m = h2 * w2;
+    const Py_ssize_t empty = block_means(fq, okq, m, q, miss);
     /* A block all of whose pixels are clipped starts from a neighbour's value (one pass down and right, one up
        and left), not from grey: its upsampling reaches its neighbours' pixels. */
-    for (Py_ssize_t k = 0; k < h2 * w2; k++) {
-        if (miss[k]) continue;
-        const Py_ssize_t j = k % w2;
-        const Py_ssize_t from = j > 0 && miss[k - 1] ? k - 1 : (k >= w2 && miss[k - w2] ? k - w2 : -1);
-        if (from >= 0) q[k] = q[from], miss[k] = 1;
-    }
-    for (Py_ssize_t k = h2 * w2 - 1; k >= 0; k--) {
-        if (miss[k]) continue;
-        const Py_ssize_t j = k % w2;
-        const Py_ssize_t from = j + 1 < w2 && miss[k + 1] ? k + 1 : (k + w2 < h2 * w2 && miss[k + w2] ? k + w2 : -1);
-        if (from >= 0) q[k] = q[from], miss[k] = 1;
-    }
-    for (int step = 0; step < JPEG_JACOBI_STEPS; step++) {
-        upsample_errors(q, h2, w2, full, ok, up, cs, err, miss);
-        for (Py_ssize_t k = 0; k < h2 * w2; k++) {
-            const int32_t e = err[k], move = (e >= 0 ? 4 * e + 4 : 4 * e - 4) / 9; /* e * 4/9, rounded */
-            q[k] = clamp_u8(q[k] + move);
+    const uint64_t all8 = 0x0101010101010101ull; /* eight blocks that have pixels: nothing to fill */
+    for (Py_ssize_t i = 0; i < h2 && empty; i++)
+        for (Py_ssize_t j = 0; j < w2; j++) {
+            const Py_ssize_t k = i * w2 + j;
+            if (j + 8 <= w2 && load8(miss + k) == all8) {
+                j += 7;
+                continue;
+            }
+            if (miss[k]) continue;
+            const Py_ssize_t from = j > 0 && miss[k - 1] ? k - 1 : (i > 0 && miss[k - w2] ? k - w2 : -1);
+            if (from >= 0) q[k] = q[from], miss[k] = 1;
         }
+    for (Py_ssize_t i = h2 - 1; i >= 0 && empty; i--)
+        for (Py_ssize_t j = w2 - 1; j >= 0; j--) {
+            const Py_ssize_t k = i * w2 + j;
+            if (j >= 7 && load8(miss + k - 7) == all8) {
+                j -= 7;
+                continue;
+            }
+            if (miss[k]) continue;
+            const Py_ssize_t from = j + 1 < w2 && miss[k + 1] ? k + 1 : (i + 1 < h2 && miss[k + w2] ? k + w2 : -1);
+            if (from >= 0) q[k] = q[from], miss[k] = 1;
+        }
+    for (int step = 0; step < JPEG_JACOBI_STEPS; step++) {
+        upsample_errors(q, h2, w2, fq, okq, cs, err, miss);
+        jacobi_step(err, m, q);
     }
     for (int sweep = 0; sweep < JPEG_SWEEPS; sweep++) {
-        upsample_errors(q, h2, w2, full, ok, up, cs, err, miss);
+        upsample_errors(q, h2, w2, fq, okq, cs, err, miss);
         int changed = 0;
         for (Py_ssize_t i = 0; i < h2; i++)
             for (Py_ssize_t j = 0; j < w2; j++) {
+                if (j + 8 <= w2 && !load8(miss + i * w2 + j)) { /* eight blocks that match: the common case */
+                    j += 7;
+                    continue;
+                }
                 if (!miss[i * w2 + j]) continue; /* its own block matches (its neighbours' samples get their turn) */
                 uint8_t *c = q + i * w2 + j;
-                int m[3];
-                window_misses(q, h2, w2, full, ok, i, j, m);
+                int mm[3];
+                window_misses(q, h2, w2, full, ok, i, j, mm);
                 int pick = 0;
-                if (*c > 0 && m[0] < m[1]) pick = -1;
-                if (*c < 255 && m[2] < m[1 + pick]) pick = 1;
+                if (*c > 0 && mm[0] < mm[1]) pick = -1;
+                if (*c < 255 && mm[2] < mm[1 + pick]) pick = 1;
                 *c = (uint8_t)(*c + pick);
                 changed += pick != 0;
             }
@@ -1194,42 +1303,64 @@ static void jpeg_solve(const uint8_t *full, const uint8_t *ok, Py_ssize_t h2, Py
     }
 }
 
+/* JFIF's B^ and R^ of each pixel from G and its upsampled (cb, cr) (jdcolor.c's tables as the arithmetic they
+   hold, so that the loop vectorises: the same values as JCB_B, JCR_R and jpeg_g). Forward (adding 0): bo = bi - B^
+   and ro = ri - R^ with bi, ri the pixels' B and R; inverse (adding 1): bo = B^ + bi and ro = R^ + ri with bi, ri
+   the residuals. */
+PIXEL_CLONES
+static void jpeg_predict(const uint8_t *restrict G, const uint8_t *restrict ub, const uint8_t *restrict ur,
+                         Py_ssize_t n, const uint8_t *restrict bi, const uint8_t *restrict ri, uint8_t *restrict bo,
+                         uint8_t *restrict ro, int adding) {
+    const int sign = adding ? 1 : -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const int32_t cb = ub[k] - 128, cr = ur[k] - 128;
+        const int32_t y = G[k] - ((-22554 * cb - 46802 * cr + 32768) >> 16);
+        const int32_t b = y + ((116130 * cb + 32768) >> 16), r = y + ((91881 * cr + 32768) >> 16);
+        const int32_t bc = b < 0 ? 0 : (b > 255 ? 255 : b), rc = r < 0 ? 0 : (r > 255 ? 255 : r);
+        bo[k] = (uint8_t)(bi[k] + sign * bc);
+        ro[k] = (uint8_t)(ri[k] + sign * rc);
+    }
+}
+
 /* Forward: (B, G, R) planes -> (G, B - B^, R - R^, Q) with Q's top half the two quarter planes side by side. */
 static int jpeg_forward(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
-    const Py_ssize_t n = h * w, h2 = h / 2, w2 = w / 2;
+    const Py_ssize_t n = h * w, h2 = h / 2, w2 = w / 2, m = h2 * w2;
     uint8_t *scratch = malloc((size_t)n);
-    uint8_t *qb = malloc((size_t)(3 * h2 * w2)); /* the two quarter planes, then the solver's block flags */
-    int32_t *ints = malloc(sizeof(int32_t) * (size_t)(w2 + h2 * w2));
-    if (!scratch || !qb || !ints) {
+    uint8_t *qb = malloc((size_t)(3 * m)); /* the two quarter planes, then the solver's block flags */
+    int16_t *err = malloc(sizeof(int16_t) * (size_t)m);
+    int16_t *cs = malloc(sizeof(int16_t) * (size_t)(2 * (w2 + 2)));
+    if (!scratch || !qb || !err || !cs) {
         free(scratch);
         free(qb);
-        free(ints);
+        free(err);
+        free(cs);
         return 0;
     }
     /* The output's planes hold the work until they are written: the full-size (cb, cr) in planes 1 and 2, the
-       pixels they were found for in plane 0, then the upsampled cr there and the upsampled cb in scratch. */
+       pixels they were found for in plane 0 and, as quarters, in plane 3; the plane being solved for as quarters
+       in scratch. Then the upsampled cr goes to plane 0 and the upsampled cb to scratch. */
     uint8_t *ok = out, *cb = out + n, *cr = out + 2 * n, *q = out + 3 * n, *up_b = scratch, *up_r = out;
     const uint8_t *B = in, *G = in + n, *R = in + 2 * n;
-    for (Py_ssize_t k = 0; k < n; k++) ok[k] = (uint8_t)jpeg_invert(B[k], G[k], R[k], cb + k, cr + k);
-    uint8_t *miss = qb + 2 * h2 * w2;
-    jpeg_solve(cb, ok, h2, w2, qb, scratch, ints, ints + w2, miss);
-    jpeg_solve(cr, ok, h2, w2, qb + h2 * w2, scratch, ints, ints + w2, miss);
+    jpeg_invert(B, G, R, n, ok, cb, cr);
+    uint8_t *miss = qb + 2 * m;
+    quarters_of(ok, h2, w2, q);
+    quarters_of(cb, h2, w2, scratch);
+    jpeg_solve(cb, ok, scratch, q, h2, w2, qb, cs, err, miss);
+    quarters_of(cr, h2, w2, scratch);
+    jpeg_solve(cr, ok, scratch, q, h2, w2, qb + m, cs, err, miss);
     memset(q, 0, (size_t)n);
     for (Py_ssize_t i = 0; i < h2; i++) {
         memcpy(q + i * w, qb + i * w2, (size_t)w2);
-        memcpy(q + i * w + w2, qb + h2 * w2 + i * w2, (size_t)w2);
+        memcpy(q + i * w + w2, qb + m + i * w2, (size_t)w2);
     }
-    fancy_up(qb, h2, w2, up_b, ints);
-    fancy_up(qb + h2 * w2, h2, w2, up_r, ints);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        const int y = G[k] - jpeg_g(up_b[k], up_r[k]);
-        out[n + k] = (uint8_t)(B[k] - clamp_u8(y + JCB_B[up_b[k]]));
-        out[2 * n + k] = (uint8_t)(R[k] - clamp_u8(y + JCR_R[up_r[k]]));
-    }
+    fancy_up(qb, h2, w2, up_b, cs);
+    fancy_up(qb + m, h2, w2, up_r, cs);
+    jpeg_predict(G, up_b, up_r, n, B, R, out + n, out + 2 * n, 0);
     memcpy(out, G, (size_t)n);
     free(qb);
     free(scratch);
-    free(ints);
+    free(err);
+    free(cs);
     return 1;
 }
 
@@ -1237,7 +1368,7 @@ static int jpeg_forward(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *
 static int jpeg_inverse(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *out) {
     const Py_ssize_t n = h * w, h2 = h / 2, w2 = w / 2;
     uint8_t *buf = malloc((size_t)(2 * n + 2 * h2 * w2));
-    int32_t *cs = malloc(sizeof(int32_t) * (size_t)w2);
+    int16_t *cs = malloc(sizeof(int16_t) * (size_t)(w2 + 2));
     if (!buf || !cs) {
         free(buf);
         free(cs);
@@ -1252,12 +1383,8 @@ static int jpeg_inverse(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *
     fancy_up(qb, h2, w2, up_b, cs);
     fancy_up(qr, h2, w2, up_r, cs);
     const uint8_t *G = in, *dB = in + n, *dR = in + 2 * n;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        const int y = G[k] - jpeg_g(up_b[k], up_r[k]);
-        out[k] = (uint8_t)(clamp_u8(y + JCB_B[up_b[k]]) + dB[k]);
-        out[n + k] = G[k];
-        out[2 * n + k] = (uint8_t)(clamp_u8(y + JCR_R[up_r[k]]) + dR[k]);
-    }
+    jpeg_predict(G, up_b, up_r, n, dB, dR, out, out + 2 * n, 1);
+    memcpy(out + n, G, (size_t)n);
     free(buf);
     free(cs);
     return 1;
@@ -1515,11 +1642,6 @@ static inline void follow_g_row(const uint8_t *restrict cur, const uint8_t *rest
    the way: 1080p in about a third of the time numpy's bands take. On x86-64 with glibc it is also built for
    AVX2 and picked at load time (32-byte vectors: 0.31 -> 0.23 ms for a pets frame's residual, RCT and MED);
    the baseline build is what runs elsewhere. */
-#if defined(__x86_64__) && defined(__GLIBC__) && (defined(__GNUC__) || defined(__clang__))
-#define PIXEL_CLONES __attribute__((target_clones("default", "avx2")))
-#else
-#define PIXEL_CLONES
-#endif
 PIXEL_CLONES
 static void pixels_rows(const uint8_t *cur, const uint8_t *ref, Py_ssize_t channels, Py_ssize_t h, Py_ssize_t w,
                         int rct, int follow, const uint8_t *medmask, const uint8_t *flip, const Quantiser *quant,
