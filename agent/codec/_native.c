@@ -1012,8 +1012,9 @@ done:
 }
 
 /* The loops that go over every pixel of a frame are also built for AVX2 on x86-64 with glibc and picked at load
-   time (GCC's target_clones); the baseline build is what runs elsewhere (the Pi's NEON is its baseline). */
-#if defined(__x86_64__) && defined(__GLIBC__) && (defined(__GNUC__) || defined(__clang__))
+   time (GCC's target_clones); the baseline build is what runs elsewhere (the Pi's NEON is its baseline).
+   CCTV_NO_CLONES builds the baseline alone, so that a test on an AVX2 machine can check it codes the same. */
+#if defined(__x86_64__) && defined(__GLIBC__) && (defined(__GNUC__) || defined(__clang__)) && !defined(CCTV_NO_CLONES)
 #define PIXEL_CLONES __attribute__((target_clones("default", "avx2")))
 #else
 #define PIXEL_CLONES
