@@ -42,8 +42,9 @@ class CodecSettings:
 
     jpeg_chroma: bool = False
     """Also try, for frames coded on their own, the JPEG_CHROMA stage: stills decoded from 4:2:0 JPEGs (snapshot
-    cameras, image folders) code 16-27 % smaller, at about 35 ms more a 1080p frame where it is used, so it is
-    off unless asked for (docs/benchmarks.md). With a tolerance it also comes after QUANTIZE_G (the LTA stills
+    cameras, image folders) code 16-27 % smaller, at about twice the encode time of a 1080p frame where it is
+    used (24 ms more on the team's x86 VM, which leaves a still at 5x the seed's speed instead of 10x), so it
+    is off unless asked for (docs/benchmarks.md). With a tolerance it also comes after QUANTIZE_G (the LTA stills
     at T=2 11.3 -> 15.1x). Needs the compiled module."""
 
     @property
