@@ -13,6 +13,16 @@ record by record: the same header but for the SSIM (OpenCV's float blurs round d
 to another: it is reported, and only matters if it crosses the key threshold, which then shows as a different
 kind), the same payload bytes, and that both streams decode, here, to within their tolerance of the frames.
 It exits 1 on any difference. ``.ci/arm64-check`` runs ``write`` in an arm64 Debian under qemu-user.
+
+The codec is the same everywhere; the frames a camera's video decodes to are not. OpenCV converts each decoded
+YUV 4:2:0 picture to BGR with FFmpeg's swscale, whose code differs from one instruction set to another, and the
+codec's ratio depends on how (BLOCK_CHROMA pays where B - G and R - G are constant over each 2×2 block)::
+
+    .venv/bin/python benchmarks/cross_arch.py decode VIDEO OUT/x86_64.npy --frames 150   # on each machine
+    .venv/bin/python benchmarks/cross_arch.py ratios OUT/x86_64.npy OUT/aarch64.npy      # anywhere
+
+``ratios`` codes each machine's decode of the video here, exact and at T = 2 (each record decoded again and
+checked), and prints the ratios beside the share of aligned 2×2 blocks whose B - G is constant.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from agent.capture.files import iter_images  # noqa: E402
 from agent.codec.decoder import FrameDecoder  # noqa: E402
 from agent.codec.encoder import FrameEncoder  # noqa: E402
 from agent.codec.settings import CodecSettings  # noqa: E402
-from agent.codec.wire import Record, iter_records, pack_record  # noqa: E402
+from agent.codec.wire import Record, iter_records, pack_record, unpack_record  # noqa: E402
 from agent.errors import CctvError  # noqa: E402
 
 PETS_CUT = REPO / "tests" / "data" / "pets-cut.avi"
@@ -129,6 +139,38 @@ def compare_streams(
     return problems, ssim
 
 
+def decode_video(video: Path, out: Path, frames: int) -> int:
+    """This machine's OpenCV decode of the first frames of a video, as one (N, H, W, 3) array in OUT (.npy)."""
+    images = list(iter_images(video, frames))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.stack(images))
+    return len(images)
+
+
+def constant_blocks(image: np.ndarray) -> float:
+    """The share of aligned 2×2 blocks over which B - G is constant (decoded 4:2:0 video, converted per block)."""
+    diff = image[..., 0].astype(np.int16) - image[..., 1]
+    height, width = diff.shape[0] // 2 * 2, diff.shape[1] // 2 * 2
+    blocks = diff[:height, :width].reshape(height // 2, 2, width // 2, 2)
+    return float((blocks.max(axis=(1, 3)) == blocks.min(axis=(1, 3))).mean())
+
+
+def ratios(frames: np.ndarray) -> dict[str, float]:
+    """Raw over coded bytes of the frames, exact and at T = 2 (the default codec otherwise); every record is
+    decoded again and must be within its tolerance (SystemExit if not)."""
+    out = {}
+    for name, settings in (("exact", CodecSettings()), ("T=2", CodecSettings(tolerance=2))):
+        encoder, decoder, coded = FrameEncoder("cross-arch", settings), FrameDecoder(), 0
+        for i, frame in enumerate(frames):
+            data = pack_record(encoder.encode(frame, 1_000_000_000 * i))
+            error = int(cv2.norm(decoder.decode(unpack_record(data)), frame, cv2.NORM_INF))
+            if error > settings.tolerance:
+                raise SystemExit(f"frame {i} decodes {error} off at {name}: the codec is broken")
+            coded += len(data)
+        out[name] = frames.nbytes / coded
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,9 +183,27 @@ def main() -> int:
     compare.add_argument("frames", type=Path)
     compare.add_argument("first", type=Path)
     compare.add_argument("second", type=Path)
+    decode = commands.add_parser("decode", help="this machine's decode of a video's first frames, as .npy")
+    decode.add_argument("video", type=Path)
+    decode.add_argument("out", type=Path)
+    decode.add_argument("--frames", type=int, default=150, help="first N frames (default: 150)")
+    measure = commands.add_parser("ratios", help="code machines' decodes (.npy) here: ratios and 2x2 blocks")
+    measure.add_argument("decodes", type=Path, nargs="+")
     args = parser.parse_args()
     if args.command == "frames":
         print(f"{len(make_frames(args.out))} frames in {args.out}")
+        return 0
+    if args.command == "decode":
+        print(f"{platform.machine()}: {decode_video(args.video, args.out, args.frames)} frames in {args.out}")
+        return 0
+    if args.command == "ratios":
+        for path in args.decodes:
+            decoded = np.load(path)
+            cells = ", ".join(f"{k} {v:.2f}x" for k, v in ratios(decoded).items())
+            share = np.mean([constant_blocks(f) for f in decoded[:: max(1, len(decoded) // 10)]])
+            print(
+                f"{path.name}: {len(decoded)} frames, {cells}; B - G constant over {share:.1%} of 2x2 blocks"
+            )
         return 0
     frames = read_frames(args.frames)
     if args.command == "write":
