@@ -44,8 +44,9 @@ from agent.capture.files import iter_images  # noqa: E402
 from agent.codec.decoder import FrameDecoder  # noqa: E402
 from agent.codec.encoder import FrameEncoder  # noqa: E402
 from agent.codec.settings import CodecSettings  # noqa: E402
-from agent.codec.wire import Record, iter_records, pack_record, unpack_record  # noqa: E402
+from agent.codec.wire import Record, iter_records, pack_record  # noqa: E402
 from agent.errors import CctvError  # noqa: E402
+from benchmarks.compare import run_ours  # noqa: E402
 
 PETS_CUT = REPO / "tests" / "data" / "pets-cut.avi"
 LTA = REPO.parent / "shared" / "data" / "lta-sg-2702-woodlands-checkpoint" / "frames"
@@ -156,18 +157,16 @@ def constant_blocks(image: np.ndarray) -> float:
 
 
 def ratios(frames: np.ndarray) -> dict[str, float]:
-    """Raw over coded bytes of the frames, exact and at T = 2 (the default codec otherwise); every record is
-    decoded again and must be within its tolerance (SystemExit if not)."""
+    """Raw over coded bytes of the frames, exact and at T = 2 (the default codec otherwise), as ``compare.py``
+    codes them: every record decoded again, and it must be within its tolerance (SystemExit if not)."""
     out = {}
-    for name, settings in (("exact", CodecSettings()), ("T=2", CodecSettings(tolerance=2))):
-        encoder, decoder, coded = FrameEncoder("cross-arch", settings), FrameDecoder(), 0
-        for i, frame in enumerate(frames):
-            data = pack_record(encoder.encode(frame, 1_000_000_000 * i))
-            error = int(cv2.norm(decoder.decode(unpack_record(data)), frame, cv2.NORM_INF))
-            if error > settings.tolerance:
-                raise SystemExit(f"frame {i} decodes {error} off at {name}: the codec is broken")
-            coded += len(data)
-        out[name] = frames.nbytes / coded
+    for name, tolerance in (("exact", 0), ("T=2", 2)):
+        result = run_ours(list(frames), tolerance=tolerance)
+        if result.max_abs_error is None or result.max_abs_error > tolerance or result.ratio is None:
+            raise SystemExit(
+                f"{name}: decodes {result.max_abs_error} off: the codec is broken ({result.note})"
+            )
+        out[name] = result.ratio
     return out
 
 

@@ -34,7 +34,7 @@ from agent.codec.transforms import from_planes, to_planes
 from agent.codec.wire import Kind, PixelFormat, Record, Stage, pack_record, unpack_record
 from agent.errors import MissingReferenceError, WireFormatError
 from agent.simulate.scene import Scene, SceneSettings
-from tests.fixtures.data import shared_set
+from tests.fixtures.data import jpeg_stills, shared_set
 
 FRAMES_PER_SET = {"pets": 60, "intel": 60, "motorway": 60, "lta": 12}
 
@@ -117,16 +117,6 @@ def test_chroma_without_aligned_blocks_is_not_laid_out_by_block(pets_cut: Path) 
     assert Stage.BLOCK_CHROMA in aligned.encode(next(_frames(pets_cut, 1))[:-1, :-1], 0).header.stages
 
 
-def _jpeg_stills(frames: Iterator[np.ndarray], quality: int = 90) -> list[np.ndarray]:
-    """Frames through a 4:2:0 JPEG and back with OpenCV's libjpeg: what a snapshot camera's stills are."""
-    stills = []
-    for frame in frames:
-        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        assert ok
-        stills.append(cv2.imdecode(data, cv2.IMREAD_COLOR))
-    return stills
-
-
 def _intra_wire_bytes(frames: list[np.ndarray], codec: CodecSettings) -> tuple[int, list[Record]]:
     """Every frame a key (stills minutes apart): wire bytes, and the records, each checked bit-exact."""
     encoder, decoder = FrameEncoder("cam", codec), FrameDecoder()
@@ -142,7 +132,7 @@ def _intra_wire_bytes(frames: list[np.ndarray], codec: CodecSettings) -> tuple[i
 def test_jpeg_stills_code_smaller_with_jpeg_chroma(pets_cut: Path) -> None:
     """Stills decoded from 4:2:0 JPEGs by OpenCV's libjpeg: with ``jpeg_chroma`` every key takes JPEG_CHROMA,
     exactly, and the stream is smaller (measured on these 8 stills: 27 % smaller)."""
-    stills = _jpeg_stills(_frames(pets_cut, 8))
+    stills = jpeg_stills(_frames(pets_cut, 8))
     plain, _records = _intra_wire_bytes(stills, CodecSettings())
     smaller, records = _intra_wire_bytes(stills, CodecSettings(jpeg_chroma=True))
     print(f"\n8 JPEG stills: {plain} bytes as RCT+MED, {smaller} with JPEG_CHROMA")
@@ -157,12 +147,12 @@ def test_jpeg_chroma_is_not_tried_where_it_cannot_code() -> None:
     """Odd sizes (the quarter planes need whole 2×2 blocks) and grey frames never take JPEG_CHROMA; with a
     tolerance it comes after QUANTIZE_G, within the bound."""
     rng = np.random.default_rng(4)
-    odd = _jpeg_stills([rng.integers(0, 256, (33, 48, 3), dtype=np.uint8)])[0]
+    odd = jpeg_stills([rng.integers(0, 256, (33, 48, 3), dtype=np.uint8)])[0]
     assert (
         Stage.JPEG_CHROMA
         not in FrameEncoder("c", CodecSettings(jpeg_chroma=True)).encode(odd, 0).header.stages
     )
-    even = _jpeg_stills([cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (9, 9), 3)])[0]
+    even = jpeg_stills([cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (9, 9), 3)])[0]
     assert (
         Stage.JPEG_CHROMA in FrameEncoder("c", CodecSettings(jpeg_chroma=True)).encode(even, 0).header.stages
     )

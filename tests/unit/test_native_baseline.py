@@ -9,12 +9,10 @@ with it: every record must be the installed build's to the byte, and decode the 
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import shutil
 import subprocess
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +27,8 @@ from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
 from agent.codec.wire import Stage, pack_record, unpack_record
 from agent.simulate.scene import Scene, SceneSettings
+from benchmarks.ctx_timing import load_build
+from tests.fixtures.data import jpeg_stills
 
 SOURCE = Path(__file__).resolve().parents[2] / "agent" / "codec" / "_native.c"
 
@@ -62,21 +62,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     )
     assert build.returncode == 0, build.stderr
     assert b"avx2" not in module.read_bytes(), "the baseline build still carries AVX2 clones"
-    spec = importlib.util.spec_from_file_location("_native", module)
-    assert spec is not None
-    assert spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
-def _jpeg_stills(frames: Iterator[np.ndarray]) -> list[np.ndarray]:
-    stills = []
-    for frame in frames:
-        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        assert ok
-        stills.append(cv2.imdecode(data, cv2.IMREAD_COLOR))
-    return stills
+    return load_build(module)
 
 
 def _records(frames: list[np.ndarray], codec: CodecSettings) -> list[bytes]:
@@ -110,7 +96,7 @@ def test_the_baseline_build_codes_the_same_bytes(
         scene = Scene(SceneSettings(width=320, height=240))
         frames = [scene.frame(i) for i in range(8)]
     else:
-        frames = _jpeg_stills(iter_images(pets_cut, 4))
+        frames = jpeg_stills(iter_images(pets_cut, 4))
     installed = _records(frames, codec)
     assert any(stage in unpack_record(r).header.stages for r in installed), f"no record used {stage.name}"
 
