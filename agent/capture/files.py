@@ -14,10 +14,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.capture import ffmpeg
 from agent.capture.base import CaptureSource, Frame, Image
+from agent.capture.latest import Capture
 from agent.errors import CaptureError
 
 log = logging.getLogger(__name__)
+
+_PROBE_TIMEOUT_S = 30.0
+"""Longest ffprobe may take over a file (it reads a few frames; slow disks and long GOPs take longer)."""
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
@@ -44,22 +49,33 @@ def normalise(image: np.ndarray, where: str) -> Image:
 
 
 class VideoFileSource(CaptureSource):
-    """Frames of a video file in order; with ``loop`` it starts over at the end, for soak tests."""
+    """Frames of a video file in order; with ``loop`` it starts over at the end, for soak tests.
 
-    def __init__(self, path: Path | str, loop: bool = False) -> None:
+    ``decoder`` picks who decodes it (``agent.capture.ffmpeg`` says why it matters): ``"auto"`` an ``ffmpeg``
+    child where ffmpeg is installed and the file's pictures are limited-range yuv420p, else OpenCV;
+    ``"ffmpeg"`` the child or a ``CaptureError`` saying why not; ``"opencv"`` OpenCV's ``VideoCapture``.
+    """
+
+    def __init__(self, path: Path | str, loop: bool = False, decoder: str = "auto") -> None:
+        if decoder not in ffmpeg.DECODERS:
+            raise CaptureError(
+                f"video {path}: unknown decoder {decoder!r} (expected one of {ffmpeg.DECODERS})"
+            )
         self.path = Path(path)
         self.loop = loop
+        self.decoder = decoder
         self.name = f"file:{self.path}"
-        self._capture: cv2.VideoCapture | None = None
+        self._capture: Capture | None = None
         self._pending: Image | None = None
         self._index = 0
+        self._fps = 0.0
+        self.decoded_by = ""
+        """``"ffmpeg"`` or ``"opencv"`` once open: who decodes the file."""
 
     @property
     def fps(self) -> float:
         """Frame rate the container claims (0.0 when it does not say or the file is not open)."""
-        if self._capture is None:
-            return 0.0
-        return float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        return self._fps if self._capture is not None else 0.0
 
     def open(self) -> None:
         """Open the file and decode its first frame, so that a file without a frame fails here."""
@@ -68,18 +84,53 @@ class VideoFileSource(CaptureSource):
         self._capture, self._pending = self._start()
         self._index = 0
 
-    def _start(self) -> tuple[cv2.VideoCapture, Image]:
+    def _start(self) -> tuple[Capture, Image]:
         if not self.path.is_file():
             raise CaptureError(f"video {self.path}: no such file")
+        child = self._start_ffmpeg() if self.decoder != "opencv" else None
+        capture: Capture = child if child is not None else self._start_opencv()
+        ok, image = capture.read()
+        if not ok or image is None:
+            said = child.said() if child is not None else ""
+            capture.release()
+            raise CaptureError(
+                f"video {self.path}: opened but yields no frame (empty or corrupt)"
+                + (f": {said}" if said else "")
+            )
+        return capture, normalise(image, f"video {self.path} frame 0")
+
+    def _start_ffmpeg(self) -> ffmpeg.FfmpegCapture | None:
+        """The ffmpeg child, or ``None`` (with the reason logged) where ``auto`` falls back to OpenCV."""
+        what = f"video {self.path}"
+        if self.decoder == "ffmpeg":
+            capture = ffmpeg.open_capture(str(self.path), [], _PROBE_TIMEOUT_S, what)
+        elif not ffmpeg.available():
+            log.debug("%s: decoded by OpenCV (ffmpeg is not installed)", what)
+            return None
+        else:
+            try:
+                info = ffmpeg.probe(str(self.path), [], _PROBE_TIMEOUT_S)
+            except CaptureError as e:
+                log.info("%s: decoded by OpenCV (%s)", what, e)
+                return None
+            why = ffmpeg.unsuitable(info)
+            if why is not None:
+                log.info("%s: decoded by OpenCV (%s)", what, why)
+                return None
+            capture = ffmpeg.FfmpegCapture(str(self.path), info, [], what)
+        self._fps = capture.info.fps
+        self.decoded_by = "ffmpeg"
+        return capture
+
+    def _start_opencv(self) -> Capture:
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             capture.release()
             raise CaptureError(f"video {self.path}: OpenCV cannot open it (not a video, or no codec for it)")
-        ok, image = capture.read()
-        if not ok or image is None:
-            capture.release()
-            raise CaptureError(f"video {self.path}: opened but yields no frame (empty or corrupt)")
-        return capture, normalise(image, f"video {self.path} frame 0")
+        self._fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.decoded_by = "opencv"
+        opened: Capture = capture
+        return opened
 
     def read(self) -> Frame | None:
         if self._capture is None:
@@ -172,18 +223,18 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
-def open_path(path: Path, loop: bool = False) -> CaptureSource:
+def open_path(path: Path, loop: bool = False, decoder: str = "auto") -> CaptureSource:
     """The replay source for ``path``: a folder of stills or a video file (not yet opened; use ``with``)."""
     if path.is_dir():
         return ImageFolderSource(path, loop=loop)
-    return VideoFileSource(path, loop=loop)
+    return VideoFileSource(path, loop=loop, decoder=decoder)
 
 
-def iter_images(path: Path, limit: int | None = None) -> Iterator[Image]:
+def iter_images(path: Path, limit: int | None = None, decoder: str = "auto") -> Iterator[Image]:
     """The pictures of a video or folder, at most ``limit`` of them, for tools that want pixels only."""
     if limit is not None and limit <= 0:
         return
-    with open_path(path) as source:
+    with open_path(path, decoder=decoder) as source:
         count = 0
         while (frame := source.read()) is not None:
             yield frame.image

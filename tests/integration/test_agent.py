@@ -12,10 +12,10 @@ import random
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from agent.capture.files import iter_images
 from agent.spool import Spool
 from tests.fixtures.broker import ACL_USERS, BrokerFactory, MqttBroker
 from tests.integration.agent_harness import AgentProcess, Recorder, write_config
@@ -61,13 +61,7 @@ def test_every_captured_frame_arrives_bit_exact(
         assert agent.wait(120) == 0, agent.text()[-3000:]
     finally:
         agent.close()
-    cap = cv2.VideoCapture(str(pets_cut))
-    originals = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        originals.append(frame)
+    originals = list(iter_images(pets_cut))  # what the agent's file source read
     seqs = recorder.wait_for(lambda s: len(s) >= len(originals), 20)
     recorder.stop()
     assert seqs == set(range(len(originals))), "every frame, each once"

@@ -18,6 +18,7 @@ import pytest
 
 from agent.archive.maintenance import verify
 from agent.archive.reader import Image, iter_frames
+from agent.capture.files import iter_images
 from agent.spool import Spool
 from tests.fixtures.broker import BrokerFactory, MqttBroker
 from tests.integration.agent_harness import (
@@ -88,10 +89,7 @@ def _through_the_stack(
 
 def _clip_through_the_stack(broker: MqttBroker, clip: Path, tmp_path: Path, codec: str = "") -> list[Image]:
     """Run ``clip`` through the agent, the broker and the collector until all of it is archived; its frames."""
-    cap = cv2.VideoCapture(str(clip))
-    captured = []
-    while (frame := cap.read()[1]) is not None:
-        captured.append(frame)
+    captured = list(iter_images(clip))  # what the agent's file source reads
     _through_the_stack(broker, f'kind = "file"\npath = "{clip}"', tmp_path, len(captured), codec)
     return captured
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from agent.capture import ffmpeg, yuv
 from agent.capture.files import ImageFolderSource, VideoFileSource, iter_images, open_path
 from agent.errors import CaptureError
 
@@ -36,9 +38,25 @@ def _pattern(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 # --- video files -----------------------------------------------------------------------------------------
 
 
-def test_video_yields_every_frame_in_order(pets_cut: Path) -> None:
-    expected = _direct_frames(pets_cut, 3)
-    with VideoFileSource(pets_cut) as source:
+def _ffmpeg_frames(path: Path, limit: int) -> list[np.ndarray]:
+    """The first frames as the ``ffmpeg`` command decodes them, converted by the numpy path of ``yuv``."""
+    raw = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", str(path), "-frames:v", str(limit), "-f", "rawvideo",
+         "-pix_fmt", "yuv420p", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    size = yuv.picture_bytes(768, 576)
+    return [yuv.to_bgr_numpy(raw[i : i + size], 768, 576) for i in range(0, len(raw), size)]
+
+
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
+
+
+@pytest.mark.parametrize("decoder", ["opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)])
+def test_video_yields_every_frame_in_order(pets_cut: Path, decoder: str) -> None:
+    expected = _direct_frames(pets_cut, 3) if decoder == "opencv" else _ffmpeg_frames(pets_cut, 3)
+    with VideoFileSource(pets_cut, decoder=decoder) as source:
+        assert source.decoded_by == decoder
         frames = []
         while (frame := source.read()) is not None:
             frames.append(frame)
@@ -56,15 +74,17 @@ def test_video_yields_every_frame_in_order(pets_cut: Path) -> None:
     assert walls == sorted(walls)
 
 
-def test_video_reports_container_fps(pets_cut: Path) -> None:
-    source = VideoFileSource(pets_cut)
+@pytest.mark.parametrize("decoder", ["opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)])
+def test_video_reports_container_fps(pets_cut: Path, decoder: str) -> None:
+    source = VideoFileSource(pets_cut, decoder=decoder)
     assert source.fps == 0.0
     with source:
         assert source.fps == pytest.approx(10.0)
 
 
-def test_video_loop_starts_over_with_the_same_pixels(pets_cut: Path) -> None:
-    with VideoFileSource(pets_cut, loop=True) as source:
+@pytest.mark.parametrize("decoder", ["opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)])
+def test_video_loop_starts_over_with_the_same_pixels(pets_cut: Path, decoder: str) -> None:
+    with VideoFileSource(pets_cut, loop=True, decoder=decoder) as source:
         first = source.read()
         assert first is not None
         count = 1
@@ -77,24 +97,38 @@ def test_video_loop_starts_over_with_the_same_pixels(pets_cut: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "reason"), [(None, "no such file"), (b"not a video" * 100, "cannot open")]
+    ("content", "decoder", "reason"),
+    [
+        (None, "auto", "no such file"),
+        (b"not a video" * 100, "auto", "OpenCV cannot open"),  # ffprobe refuses it, then OpenCV does
+        (b"not a video" * 100, "opencv", "OpenCV cannot open"),
+        pytest.param(
+            b"not a video" * 100, "ffmpeg", "ffprobe cannot read it: .*Invalid data", marks=needs_ffmpeg
+        ),
+    ],
 )
 def test_video_that_cannot_be_opened_raises_with_path_and_reason(
-    tmp_path: Path, content: bytes | None, reason: str
+    tmp_path: Path, content: bytes | None, decoder: str, reason: str
 ) -> None:
     path = tmp_path / "broken.avi"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CaptureError, match=reason) as info:
-        VideoFileSource(path).open()
+        VideoFileSource(path, decoder=decoder).open()
     assert str(path) in str(info.value)
 
 
-def test_truncated_video_header_raises(tmp_path: Path, pets_cut: Path) -> None:
+@pytest.mark.parametrize("decoder", ["auto", "opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)])
+def test_truncated_video_header_raises(tmp_path: Path, pets_cut: Path, decoder: str) -> None:
     path = tmp_path / "truncated.avi"
     path.write_bytes(pets_cut.read_bytes()[:3000])
     with pytest.raises(CaptureError, match=str(path)):
-        VideoFileSource(path).open()
+        VideoFileSource(path, decoder=decoder).open()
+
+
+def test_unknown_decoder_is_refused(pets_cut: Path) -> None:
+    with pytest.raises(CaptureError, match="unknown decoder 'gstreamer'"):
+        VideoFileSource(pets_cut, decoder="gstreamer")
 
 
 def test_video_read_before_open_raises_and_close_twice_is_safe(pets_cut: Path) -> None:
@@ -190,7 +224,7 @@ def test_open_path_picks_the_source_by_kind(tmp_path: Path, pets_cut: Path) -> N
 
 
 def test_iter_images_stops_at_the_limit(pets_cut: Path) -> None:
-    images = list(iter_images(pets_cut, limit=5))
+    images = list(iter_images(pets_cut, limit=5, decoder="opencv"))
     assert len(images) == 5
     for got, want in zip(images, _direct_frames(pets_cut, 5), strict=True):
         np.testing.assert_array_equal(got, want)

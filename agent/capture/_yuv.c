@@ -1,0 +1,97 @@
+/*
+ * YUV 4:2:0 to BGR in integers, the same on every machine (agent/capture/yuv.py says why).
+ *
+ * The arithmetic is that of FFmpeg's swscale on x86-64 (its SSSE3 yuv2rgb, which OpenCV's video decoding
+ * runs there): BT.601 limited range, 13-bit coefficients, each product's high 16 bits (pmulhw, i.e. the
+ * floor of product / 65536), one luma term plus chroma terms computed once per 2x2 block, then clamped to
+ * 0..255. So on x86-64 the frames equal OpenCV's, and on any other machine they are those same frames.
+ *
+ * The loop runs without the GIL: a live source converts on its reader thread.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+/* swscale's coefficients: the 16.16 constants of ff_yuv2rgb_coeffs (ITU-R 601) scaled to 13 bits, rounded. */
+#define Y_COEFF 9539    /* 255/219 */
+#define UB_COEFF 16525  /* 2.018 */
+#define UG_COEFF -3209  /* -0.392 */
+#define VG_COEFF -6660  /* -0.813 */
+#define VR_COEFF 13075  /* 1.596 */
+
+static inline int32_t mulhi(int32_t a, int32_t c) { return (a * c) >> 16; } /* floor, as pmulhw */
+
+static inline uint8_t clamp8(int32_t v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
+
+static void convert(const uint8_t *y, const uint8_t *u, const uint8_t *v, uint8_t *out, Py_ssize_t width,
+                    Py_ssize_t height) {
+    Py_ssize_t cw = (width + 1) / 2;
+    int16_t cb[cw], cg[cw], cr[cw]; /* one row of blocks' chroma terms: at most 48 kB (width <= 16384) */
+    for (Py_ssize_t row = 0; row < height; row++) {
+        if ((row & 1) == 0) {
+            const uint8_t *ur = u + (row / 2) * cw, *vr = v + (row / 2) * cw;
+            for (Py_ssize_t i = 0; i < cw; i++) {
+                int32_t uu = ((int32_t)ur[i] - 128) * 8, vv = ((int32_t)vr[i] - 128) * 8;
+                cb[i] = (int16_t)mulhi(uu, UB_COEFF);
+                cg[i] = (int16_t)(mulhi(uu, UG_COEFF) + mulhi(vv, VG_COEFF));
+                cr[i] = (int16_t)mulhi(vv, VR_COEFF);
+            }
+        }
+        const uint8_t *yr = y + row * width;
+        uint8_t *o = out + row * width * 3;
+        for (Py_ssize_t x = 0; x < width; x++) {
+            int32_t l = mulhi(((int32_t)yr[x] - 16) * 8, Y_COEFF);
+            o[3 * x] = clamp8(l + cb[x >> 1]);
+            o[3 * x + 1] = clamp8(l + cg[x >> 1]);
+            o[3 * x + 2] = clamp8(l + cr[x >> 1]);
+        }
+    }
+}
+
+PyDoc_STRVAR(bgr_doc,
+             "bgr(planes, out, width, height)\n\n"
+             "Convert one yuv420p picture (Y, then U, then V, each plane's rows packed: chroma planes\n"
+             "ceil(width/2) x ceil(height/2)) into out, a writable buffer of height*width*3 bytes (BGR).");
+
+static PyObject *bgr(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    Py_ssize_t width, height;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*nn", &src, &dst, &width, &height)) return NULL;
+    PyObject *result = NULL;
+    if (width < 1 || height < 1 || width > 16384 || height > 16384) {
+        PyErr_Format(PyExc_ValueError, "picture size %zd x %zd out of range (1..16384)", width, height);
+        goto done;
+    }
+    Py_ssize_t cw = (width + 1) / 2, ch = (height + 1) / 2;
+    if (src.len != width * height + 2 * cw * ch) {
+        PyErr_Format(PyExc_ValueError, "a %zd x %zd yuv420p picture is %zd bytes, got %zd", width, height,
+                     width * height + 2 * cw * ch, src.len);
+        goto done;
+    }
+    if (dst.len != width * height * 3) {
+        PyErr_Format(PyExc_ValueError, "out must be %zd bytes, got %zd", width * height * 3, dst.len);
+        goto done;
+    }
+    const uint8_t *y = src.buf, *u = y + width * height, *v = u + cw * ch;
+    Py_BEGIN_ALLOW_THREADS convert(y, u, v, dst.buf, width, height);
+    Py_END_ALLOW_THREADS result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"bgr", bgr, METH_VARARGS, bgr_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "agent.capture._yuv", "YUV 4:2:0 to BGR in integers (see agent/capture/yuv.py).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__yuv(void) { return PyModule_Create(&module); }

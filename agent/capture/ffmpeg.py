@@ -1,0 +1,258 @@
+"""Video decoded by an ``ffmpeg`` child process and converted to BGR here, the same way on every machine.
+
+OpenCV decodes video to BGR with FFmpeg's swscale, whose rounding depends on the CPU (``yuv`` says how, and
+what it costs a Raspberry Pi), and it cannot hand out the decoded YUV planes instead (with
+``CAP_PROP_CONVERT_RGB`` off its FFmpeg backend returns the luma plane alone). So a child ``ffmpeg`` decodes
+and writes each picture's planes untouched to a pipe (raw ``yuv420p``), and :func:`yuv.to_bgr` converts them.
+On x86-64 the frames are the ones OpenCV gives (``tests/unit/test_ffmpeg_capture.py``); elsewhere they are
+those same frames, where OpenCV's would not be.
+
+Only pictures that are already limited-range ``yuv420p`` (nearly every camera's H.264, H.265 and MPEG-4) take
+this path, so that the child converts nothing; anything else (full-range ``yuvj420p``, 4:2:2, RGB codecs)
+stays with OpenCV, which converts it as it always has (:func:`unsuitable` says why).
+
+The child runs with ``-loglevel error``, its messages kept in a temporary file (a pipe nobody reads would
+fill and stop it), and is killed on ``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from
+one thread; a size change inside a stream is scaled to the size probed at the start, as OpenCV does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from typing import IO, Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.capture import yuv
+from agent.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("auto", "ffmpeg", "opencv")
+"""``auto``: the ffmpeg child where it is installed and the video suits it, else OpenCV."""
+
+_STDERR_TAIL = 600
+"""Characters of the child's last messages quoted in an error."""
+
+
+def available() -> bool:
+    """Whether ``ffmpeg`` and ``ffprobe`` are on PATH."""
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+@cache
+def _major_version() -> int:
+    """ffmpeg's major version, or a large number for a git build (which has the newest options)."""
+    try:
+        out = subprocess.run(
+            ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 99
+    match = re.match(r"ffmpeg version n?(\d+)\.", out)
+    return int(match.group(1)) if match else 99
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What ``ffprobe`` says of a source's first video stream."""
+
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    color_range: str
+    fps: float
+
+
+def probe(target: str, input_options: list[str], timeout_s: float) -> VideoInfo:
+    """Ask ``ffprobe`` about ``target``'s first video stream; ``CaptureError`` with its words if it cannot."""
+    command = [
+        "ffprobe",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        *input_options,
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=codec_name,width,height,pix_fmt,color_range,avg_frame_rate,r_frame_rate",
+        "-of",
+        "json",
+        target,
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise CaptureError(f"ffprobe gave no answer within {timeout_s:.0f} s") from e
+    except OSError as e:
+        raise CaptureError(f"cannot run ffprobe: {e}") from e
+    streams: list[dict[str, Any]] = []
+    if done.returncode == 0:
+        try:
+            streams = json.loads(done.stdout).get("streams") or []
+        except json.JSONDecodeError:
+            streams = []
+    if not streams:
+        said = done.stderr.strip()[-_STDERR_TAIL:] or "no video stream"
+        raise CaptureError(f"ffprobe cannot read it: {said}")
+    s = streams[0]
+    return VideoInfo(
+        codec=str(s.get("codec_name", "?")),
+        width=int(s.get("width") or 0),
+        height=int(s.get("height") or 0),
+        pix_fmt=str(s.get("pix_fmt", "?")),
+        color_range=str(s.get("color_range", "unknown")),
+        fps=_rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate")),
+    )
+
+
+def _rate(text: object) -> float:
+    if not isinstance(text, str) or "/" not in text:
+        return 0.0
+    num, _, den = text.partition("/")
+    try:
+        return float(num) / float(den) if float(den) else 0.0
+    except ValueError:
+        return 0.0
+
+
+def unsuitable(info: VideoInfo) -> str | None:
+    """Why ``info``'s pictures must stay with OpenCV, or ``None`` when the child can hand them out as they are."""
+    if info.width < 1 or info.height < 1:
+        return "its size is unknown"
+    if info.pix_fmt != "yuv420p":
+        return f"its pictures are {info.pix_fmt}, not yuv420p"
+    if info.color_range == "pc":
+        return "its pictures are full-range"
+    return None
+
+
+class FfmpegCapture:
+    """A running ``ffmpeg`` child decoding one source; ``read()`` and ``release()`` as ``cv2.VideoCapture``'s."""
+
+    def __init__(self, target: str, info: VideoInfo, input_options: list[str], what: str) -> None:
+        self.info = info
+        self._what = what
+        self._size = yuv.picture_bytes(info.width, info.height)
+        passthrough = ["-fps_mode", "passthrough"] if _major_version() >= 5 else ["-vsync", "passthrough"]
+        command = [
+            "ffmpeg",
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            *input_options,
+            "-i",
+            target,
+            "-map",
+            "0:v:0",
+            "-an",
+            "-sn",
+            "-dn",
+            *passthrough,
+            "-vf",
+            f"scale={info.width}:{info.height}",  # a no-op unless the stream changes size
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "rawvideo",
+            "pipe:1",
+        ]
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        try:
+            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+            )
+        except OSError as e:
+            self._stderr.close()
+            raise CaptureError(f"{what}: cannot start ffmpeg: {e}") from e
+        self._frames = 0
+
+    def read(self) -> tuple[bool, npt.NDArray[np.uint8] | None]:
+        """The next frame, or ``(False, None)`` at the end of the stream or when the child failed."""
+        process = self._process
+        if process is None or process.stdout is None:
+            return False, None
+        pipe = cast("io.RawIOBase", process.stdout)  # unbuffered (bufsize 0 is Popen's default): a FileIO
+        picture = bytearray(self._size)
+        view = memoryview(picture)
+        got = 0
+        while got < self._size:
+            n = pipe.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got < self._size:
+            self._finish(got)
+            return False, None
+        self._frames += 1
+        return True, yuv.to_bgr(picture, self.info.width, self.info.height)
+
+    def _finish(self, partial: int) -> None:
+        """Log how the child ended: quietly at a clean end, with its last words otherwise."""
+        process = self._process
+        if process is None:
+            return
+        try:
+            code = process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        if partial:
+            log.warning(
+                "%s: the last picture was cut short (%d of %d bytes)", self._what, partial, self._size
+            )
+        if code != 0:
+            log.warning(
+                "%s: ffmpeg exited with %d after %d frames: %s", self._what, code, self._frames, self.said()
+            )
+
+    def said(self) -> str:
+        """The end of what the child wrote to stderr (its error messages), on one line."""
+        try:
+            self._stderr.seek(0, 2)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - 4 * _STDERR_TAIL))
+            text = self._stderr.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+        return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-_STDERR_TAIL:]
+
+    def release(self) -> None:
+        """Stop the child (if it still runs) and free its pipes; safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self._stderr.close()
+
+
+def open_capture(target: str, input_options: list[str], timeout_s: float, what: str) -> FfmpegCapture:
+    """Probe ``target`` and start its child; ``CaptureError`` when ffmpeg is missing or the video unsuited."""
+    if not available():
+        raise CaptureError(
+            f"{what}: decoder = 'ffmpeg' needs ffmpeg and ffprobe on PATH (Debian: apt install ffmpeg)"
+        )
+    try:
+        info = probe(target, input_options, timeout_s)
+    except CaptureError as e:
+        raise CaptureError(f"{what}: {e}") from e
+    why = unsuitable(info)
+    if why is not None:
+        raise CaptureError(
+            f"{what}: ffmpeg would have to convert its pictures ({why}); use decoder = 'opencv'"
+        )
+    return FfmpegCapture(target, info, input_options, what)
