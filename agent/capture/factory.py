@@ -48,6 +48,7 @@ def open_source(
     stall_timeout_s: float = 30.0,
     reconnect_max_s: float = 60.0,
     loop: bool = False,
+    decoder: str = "auto",
     sim: SceneSettings | None = None,
 ) -> CaptureSource:
     """Build the source for ``kind``; it is *not* opened yet: use ``with`` or call ``open()``.
@@ -90,7 +91,7 @@ def open_source(
         _need(k, "path", path)
         assert path is not None
         return (
-            VideoFileSource(Path(path), loop=loop)
+            VideoFileSource(Path(path), loop=loop, decoder=decoder)
             if k == "file"
             else ImageFolderSource(Path(path), loop=loop)
         )

@@ -27,6 +27,7 @@ def make_source(config: AgentConfig) -> CaptureSource:
         stall_timeout_s=c.stall_timeout_s,
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
+        decoder=c.decoder,
         sim=SceneSettings(
             seed=sim.seed,
             width=sim.width,

@@ -281,6 +281,14 @@ def test_one_mistake_one_message(dotted: str, value: Any, expected: str) -> None
         ({"kind": "usb", "fourcc": "MJPEG"}, "capture.fourcc: must be exactly 4 characters, got 'MJPEG'"),
         ({"kind": "simulated", "fourcc": "MJPG"}, "capture.fourcc: only used when kind is 'usb'"),
         ({"kind": "usb", "device": -1}, "capture.device: must be a device path or an index ≥ 0, got -1"),
+        (
+            {"kind": "folder", "path": "/x", "decoder": "ffmpeg"},
+            "capture.decoder: only used when kind is 'file'",
+        ),
+        (
+            {"kind": "file", "path": "/x", "decoder": "gstreamer"},
+            "capture.decoder: expected one of 'auto', 'ffmpeg', 'opencv', got string 'gstreamer'",
+        ),
         ({}, "capture.kind: missing required key"),
     ],
 )
@@ -298,6 +306,7 @@ def test_capture_kind_needs_its_keys(capture: dict[str, Any], expected: str) -> 
         {"kind": "rtsp", "url": "rtsps://cam.example:322/live"},
         {"kind": "http", "url": "https://cam.example/mjpeg"},
         {"kind": "file", "path": "/srv/a.avi", "loop": True},
+        {"kind": "file", "path": "/srv/a.avi", "decoder": "opencv"},
         {"kind": "folder", "path": "frames", "fps": 2.5},
     ],
 )
