@@ -80,6 +80,7 @@ def open_source(
         assert url is not None
         return StreamSource(
             url,
+            decoder=decoder,
             open_timeout_s=open_timeout_s,
             read_timeout_s=read_timeout_s,
             stall_timeout_s=stall_timeout_s,

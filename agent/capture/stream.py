@@ -1,4 +1,9 @@
-"""Network cameras: RTSP, RTSPS and HTTP (MJPEG) through OpenCV's FFmpeg backend.
+"""Network cameras: RTSP and RTSPS through an ``ffmpeg`` child or OpenCV, HTTP (MJPEG) through OpenCV.
+
+RTSP video is decoded by an ``ffmpeg`` child where one is installed (``decoder``; ``agent.capture.ffmpeg``
+says why: through OpenCV a Raspberry Pi's frames differ from a PC's and code 28-35 % larger). The child gets
+the same transport (TCP) and its socket timeout is ``read_timeout_s``, so a camera that goes silent ends it
+and the reader reconnects; ``ffprobe`` first checks that the stream's pictures suit it.
 
 Both timeouts are explicit: without them FFmpeg may wait forever for a camera that went away
 (OpenCV's defaults are 30 s, and older builds had none). RTSP goes over TCP: over UDP a lost packet
@@ -24,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from agent.capture import ffmpeg
 from agent.capture.latest import Capture, LiveSource
 from agent.errors import CaptureError
 
@@ -89,6 +95,7 @@ class StreamSource(LiveSource):
         stall_timeout_s: float = 30.0,
         reconnect_max_s: float = 60.0,
         name: str | None = None,
+        decoder: str = "auto",
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in SCHEMES:
@@ -102,9 +109,25 @@ class StreamSource(LiveSource):
             stall_timeout_s=stall_timeout_s,
             reconnect_max_s=reconnect_max_s,
         )
+        if decoder not in ffmpeg.DECODERS:
+            raise CaptureError(
+                f"{self.name}: unknown decoder {decoder!r} (expected one of {ffmpeg.DECODERS})"
+            )
+        if decoder == "ffmpeg" and scheme not in ("rtsp", "rtsps"):
+            raise CaptureError(
+                f"{self.name}: decoder = 'ffmpeg' is for RTSP; HTTP MJPEG is decoded by OpenCV"
+            )
         self.url = url
+        self.decoder = decoder
+        self.decoded_by = ""
+        """``"ffmpeg"`` or ``"opencv"``: who decodes the current connection."""
 
     def _open_capture(self) -> Capture:
+        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps") and self.decoder != "opencv":
+            child = self._open_child()
+            if child is not None:
+                return child
+        self.decoded_by = "opencv"
         if urlsplit(self.url).scheme.lower() in ("http", "https"):
             raw = self._open_ffmpeg([cv2.CAP_PROP_FORMAT, -1])
             if int(raw.get(cv2.CAP_PROP_FOURCC)) == _MJPG:
@@ -115,6 +138,38 @@ class StreamSource(LiveSource):
         self._log_opened(cap, f"FFmpeg options {ffmpeg_options(self.url)!r}")
         opened: Capture = cap
         return opened
+
+    def _open_child(self) -> ffmpeg.FfmpegCapture | None:
+        """The ffmpeg child for an RTSP camera, or ``None`` where ``auto`` falls back to OpenCV."""
+        options = ffmpeg.rtsp_options(self.read_timeout_s)
+        if self.decoder == "ffmpeg":
+            capture = ffmpeg.open_capture(self.url, options, self.open_timeout_s, self.name)
+            capture.prime()
+        elif not ffmpeg.available():
+            return None
+        else:
+            try:
+                info = ffmpeg.probe(self.url, options, self.open_timeout_s)
+            except CaptureError as e:
+                # Unreachable is unreachable for OpenCV too: report it and retry, as OpenCV's failure would.
+                raise CaptureError(f"{self.name}: {e}") from e
+            why = ffmpeg.unsuitable(info)
+            if why is not None:
+                log.info("%s: decoded by OpenCV (%s)", self.name, why)
+                return None
+            capture = ffmpeg.FfmpegCapture(self.url, info, options, self.name)
+        capture.prime()
+        self.decoded_by = "ffmpeg"
+        info = capture.info
+        log.info(
+            "%s: opened %dx%d at %.1f fps (%s, decoded by an ffmpeg child)",
+            self.name,
+            info.width,
+            info.height,
+            info.fps,
+            info.codec,
+        )
+        return capture
 
     def _open_ffmpeg(self, extra: list[int]) -> Any:
         params = [

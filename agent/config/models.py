@@ -152,9 +152,9 @@ class CaptureSection(_Validated):
     loop: bool = False
     """file/folder: start again at the end instead of stopping."""
     decoder: Decoder = "auto"
-    """file: who decodes the video. ``ffmpeg``: an ffmpeg child, converted the same on every machine (on a Pi
-    OpenCV's conversion makes frames that code 28-35 % larger); ``opencv``: OpenCV; ``auto``: ffmpeg where it is
-    installed and the video is limited-range yuv420p, else OpenCV."""
+    """file, rtsp: who decodes the video. ``ffmpeg``: an ffmpeg child, converted the same on every machine (on a
+    Pi OpenCV's conversion makes frames that code 28-35 % larger); ``opencv``: OpenCV; ``auto``: ffmpeg where
+    it is installed and the video is limited-range yuv420p, else OpenCV."""
     simulated: SimulatedSection = field(default_factory=SimulatedSection)
 
     def _problems(self) -> list[Problem]:
@@ -174,8 +174,8 @@ class CaptureSection(_Validated):
             problems.append(("path", "only used when kind is 'file' or 'folder'"))
         if self.loop and not replays:
             problems.append(("loop", "only used when kind is 'file' or 'folder'"))
-        if self.decoder != "auto" and self.kind != "file":
-            problems.append(("decoder", "only used when kind is 'file'"))
+        if self.decoder != "auto" and self.kind not in ("file", "rtsp"):
+            problems.append(("decoder", "only used when kind is 'file' or 'rtsp'"))
         if (self.width is None) != (self.height is None):
             given, missing = ("width", "height") if self.height is None else ("height", "width")
             problems.append((given, f"must be given together with {missing}"))

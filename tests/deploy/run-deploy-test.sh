@@ -177,6 +177,7 @@ all:
           cctv_agent_watchdog_sec: $WATCHDOG_S
           cctv_agent_restart_sec: 1
           cctv_agent_capture_simulated: {width: 320, height: 240, fps: 10.0}
+          cctv_agent_install_ffmpeg: false  # a simulated camera decodes no video; ffmpeg is 100 MB of packages
           cctv_agent_agent: {stats_interval_s: 10.0}
           cctv_agent_mqtt: {host: 127.0.0.1, port: $PORT, username: $BROKER_USER, password_file: mqtt-password}
           cctv_agent_mqtt_tls: {enabled: true, ca_file: "credential:broker-ca"}

@@ -7,6 +7,7 @@ the server is killed and restarted on the same port, and a prompt stop.
 from __future__ import annotations
 
 import itertools
+import platform
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.capture import ffmpeg
 from agent.capture.base import Frame
 from agent.capture.factory import open_source
 from agent.capture.stream import StreamSource, redact
@@ -23,6 +25,9 @@ from agent.errors import CaptureError, ConfigError
 from agent.simulate.scene import Scene, SceneSettings
 from agent.simulate.serve import ServerProcess, free_port, run_mjpeg_server
 from tests.fixtures.rtsp import CLIP_SETTINGS
+
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
+DECODERS = ["opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)]
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -44,12 +49,18 @@ def _drain(source: StreamSource) -> int:
     raise AssertionError("frames keep coming from a server that should be silent")
 
 
-@pytest.fixture
-def rtsp_source(rtsp_server: ServerProcess) -> Iterator[StreamSource]:
+@pytest.fixture(params=DECODERS)
+def rtsp_source(rtsp_server: ServerProcess, request: pytest.FixtureRequest) -> Iterator[StreamSource]:
     source = StreamSource(
-        rtsp_server.url, open_timeout_s=5, read_timeout_s=5, stall_timeout_s=10, reconnect_max_s=2
+        rtsp_server.url,
+        open_timeout_s=5,
+        read_timeout_s=5,
+        stall_timeout_s=10,
+        reconnect_max_s=2,
+        decoder=request.param,
     )
     source.open()
+    assert source.decoded_by == request.param
     yield source
     source.close()
 
@@ -72,6 +83,27 @@ def test_rtsp_frames_are_the_served_scene(rtsp_source: StreamSource) -> None:
     assert rtsp_source.reader.stats.opens == 1
 
 
+@needs_ffmpeg
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64"),
+    reason="OpenCV's conversion is swscale's x86-64 code only on x86-64 (elsewhere it rounds differently)",
+)
+def test_rtsp_frames_through_ffmpeg_are_opencvs_on_x86_64(rtsp_server: ServerProcess) -> None:
+    """Each connection plays the clip from its start, so the first pictures of two connections are the same
+    H.264 pictures (decoded alike by every FFmpeg): converted here, they are OpenCV's to the bit."""
+    got: dict[str, list[np.ndarray]] = {}
+    for decoder in ("ffmpeg", "opencv"):
+        source = StreamSource(rtsp_server.url, open_timeout_s=5, read_timeout_s=5, decoder=decoder)
+        # read() hands out the newest picture; the reader's own thread sees every one, in order.
+        capture = source._open_capture()
+        try:
+            got[decoder] = [capture.read()[1] for _ in range(5)]
+        finally:
+            capture.release()
+    for ours, theirs in zip(got["ffmpeg"], got["opencv"], strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_newest_frame_is_handed_to_a_slow_consumer(rtsp_source: StreamSource) -> None:
     first = rtsp_source.read(timeout_s=5)
     assert first is not None
@@ -92,10 +124,16 @@ def test_a_frame_is_never_handed_out_twice(rtsp_source: StreamSource) -> None:
 
 
 @pytest.mark.slow
-def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess, decoder: str) -> None:
     # A long read timeout, so that it is the watchdog (2 s of silence) that gives up, not FFmpeg.
     source = StreamSource(
-        rtsp_server.url, open_timeout_s=2, read_timeout_s=30, stall_timeout_s=2, reconnect_max_s=1
+        rtsp_server.url,
+        open_timeout_s=2,
+        read_timeout_s=30,
+        stall_timeout_s=2,
+        reconnect_max_s=1,
+        decoder=decoder,
     )
     with source:
         assert source.read(timeout_s=5) is not None
@@ -113,9 +151,17 @@ def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess) -> None:
 
 
 @pytest.mark.slow
-def test_reconnects_after_the_server_is_killed_and_restarted(rtsp_server: ServerProcess) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_reconnects_after_the_server_is_killed_and_restarted(
+    rtsp_server: ServerProcess, decoder: str
+) -> None:
     source = StreamSource(
-        rtsp_server.url, open_timeout_s=2, read_timeout_s=2, stall_timeout_s=5, reconnect_max_s=1
+        rtsp_server.url,
+        open_timeout_s=2,
+        read_timeout_s=2,
+        stall_timeout_s=5,
+        reconnect_max_s=1,
+        decoder=decoder,
     )
     with source:
         assert source.read(timeout_s=5) is not None
@@ -158,11 +204,15 @@ def test_close_wakes_a_blocked_read_within_a_second(rtsp_server: ServerProcess) 
     assert woke_s < 1.5
 
 
-def test_open_fails_with_the_reason_when_nobody_listens() -> None:
+@pytest.mark.parametrize(
+    ("decoder", "reason"),
+    [("opencv", "could not open"), pytest.param("ffmpeg", "Connection refused", marks=needs_ffmpeg)],
+)
+def test_open_fails_with_the_reason_when_nobody_listens(decoder: str, reason: str) -> None:
     url = f"rtsp://user:secret@127.0.0.1:{free_port()}/cam"
-    source = StreamSource(url, open_timeout_s=1, read_timeout_s=1, reconnect_max_s=1)
+    source = StreamSource(url, open_timeout_s=1, read_timeout_s=1, reconnect_max_s=1, decoder=decoder)
     start = time.monotonic()
-    with pytest.raises(CaptureError, match="could not open") as err:
+    with pytest.raises(CaptureError, match=reason) as err:
         source.open()
     assert time.monotonic() - start < 4
     assert "secret" not in str(err.value)

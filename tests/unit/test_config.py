@@ -283,7 +283,11 @@ def test_one_mistake_one_message(dotted: str, value: Any, expected: str) -> None
         ({"kind": "usb", "device": -1}, "capture.device: must be a device path or an index ≥ 0, got -1"),
         (
             {"kind": "folder", "path": "/x", "decoder": "ffmpeg"},
-            "capture.decoder: only used when kind is 'file'",
+            "capture.decoder: only used when kind is 'file' or 'rtsp'",
+        ),
+        (
+            {"kind": "http", "url": "http://c/", "decoder": "ffmpeg"},
+            "capture.decoder: only used when kind is 'file' or 'rtsp'",
         ),
         (
             {"kind": "file", "path": "/x", "decoder": "gstreamer"},
@@ -307,6 +311,7 @@ def test_capture_kind_needs_its_keys(capture: dict[str, Any], expected: str) -> 
         {"kind": "http", "url": "https://cam.example/mjpeg"},
         {"kind": "file", "path": "/srv/a.avi", "loop": True},
         {"kind": "file", "path": "/srv/a.avi", "decoder": "opencv"},
+        {"kind": "rtsp", "url": "rtsp://cam.example/live", "decoder": "ffmpeg"},
         {"kind": "folder", "path": "frames", "fps": 2.5},
     ],
 )
