@@ -22,7 +22,9 @@ codec's ratio depends on how (BLOCK_CHROMA pays where B - G and R - G are consta
     .venv/bin/python benchmarks/cross_arch.py ratios OUT/x86_64.npy OUT/aarch64.npy      # anywhere
 
 ``ratios`` codes each machine's decode of the video here, exact and at T = 2 (each record decoded again and
-checked), and prints the ratios beside the share of aligned 2×2 blocks whose B - G is constant.
+checked), and prints the ratios beside the share of aligned 2×2 blocks whose B - G is constant, and how far each
+decode is from the first one given. ``decode --decoder ffmpeg`` decodes as the agent does where ffmpeg is
+installed (``agent.capture.ffmpeg``: an ffmpeg child, its YUV converted the same way on every machine).
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ def compare_streams(
     return problems, ssim
 
 
-def decode_video(video: Path, out: Path, frames: int) -> int:
-    """This machine's OpenCV decode of the first frames of a video, as one (N, H, W, 3) array in OUT (.npy)."""
-    images = list(iter_images(video, frames))
+def decode_video(video: Path, out: Path, frames: int, decoder: str = "opencv") -> int:
+    """This machine's decode of the first frames of a video (by OpenCV or by an ffmpeg child, converted by
+    ``agent.capture.yuv``), as one (N, H, W, 3) array in OUT (.npy)."""
+    images = list(iter_images(video, frames, decoder=decoder))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, np.stack(images))
     return len(images)
@@ -186,6 +189,9 @@ def main() -> int:
     decode.add_argument("video", type=Path)
     decode.add_argument("out", type=Path)
     decode.add_argument("--frames", type=int, default=150, help="first N frames (default: 150)")
+    decode.add_argument(
+        "--decoder", choices=("opencv", "ffmpeg"), default="opencv", help="who decodes (default: opencv)"
+    )
     measure = commands.add_parser("ratios", help="code machines' decodes (.npy) here: ratios and 2x2 blocks")
     measure.add_argument("decodes", type=Path, nargs="+")
     args = parser.parse_args()
@@ -193,15 +199,23 @@ def main() -> int:
         print(f"{len(make_frames(args.out))} frames in {args.out}")
         return 0
     if args.command == "decode":
-        print(f"{platform.machine()}: {decode_video(args.video, args.out, args.frames)} frames in {args.out}")
+        count = decode_video(args.video, args.out, args.frames, args.decoder)
+        print(f"{platform.machine()}, {args.decoder}: {count} frames in {args.out}")
         return 0
     if args.command == "ratios":
+        first = None
         for path in args.decodes:
             decoded = np.load(path)
             cells = ", ".join(f"{k} {v:.2f}x" for k, v in ratios(decoded).items())
             share = np.mean([constant_blocks(f) for f in decoded[:: max(1, len(decoded) // 10)]])
+            same = ""
+            if first is not None and first.shape == decoded.shape:
+                diff = np.abs(first.astype(np.int16) - decoded)
+                share_differing = (diff > 0).mean()
+                same = f"; {share_differing:.2%} of samples differ from {args.decodes[0].name}, by {diff.max()} at most"
+            first = decoded if first is None else first
             print(
-                f"{path.name}: {len(decoded)} frames, {cells}; B - G constant over {share:.1%} of 2x2 blocks"
+                f"{path.name}: {len(decoded)} frames, {cells}; B - G constant over {share:.1%} of 2x2 blocks{same}"
             )
         return 0
     frames = read_frames(args.frames)
