@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,6 +60,23 @@ def test_encode_then_decode_gives_back_every_frame(pets_cut: Path, tmp_path: Pat
     captured = iter_images(pets_cut)  # the frames the CLI read (ffmpeg's decode where it is installed)
     for png in pngs:
         assert np.array_equal(cv2.imread(str(png)), next(captured)), png.name
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_bench_and_encode_take_the_video_decoder(pets_cut: Path, tmp_path: Path) -> None:
+    """Both decoders give frames the codec keeps bit for bit, and nearly the same ratio (PETS's MS-MPEG-4 is
+    decoded a level apart here and there by OpenCV's FFmpeg and Debian's)."""
+    ratios = {}
+    for decoder in ("opencv", "ffmpeg"):
+        result = cli("bench", str(pets_cut), "--frames", "10", "--json", "--decoder", decoder)
+        assert result.returncode == 0, result.stderr
+        figures = json.loads(result.stdout)
+        assert figures["bit_exact"] is True
+        ratios[decoder] = figures["ratio"]
+    assert ratios["ffmpeg"] == pytest.approx(ratios["opencv"], rel=0.01)
+    wrong = cli("encode", str(pets_cut), "--out", str(tmp_path / "x.cctv"), "--decoder", "gstreamer")
+    assert wrong.returncode == 2
+    assert "invalid choice: 'gstreamer'" in wrong.stderr
 
 
 def test_decode_reports_a_corrupt_file_clearly(pets_cut: Path, tmp_path: Path) -> None:
