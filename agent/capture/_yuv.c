@@ -22,29 +22,41 @@
 
 static inline int32_t mulhi(int32_t a, int32_t c) { return (a * c) >> 16; } /* floor, as pmulhw */
 
-static inline uint8_t clamp8(int32_t v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
+static inline uint8_t clamp16(int16_t v) {
+    v = v < 0 ? 0 : v;
+    return (uint8_t)(v > 255 ? 255 : v);
+}
 
 static void convert(const uint8_t *y, const uint8_t *u, const uint8_t *v, uint8_t *out, Py_ssize_t width,
                     Py_ssize_t height) {
+    /* Row buffers (at most 4 x 32 kB at width 16384), so that each loop is a plain one the compiler vectorises
+     * (NEON's interleaving stores, x86's shuffles): the chroma terms widened to every pixel once per pair of
+     * rows, then luma term + chroma term, clamped, interleaved. */
     Py_ssize_t cw = (width + 1) / 2;
-    int16_t cb[cw], cg[cw], cr[cw]; /* one row of blocks' chroma terms: at most 48 kB (width <= 16384) */
+    int16_t lum[width], cb[2 * cw], cg[2 * cw], cr[2 * cw], hb[cw], hg[cw], hr[cw];
     for (Py_ssize_t row = 0; row < height; row++) {
         if ((row & 1) == 0) {
             const uint8_t *ur = u + (row / 2) * cw, *vr = v + (row / 2) * cw;
             for (Py_ssize_t i = 0; i < cw; i++) {
                 int32_t uu = ((int32_t)ur[i] - 128) * 8, vv = ((int32_t)vr[i] - 128) * 8;
-                cb[i] = (int16_t)mulhi(uu, UB_COEFF);
-                cg[i] = (int16_t)(mulhi(uu, UG_COEFF) + mulhi(vv, VG_COEFF));
-                cr[i] = (int16_t)mulhi(vv, VR_COEFF);
+                hb[i] = (int16_t)mulhi(uu, UB_COEFF);
+                hg[i] = (int16_t)(mulhi(uu, UG_COEFF) + mulhi(vv, VG_COEFF));
+                hr[i] = (int16_t)mulhi(vv, VR_COEFF);
+            }
+            for (Py_ssize_t i = 0; i < cw; i++) {
+                cb[2 * i] = cb[2 * i + 1] = hb[i];
+                cg[2 * i] = cg[2 * i + 1] = hg[i];
+                cr[2 * i] = cr[2 * i + 1] = hr[i];
             }
         }
         const uint8_t *yr = y + row * width;
-        uint8_t *o = out + row * width * 3;
-        for (Py_ssize_t x = 0; x < width; x++) {
-            int32_t l = mulhi(((int32_t)yr[x] - 16) * 8, Y_COEFF);
-            o[3 * x] = clamp8(l + cb[x >> 1]);
-            o[3 * x + 1] = clamp8(l + cg[x >> 1]);
-            o[3 * x + 2] = clamp8(l + cr[x >> 1]);
+        uint8_t *restrict o = out + row * width * 3; /* restrict: a byte store may alias anything */
+        for (Py_ssize_t x = 0; x < width; x++) lum[x] = (int16_t)mulhi(((int32_t)yr[x] - 16) * 8, Y_COEFF);
+        for (Py_ssize_t x = 0; x < width; x++) { /* every sum fits 16 bits: -278..534 */
+            int16_t l = lum[x];
+            o[3 * x] = clamp16((int16_t)(l + cb[x]));
+            o[3 * x + 1] = clamp16((int16_t)(l + cg[x]));
+            o[3 * x + 2] = clamp16((int16_t)(l + cr[x]));
         }
     }
 }
