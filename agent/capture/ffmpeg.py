@@ -18,6 +18,7 @@ one thread; a size change inside a stream is scaled to the size probed at the st
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
@@ -184,6 +185,7 @@ class FfmpegCapture:
         except OSError as e:
             self._stderr.close()
             raise CaptureError(f"{what}: cannot start ffmpeg: {e}") from e
+        _widen_pipe(self._process.stdout, self._size)
         self._frames = 0
         self._pending: npt.NDArray[np.uint8] | None = None
 
@@ -273,6 +275,18 @@ def rtsp_options(read_timeout_s: float) -> list[str]:
     with the live picture on its own."""
     timeout = "-timeout" if _major_version() >= 5 else "-stimeout"  # FFmpeg 5 renamed it
     return ["-rtsp_transport", "tcp", timeout, str(round(read_timeout_s * 1e6)), "-analyzeduration", "500000"]
+
+
+def _widen_pipe(pipe: IO[bytes] | None, picture_bytes: int) -> None:
+    """Let the pipe hold a whole picture (Linux: up to /proc/sys/fs/pipe-max-size, 1 MiB by default), so that
+    the child decodes the next picture while this process converts and codes the last one, instead of waiting
+    for it 64 kB at a time. Best effort: a smaller pipe only costs that overlap."""
+    if pipe is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, min(picture_bytes, 1 << 20))
+    except OSError:
+        pass
 
 
 def open_capture(target: str, input_options: list[str], timeout_s: float, what: str) -> FfmpegCapture:
