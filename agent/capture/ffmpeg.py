@@ -305,3 +305,34 @@ def open_capture(target: str, input_options: list[str], timeout_s: float, what: 
             f"{what}: ffmpeg would have to convert its pictures ({why}); use decoder = 'opencv'"
         )
     return FfmpegCapture(target, info, input_options, what)
+
+
+def start(
+    target: str, options: list[str], timeout_s: float, what: str, decoder: str, *, unreadable_falls_back: bool
+) -> FfmpegCapture | None:
+    """The child ``decoder`` asks for, or ``None`` where OpenCV is to decode.
+
+    ``"ffmpeg"``: the child, or ``CaptureError`` saying why it cannot be. ``"opencv"``: ``None``. ``"auto"``:
+    ``None`` where ffmpeg is missing or the pictures are not limited-range yuv420p (logged), or, with
+    ``unreadable_falls_back``, where ffprobe cannot read the target (a file OpenCV may still open; a camera that
+    does not answer does not answer OpenCV either, so for a camera that is raised).
+    """
+    if decoder == "opencv":
+        return None
+    if decoder == "ffmpeg":
+        return open_capture(target, options, timeout_s, what)
+    if not available():
+        log.debug("%s: decoded by OpenCV (ffmpeg is not installed)", what)
+        return None
+    try:
+        info = probe(target, options, timeout_s)
+    except CaptureError as e:
+        if not unreadable_falls_back:
+            raise CaptureError(f"{what}: {e}") from e
+        log.info("%s: decoded by OpenCV (%s)", what, e)
+        return None
+    why = unsuitable(info)
+    if why is not None:
+        log.info("%s: decoded by OpenCV (%s)", what, why)
+        return None
+    return FfmpegCapture(target, info, options, what)

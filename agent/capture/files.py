@@ -87,7 +87,7 @@ class VideoFileSource(CaptureSource):
     def _start(self) -> tuple[Capture, Image]:
         if not self.path.is_file():
             raise CaptureError(f"video {self.path}: no such file")
-        child = self._start_ffmpeg() if self.decoder != "opencv" else None
+        child = self._start_ffmpeg()
         capture: Capture = child if child is not None else self._start_opencv()
         ok, image = capture.read()
         if not ok or image is None:
@@ -100,24 +100,13 @@ class VideoFileSource(CaptureSource):
         return capture, normalise(image, f"video {self.path} frame 0")
 
     def _start_ffmpeg(self) -> ffmpeg.FfmpegCapture | None:
-        """The ffmpeg child, or ``None`` (with the reason logged) where ``auto`` falls back to OpenCV."""
+        """The ffmpeg child, or ``None`` (with the reason logged) where OpenCV is to decode."""
         what = f"video {self.path}"
-        if self.decoder == "ffmpeg":
-            capture = ffmpeg.open_capture(str(self.path), [], _PROBE_TIMEOUT_S, what)
-        elif not ffmpeg.available():
-            log.debug("%s: decoded by OpenCV (ffmpeg is not installed)", what)
+        capture = ffmpeg.start(
+            str(self.path), [], _PROBE_TIMEOUT_S, what, self.decoder, unreadable_falls_back=True
+        )
+        if capture is None:
             return None
-        else:
-            try:
-                info = ffmpeg.probe(str(self.path), [], _PROBE_TIMEOUT_S)
-            except CaptureError as e:
-                log.info("%s: decoded by OpenCV (%s)", what, e)
-                return None
-            why = ffmpeg.unsuitable(info)
-            if why is not None:
-                log.info("%s: decoded by OpenCV (%s)", what, why)
-                return None
-            capture = ffmpeg.FfmpegCapture(str(self.path), info, [], what)
         self._fps = capture.info.fps
         self.decoded_by = "ffmpeg"
         return capture

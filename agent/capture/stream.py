@@ -123,7 +123,7 @@ class StreamSource(LiveSource):
         """``"ffmpeg"`` or ``"opencv"``: who decodes the current connection."""
 
     def _open_capture(self) -> Capture:
-        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps") and self.decoder != "opencv":
+        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps"):
             child = self._open_child()
             if child is not None:
                 return child
@@ -142,22 +142,11 @@ class StreamSource(LiveSource):
     def _open_child(self) -> ffmpeg.FfmpegCapture | None:
         """The ffmpeg child for an RTSP camera, or ``None`` where ``auto`` falls back to OpenCV."""
         options = ffmpeg.rtsp_options(self.read_timeout_s)
-        if self.decoder == "ffmpeg":
-            capture = ffmpeg.open_capture(self.url, options, self.open_timeout_s, self.name)
-            capture.prime()
-        elif not ffmpeg.available():
+        capture = ffmpeg.start(
+            self.url, options, self.open_timeout_s, self.name, self.decoder, unreadable_falls_back=False
+        )
+        if capture is None:
             return None
-        else:
-            try:
-                info = ffmpeg.probe(self.url, options, self.open_timeout_s)
-            except CaptureError as e:
-                # Unreachable is unreachable for OpenCV too: report it and retry, as OpenCV's failure would.
-                raise CaptureError(f"{self.name}: {e}") from e
-            why = ffmpeg.unsuitable(info)
-            if why is not None:
-                log.info("%s: decoded by OpenCV (%s)", self.name, why)
-                return None
-            capture = ffmpeg.FfmpegCapture(self.url, info, options, self.name)
         capture.prime()
         self.decoded_by = "ffmpeg"
         info = capture.info

@@ -53,7 +53,7 @@ def test_other_pictures_stay_with_opencv(
     pets_cut: Path, tmp_path: Path, args: tuple[str, ...], why: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clip = _encode(pets_cut, tmp_path / "clip.mkv", "-frames:v", "4", *args)
-    caplog.set_level("INFO", logger="agent.capture.files")
+    caplog.set_level("INFO", logger="agent.capture.ffmpeg")
     with VideoFileSource(clip) as source:
         assert source.decoded_by == "opencv"
         frames = [source.read() for _ in range(4)]
