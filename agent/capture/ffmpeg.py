@@ -11,8 +11,9 @@ Only pictures that are already limited-range ``yuv420p`` (nearly every camera's 
 this path, so that the child converts nothing; anything else (full-range ``yuvj420p``, 4:2:2, RGB codecs)
 stays with OpenCV, which converts it as it always has (:func:`unsuitable` says why).
 
-The child runs with ``-loglevel error``, its messages kept in a temporary file (a pipe nobody reads would
-fill and stop it), and is killed on ``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from
+The child runs with ``-loglevel error``; a thread reads its messages as they come (a pipe nobody reads would
+fill and stop it), logs them at debug level and keeps the last few for error messages; the child is killed on
+``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from
 one thread; a size change inside a stream is scaled to the size probed at the start, as OpenCV does.
 """
 
@@ -25,7 +26,8 @@ import logging
 import re
 import shutil
 import subprocess
-import tempfile
+import threading
+from collections import deque
 from dataclasses import dataclass
 from functools import cache
 from typing import IO, Any, cast
@@ -44,6 +46,8 @@ DECODERS = ("auto", "ffmpeg", "opencv")
 
 _STDERR_TAIL = 600
 """Characters of the child's last messages quoted in an error."""
+_STDERR_LINES = 20
+"""Lines of the child's messages kept."""
 
 
 def available() -> bool:
@@ -177,15 +181,19 @@ class FfmpegCapture:
             "rawvideo",
             "pipe:1",
         ]
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()
         try:
             self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         except OSError as e:
-            self._stderr.close()
             raise CaptureError(f"{what}: cannot start ffmpeg: {e}") from e
         _widen_pipe(self._process.stdout, self._size)
+        self._said: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._said_lock = threading.Lock()
+        self._listener = threading.Thread(
+            target=self._listen, args=(self._process.stderr,), name=f"ffmpeg-stderr-{what}", daemon=True
+        )
+        self._listener.start()
         self._frames = 0
         self._pending: npt.NDArray[np.uint8] | None = None
 
@@ -243,17 +251,26 @@ class FfmpegCapture:
                 "%s: ffmpeg exited with %d after %d frames: %s", self._what, code, self._frames, self.said()
             )
 
+    def _listen(self, pipe: IO[bytes] | None) -> None:
+        """Keep the child's last messages (a live stream may log decoding errors for days: none is kept
+        beyond the last few) and log each at debug level; ends when the child does."""
+        if pipe is None:
+            return
+        with pipe:
+            for raw in pipe:
+                line = masked(raw.decode("utf-8", "replace").strip(), self._target)
+                if line:
+                    log.debug("%s: ffmpeg: %s", self._what, line)
+                    with self._said_lock:
+                        self._said.append(line)
+
     def said(self) -> str:
         """The end of what the child wrote to stderr (its error messages), on one line."""
-        try:
-            self._stderr.seek(0, 2)
-            size = self._stderr.tell()
-            self._stderr.seek(max(0, size - 4 * _STDERR_TAIL))
-            text = self._stderr.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
-        said = " | ".join(line.strip() for line in masked(text, self._target).splitlines() if line.strip())
-        return said[-_STDERR_TAIL:]
+        process = self._process
+        if process is None or process.poll() is not None:
+            self._listener.join(1.0)  # the child has ended: its last words are on their way
+        with self._said_lock:
+            return " | ".join(self._said)[-_STDERR_TAIL:]
 
     def release(self) -> None:
         """Stop the child (if it still runs) and free its pipes; safe to call twice."""
@@ -264,7 +281,7 @@ class FfmpegCapture:
             process.wait()
             if process.stdout is not None:
                 process.stdout.close()
-        self._stderr.close()
+        self._listener.join(1.0)
 
 
 def rtsp_options(read_timeout_s: float) -> list[str]:

@@ -118,3 +118,31 @@ def test_close_stops_the_child(pets_cut: Path) -> None:
     source.close()
     assert process.returncode == -9  # killed mid-stream, and reaped
     source.close()
+
+
+def test_a_corrupt_stream_still_yields_every_frame_and_keeps_only_the_last_messages(
+    pets_cut: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Damaged bytes in the middle: the decoder conceals them and says so hundreds of times; every frame still
+    comes out, each message is logged at debug level, and only the last few are kept for error reports (a live
+    camera's child may complain for days)."""
+    data = bytearray(pets_cut.read_bytes())
+    for i in range(len(data) // 4, len(data) // 2, 997):
+        data[i] ^= 0x5A
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    caplog.set_level("DEBUG", logger="agent.capture.ffmpeg")
+    capture = ffmpeg.open_capture(str(damaged), [], 30.0, "damaged")
+    try:
+        frames = 0
+        while capture.read()[0]:
+            frames += 1
+        said = capture.said()
+    finally:
+        capture.release()
+    assert frames == 120
+    logged = [r for r in caplog.records if r.getMessage().startswith("damaged: ffmpeg: ")]
+    assert len(logged) > 20
+    assert len(capture._said) == 20  # the last 20 lines, quoted up to 600 characters
+    assert 0 < len(said) <= 600
+    assert said.endswith(logged[-1].getMessage().removeprefix("damaged: ffmpeg: "))
