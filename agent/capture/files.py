@@ -107,8 +107,17 @@ class VideoFileSource(CaptureSource):
         )
         if capture is None:
             return None
-        self._fps = capture.info.fps
+        info = capture.info
+        self._fps = info.fps
         self.decoded_by = "ffmpeg"
+        log.info(
+            "%s: %dx%d %s at %.1f fps, decoded by an ffmpeg child",
+            what,
+            info.width,
+            info.height,
+            info.codec,
+            info.fps,
+        )
         return capture
 
     def _start_opencv(self) -> Capture:
