@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -109,7 +110,7 @@ def summarize_agent(config: AgentConfig) -> str:
     """One line a person can check against what they meant to configure (no secrets)."""
     a, m, s = config.agent, config.mqtt, config.spool
     return (
-        f"agent {a.site}/{a.camera_id}: capture {config.capture.kind}, "
+        f"agent {a.site}/{a.camera_id}: capture {config.capture.kind}{_decoder(config)}, "
         f"mqtt {m.host}:{m.port} ({_transport(config.mqtt.tls.enabled, m.protocol)}), "
         f"spool {s.directory} (max {s.max_bytes} bytes)"
     )
@@ -121,6 +122,23 @@ def summarize_collector(config: CollectorConfig) -> str:
         f"collector {m.client_id}: archive {c.archive_root}, "
         f"mqtt {m.host}:{m.port} ({_transport(m.tls.enabled, m.protocol)}), subscribe {c.subscription!r}"
     )
+
+
+def _decoder(config: AgentConfig) -> str:
+    """Who will decode a video or RTSP source on this machine (``capture.decoder``; ffmpeg is looked up on PATH)."""
+    c = config.capture
+    if c.kind not in ("file", "rtsp"):
+        return ""
+    found = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+    if c.decoder == "opencv":
+        return " (decoded by OpenCV)"
+    if found and c.decoder == "auto":
+        return " (decoded by ffmpeg where the video is limited-range yuv420p, else OpenCV)"
+    if found:
+        return " (decoded by ffmpeg)"
+    if c.decoder == "auto":
+        return " (decoded by OpenCV: ffmpeg is not installed here)"
+    return " (decoder = 'ffmpeg', but ffmpeg and ffprobe are not on PATH here: the camera will not open)"
 
 
 def _transport(tls: bool, protocol: str) -> str:

@@ -436,6 +436,43 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("OK: collector cctv-collector-1: archive /srv/cctv/archive")
 
 
+@pytest.mark.parametrize(
+    ("decoder", "path_has_ffmpeg", "says"),
+    [
+        (
+            "auto",
+            True,
+            "capture rtsp (decoded by ffmpeg where the video is limited-range yuv420p, else OpenCV), ",
+        ),
+        ("auto", False, "capture rtsp (decoded by OpenCV: ffmpeg is not installed here), "),
+        ("ffmpeg", False, "capture rtsp (decoder = 'ffmpeg', but ffmpeg and ffprobe are not on PATH here"),
+        ("opencv", True, "capture rtsp (decoded by OpenCV), "),
+    ],
+)
+def test_check_config_says_who_decodes_video(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    decoder: str,
+    path_has_ffmpeg: bool,
+    says: str,
+) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    if path_has_ffmpeg:
+        for name in ("ffmpeg", "ffprobe"):
+            (tools / name).write_text("#!/bin/sh\n", encoding="utf-8")
+            (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[agent]\ncamera_id = "cam1"\n[capture]\nkind = "rtsp"\nurl = "rtsp://cam/live"\ndecoder = "{decoder}"\n',
+        encoding="utf-8",
+    )
+    assert check_config_main(path, "agent", env={}) == 0
+    assert says in capsys.readouterr().out
+
+
 def test_check_config_lists_errors_with_their_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
