@@ -4,8 +4,8 @@ OpenCV decodes video to BGR with FFmpeg's swscale, whose rounding depends on the
 what it costs a Raspberry Pi), and it cannot hand out the decoded YUV planes instead (with
 ``CAP_PROP_CONVERT_RGB`` off its FFmpeg backend returns the luma plane alone). So a child ``ffmpeg`` decodes
 and writes each picture's planes untouched to a pipe (raw ``yuv420p``), and :func:`yuv.to_bgr` converts them.
-On x86-64 the frames are the ones OpenCV gives (``tests/unit/test_ffmpeg_capture.py``); elsewhere they are
-those same frames, where OpenCV's would not be.
+On x86-64 the frames are the ones OpenCV gives (``tests/unit/test_yuv.py``, and RTSP's in
+``tests/integration/test_capture_stream.py``); elsewhere they are those same frames, where OpenCV's are not.
 
 Only pictures that are already limited-range ``yuv420p`` (nearly every camera's H.264, H.265 and MPEG-4) take
 this path, so that the child converts nothing; anything else (full-range ``yuvj420p``, 4:2:2, RGB codecs)
@@ -13,8 +13,8 @@ stays with OpenCV, which converts it as it always has (:func:`unsuitable` says w
 
 The child runs with ``-loglevel error``; a thread reads its messages as they come (a pipe nobody reads would
 fill and stop it), logs them at debug level and keeps the last few for error messages; the child is killed on
-``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from
-one thread; a size change inside a stream is scaled to the size probed at the start, as OpenCV does.
+``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from one thread; a size change inside a
+stream is scaled to the size probed at the start, as OpenCV does.
 """
 
 from __future__ import annotations
