@@ -40,8 +40,9 @@ HEADER_BYTES = 64
 def pictures(video: Path, frames: int) -> tuple[int, int, list[bytes]]:
     """The first yuv420p pictures of ``video`` as the ffmpeg child decodes them."""
     info = ffmpeg.probe(str(video), [], 30.0)
-    if ffmpeg.unsuitable(info) is not None:
-        raise SystemExit(f"{video}: {ffmpeg.unsuitable(info)}")
+    why = ffmpeg.unsuitable(info)
+    if why is not None:
+        raise SystemExit(f"{video}: {why}")
     command = ["ffmpeg", "-v", "error", "-i", str(video), "-map", "0:v:0", "-frames:v", str(frames)]
     command += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"]
     raw = subprocess.run(command, capture_output=True, check=True).stdout

@@ -50,6 +50,12 @@ _STDERR_LINES = 20
 """Lines of the child's messages kept."""
 
 
+def check_decoder(decoder: str, what: str) -> None:
+    """``CaptureError`` naming ``what`` unless ``decoder`` is one of :data:`DECODERS`."""
+    if decoder not in DECODERS:
+        raise CaptureError(f"{what}: unknown decoder {decoder!r} (expected one of {DECODERS})")
+
+
 def available() -> bool:
     """Whether ``ffmpeg`` and ``ffprobe`` are on PATH."""
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
@@ -196,6 +202,12 @@ class FfmpegCapture:
         self._listener.start()
         self._frames = 0
         self._pending: npt.NDArray[np.uint8] | None = None
+        self._picture = bytearray(self._size)  # reused: to_bgr() copies out of it
+
+    def describe(self) -> str:
+        """What is decoded, for the log line that says a source opened."""
+        i = self.info
+        return f"{i.width}x{i.height} {i.codec} at {i.fps:.1f} fps, decoded by an ffmpeg child"
 
     def prime(self) -> None:
         """Wait for the first picture (kept for ``read()``), as OpenCV's open does; ``CaptureError`` with the
@@ -218,7 +230,7 @@ class FfmpegCapture:
         if process is None or process.stdout is None:
             return False, None
         pipe = cast("io.RawIOBase", process.stdout)  # unbuffered (bufsize 0 is Popen's default): a FileIO
-        picture = bytearray(self._size)
+        picture = self._picture
         view = memoryview(picture)
         got = 0
         while got < self._size:

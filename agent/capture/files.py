@@ -57,10 +57,7 @@ class VideoFileSource(CaptureSource):
     """
 
     def __init__(self, path: Path | str, loop: bool = False, decoder: str = "auto") -> None:
-        if decoder not in ffmpeg.DECODERS:
-            raise CaptureError(
-                f"video {path}: unknown decoder {decoder!r} (expected one of {ffmpeg.DECODERS})"
-            )
+        ffmpeg.check_decoder(decoder, f"video {path}")
         self.path = Path(path)
         self.loop = loop
         self.decoder = decoder
@@ -107,17 +104,9 @@ class VideoFileSource(CaptureSource):
         )
         if capture is None:
             return None
-        info = capture.info
-        self._fps = info.fps
+        self._fps = capture.info.fps
         self.decoded_by = "ffmpeg"
-        log.info(
-            "%s: %dx%d %s at %.1f fps, decoded by an ffmpeg child",
-            what,
-            info.width,
-            info.height,
-            info.codec,
-            info.fps,
-        )
+        log.info("%s: %s", what, capture.describe())
         return capture
 
     def _start_opencv(self) -> Capture:

@@ -109,10 +109,7 @@ class StreamSource(LiveSource):
             stall_timeout_s=stall_timeout_s,
             reconnect_max_s=reconnect_max_s,
         )
-        if decoder not in ffmpeg.DECODERS:
-            raise CaptureError(
-                f"{self.name}: unknown decoder {decoder!r} (expected one of {ffmpeg.DECODERS})"
-            )
+        ffmpeg.check_decoder(decoder, self.name)
         if decoder == "ffmpeg" and scheme not in ("rtsp", "rtsps"):
             raise CaptureError(
                 f"{self.name}: decoder = 'ffmpeg' is for RTSP; HTTP MJPEG is decoded by OpenCV"
@@ -149,15 +146,7 @@ class StreamSource(LiveSource):
             return None
         capture.prime()
         self.decoded_by = "ffmpeg"
-        info = capture.info
-        log.info(
-            "%s: opened %dx%d at %.1f fps (%s, decoded by an ffmpeg child)",
-            self.name,
-            info.width,
-            info.height,
-            info.fps,
-            info.codec,
-        )
+        log.info("%s: opened %s", self.name, capture.describe())
         return capture
 
     def _open_ffmpeg(self, extra: list[int]) -> Any:
