@@ -30,8 +30,8 @@ if str(REPO) not in sys.path:  # run as a script: make `agent` and `benchmarks` 
 
 import numpy as np  # noqa: E402
 
-from agent.capture import ffmpeg, yuv  # noqa: E402
-from agent.codec import native  # noqa: E402
+from agent.capture import ffmpeg  # noqa: E402
+from agent.codec import native, yuv  # noqa: E402
 from benchmarks.compare import run_ours, shared_sets  # noqa: E402
 
 HEADER_BYTES = 64

@@ -2,7 +2,7 @@
 
 Readers never write and never repair: they see exactly what the writer has committed (the index only ever
 names bytes that were fsynced first), so they can run while the collector is storing. Each frame is decoded
-with :func:`agent.codec.decoder.decode_record`, which checks the record's frame hash.
+with :func:`agent.codec.decoder.reconstruct`, which checks the record's frame hash.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.archive.paths import INDEX_FILE, camera_dir, check_version, find_cameras, segment_path, validate_id
-from agent.codec.decoder import decode_record
+from agent.codec.decoder import reconstruct
+from agent.codec.transforms import Planes
 from agent.codec.wire import Kind, Record, RecordHeader, unpack_record
 from agent.errors import ArchiveError, CctvError
 
@@ -207,7 +208,7 @@ class Reconstructor:
 
     def __init__(self, reader: CameraReader) -> None:
         self._reader = reader
-        self._cache: OrderedDict[int, tuple[RecordHeader, Image]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[RecordHeader, Planes]] = OrderedDict()
         self._failed: dict[int, str] = {}
 
     def decode(self, row: IndexRow) -> Decoded:
@@ -227,6 +228,7 @@ class Reconstructor:
             if ref_row is None:
                 self._fail(chain, f"reference seq={ref} is not in the archive")
             chain.append(ref_row)
+        image: Image | None = None
         for link in reversed(chain):
             if link.seq in self._failed:
                 raise _ChainBroken(self._failed[link.seq])
@@ -235,14 +237,16 @@ class Reconstructor:
             reference = None if link.ref_seq == link.seq else self._cache[link.ref_seq][1]
             try:
                 record = self._reader.read(link)
-                image = decode_record(record, reference)
+                image, planes = reconstruct(record, reference)
             except CctvError as e:
                 self._fail([link], str(e))
-            self._remember(link.seq, record.header, image)
-        return self._cache[row.seq]
+            self._remember(link.seq, record.header, planes)
+        assert image is not None  # the chain starts at the row itself, decoded last
+        return self._cache[row.seq][0], image
 
-    def _remember(self, seq: int, header: RecordHeader, image: Image) -> None:
-        self._cache[seq] = (header, image)
+    def _remember(self, seq: int, header: RecordHeader, planes: Planes) -> None:
+        """Keep what a record referencing this frame needs (``decoder.reconstruct``), not the frame itself."""
+        self._cache[seq] = (header, planes)
         self._cache.move_to_end(seq)
         while len(self._cache) > _CACHE_FRAMES:
             self._cache.popitem(last=False)

@@ -30,11 +30,16 @@ class Frame:
     """Whether the wall clock was known to be synchronised (NTP) when the frame was taken."""
     source_index: int = field(default=-1)
     """Position of the frame in its source (frame number of a file, -1 when unknown)."""
+    picture: bytes | None = field(default=None, repr=False)
+    """The packed yuv420p picture ``image`` was converted from by ``agent.codec.yuv.to_bgr``, where the source has
+    one (video decoded by the ffmpeg child): the codec codes it instead of the frame (stage YUV420)."""
 
     @classmethod
-    def now(cls, image: Image, *, clock_synced: bool = True, source_index: int = -1) -> Frame:
+    def now(
+        cls, image: Image, *, clock_synced: bool = True, source_index: int = -1, picture: bytes | None = None
+    ) -> Frame:
         """Stamp ``image`` with the current clocks."""
-        return cls(image, time.time_ns(), time.monotonic_ns(), clock_synced, source_index)
+        return cls(image, time.time_ns(), time.monotonic_ns(), clock_synced, source_index, picture)
 
 
 class CaptureSource(abc.ABC):

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from agent.capture import yuv
+from agent.codec import yuv
 from agent.errors import CaptureError
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,10 @@ class FfmpegCapture:
         )
         self._listener.start()
         self._frames = 0
-        self._pending: npt.NDArray[np.uint8] | None = None
-        self._picture = bytearray(self._size)  # reused: to_bgr() copies out of it
+        self._pending: tuple[npt.NDArray[np.uint8], bytes | None] | None = None
+        self._picture = bytearray(self._size)  # reused: to_bgr() converts out of it, ``picture`` is a copy
+        self.picture: bytes | None = None
+        """The yuv420p picture of the frame ``read()`` returned last (the codec may code it instead)."""
 
     def describe(self) -> str:
         """What is decoded, for the log line that says a source opened."""
@@ -213,17 +215,17 @@ class FfmpegCapture:
         """Wait for the first picture (kept for ``read()``), as OpenCV's open does; ``CaptureError`` with the
         child's own words when none comes (a refused password, a missing path, a silent camera)."""
         ok, image = self.read()
-        if not ok:
+        if not ok or image is None:
             said = self.said()
             self.release()
             raise CaptureError(f"{self._what}: ffmpeg gave no picture" + (f": {said}" if said else ""))
-        self._pending = image
+        self._pending = (image, self.picture)
         self._frames = 0
 
     def read(self) -> tuple[bool, npt.NDArray[np.uint8] | None]:
         """The next frame, or ``(False, None)`` at the end of the stream or when the child failed."""
         if self._pending is not None:
-            image, self._pending = self._pending, None
+            (image, self.picture), self._pending = self._pending, None
             self._frames += 1
             return True, image
         process = self._process
@@ -239,9 +241,11 @@ class FfmpegCapture:
                 break
             got += n
         if got < self._size:
+            self.picture = None
             self._finish(got)
             return False, None
         self._frames += 1
+        self.picture = bytes(picture)
         return True, yuv.to_bgr(picture, self.info.width, self.info.height)
 
     def _finish(self, partial: int) -> None:
@@ -294,6 +298,11 @@ class FfmpegCapture:
             if process.stdout is not None:
                 process.stdout.close()
         self._listener.join(1.0)
+
+
+def picture_of(capture: object) -> bytes | None:
+    """The yuv420p picture of the frame ``capture`` read last, when it is an ffmpeg child's (else None)."""
+    return capture.picture if isinstance(capture, FfmpegCapture) else None
 
 
 def rtsp_options(read_timeout_s: float) -> list[str]:

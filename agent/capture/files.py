@@ -63,7 +63,7 @@ class VideoFileSource(CaptureSource):
         self.decoder = decoder
         self.name = f"file:{self.path}"
         self._capture: Capture | None = None
-        self._pending: Image | None = None
+        self._pending: tuple[Image, bytes | None] | None = None
         self._index = 0
         self._fps = 0.0
         self.decoded_by = ""
@@ -81,7 +81,7 @@ class VideoFileSource(CaptureSource):
         self._capture, self._pending = self._start()
         self._index = 0
 
-    def _start(self) -> tuple[Capture, Image]:
+    def _start(self) -> tuple[Capture, tuple[Image, bytes | None]]:
         if not self.path.is_file():
             raise CaptureError(f"video {self.path}: no such file")
         child = self._start_ffmpeg()
@@ -94,7 +94,7 @@ class VideoFileSource(CaptureSource):
                 f"video {self.path}: opened but yields no frame (empty or corrupt)"
                 + (f": {said}" if said else "")
             )
-        return capture, normalise(image, f"video {self.path} frame 0")
+        return capture, _with_picture(capture, image, f"video {self.path} frame 0")
 
     def _start_ffmpeg(self) -> ffmpeg.FfmpegCapture | None:
         """The ffmpeg child, or ``None`` (with the reason logged) where OpenCV is to decode."""
@@ -123,7 +123,7 @@ class VideoFileSource(CaptureSource):
         if self._capture is None:
             raise CaptureError(f"video {self.path}: read() before open()")
         if self._pending is not None:
-            image, self._pending = self._pending, None
+            (image, picture), self._pending = self._pending, None
         else:
             ok, raw = self._capture.read()
             if not ok or raw is None:
@@ -131,11 +131,11 @@ class VideoFileSource(CaptureSource):
                     return None
                 log.info("video %s: end after %d frames, starting over", self.path, self._index)
                 self._capture.release()
-                self._capture, image = self._start()
+                self._capture, (image, picture) = self._start()
                 self._index = 0
             else:
-                image = normalise(raw, f"video {self.path} frame {self._index}")
-        frame = Frame.now(image, source_index=self._index)
+                image, picture = _with_picture(self._capture, raw, f"video {self.path} frame {self._index}")
+        frame = Frame.now(image, source_index=self._index, picture=picture)
         self._index += 1
         return frame
 
@@ -144,6 +144,12 @@ class VideoFileSource(CaptureSource):
             self._capture.release()
             self._capture = None
         self._pending = None
+
+
+def _with_picture(capture: Capture, raw: np.ndarray, where: str) -> tuple[Image, bytes | None]:
+    """A decoded frame, normalised, and the yuv420p picture it came from when an ffmpeg child decoded it."""
+    image = normalise(raw, where)
+    return image, ffmpeg.picture_of(capture) if image is raw else None
 
 
 class ImageFolderSource(CaptureSource):

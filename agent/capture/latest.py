@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from agent.capture import ffmpeg
 from agent.capture.base import CaptureSource, Frame
 from agent.capture.clock import clock_synchronised
 from agent.errors import CaptureError
@@ -236,7 +237,12 @@ class LatestFrameReader:
                 with self._cond:
                     if generation != self._generation:
                         return
-                    frame = Frame.now(image, clock_synced=synced, source_index=self.stats.frames)
+                    frame = Frame.now(
+                        image,
+                        clock_synced=synced,
+                        source_index=self.stats.frames,
+                        picture=ffmpeg.picture_of(cap),
+                    )
                     self.stats.frames += 1
                     self._seq += 1
                     self._frame = frame

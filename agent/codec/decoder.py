@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.codec.encoder import frame_hash
-from agent.codec.pipeline import decode_planes
-from agent.codec.transforms import Planes, from_planes, to_planes
+from agent.codec.pipeline import decode_planes, image_of
+from agent.codec.transforms import Planes, to_planes
 from agent.codec.wire import Kind, Record
 from agent.errors import MissingReferenceError, WireFormatError
 
@@ -22,11 +22,22 @@ HELD_PER_CAMERA = 1
 
 
 def decode_record(record: Record, reference: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
-    """Reconstruct one record given its reference frame (interleaved image) and verify its hash."""
-    planes = decode_planes(record.header, record.payload, None if reference is None else to_planes(reference))
-    image = from_planes(planes)
+    """Reconstruct one record given its reference frame (interleaved image) and verify its hash.
+
+    A YUV420 member needs its reference's picture, which the image does not give back: use :func:`reconstruct`
+    for chains (it raises ``WireFormatError`` saying so here)."""
+    return reconstruct(record, None if reference is None else to_planes(reference))[0]
+
+
+def reconstruct(record: Record, reference: Planes | None = None) -> tuple[npt.NDArray[np.uint8], Planes]:
+    """Reconstruct one record given what :func:`reconstruct` returned for its reference, and verify its hash.
+
+    Returns the frame and the planes a record that references this one needs (``pipeline.held_shape``).
+    """
+    planes = decode_planes(record.header, record.payload, reference)
+    image = image_of(record.header, planes)
     _verify(record, image)
-    return image
+    return image, planes
 
 
 def _verify(record: Record, image: npt.NDArray[np.uint8]) -> None:
@@ -60,9 +71,7 @@ class FrameDecoder:
                 reference = recent[h.ref_seq]
             else:
                 raise MissingReferenceError(h.camera_id, h.seq, h.ref_seq)
-        planes = decode_planes(h, record.payload, reference)
-        image = from_planes(planes)
-        _verify(record, image)
+        image, planes = reconstruct(record, reference)
         if h.kind is Kind.KEY:
             self._keys[h.camera_id] = (h.seq, planes)
         recent[h.seq] = planes

@@ -6,13 +6,14 @@ captured pixels), so near-lossless chains never drift, however long they get.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.codec import native
+from agent.codec import native, yuv
 from agent.codec.keyselect import KeyDecision, KeySelector
 from agent.codec.pipeline import encode_planes, pixel_stages
 from agent.codec.settings import CodecSettings
@@ -28,6 +29,8 @@ from agent.codec.wire import (
     Stage,
     hash_pixels,
 )
+
+log = logging.getLogger(__name__)
 
 
 def frame_hash(image: npt.NDArray[np.uint8], kind: FrameHash = FrameHash.XXH3_128) -> bytes:
@@ -54,13 +57,19 @@ class _Held:
 _NO_PLANES: Planes = np.zeros((0, 0, 0), dtype=np.uint8)
 
 
-def intra_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> list[tuple[Stage, ...]]:
+def intra_stage_lists(
+    settings: CodecSettings, pixel_format: PixelFormat, *, picture: bool = False
+) -> list[tuple[Stage, ...]]:
     """Intra recipes: exact, and with a tolerance also quantised (the estimate picks; exact is within any T).
+
+    ``picture``: the group codes the frames' yuv420p pictures (YUV420, exact only).
 
     Colour frames are quantised two ways: G alone with B and R following it (QUANTIZE_G, the chroma stays
     exact: the JPEG stills 1.54× smaller at T=2 than exact, against 1.12× quantising each channel), or each
     channel on its own (QUANTIZE, for noise that differs from channel to channel).
     """
+    if picture:
+        return [(Stage.YUV420, Stage.MED, settings.entropy_stage)]
     colour = pixel_format is PixelFormat.BGR8
     exact = (*((Stage.RCT,) if colour else ()), Stage.MED, settings.entropy_stage)
     # Only on even sizes: FrameEncoder drops it elsewhere (fits).
@@ -75,8 +84,12 @@ def intra_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> lis
     return [*quantised, exact]
 
 
-def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> list[tuple[Stage, ...]]:
+def residual_stage_lists(
+    settings: CodecSettings, pixel_format: PixelFormat, *, picture: bool = False
+) -> list[tuple[Stage, ...]]:
     """Residual recipes tried per member: without a spatial predictor (exact-zero regions), and with MED (noise).
+
+    ``picture``: the group codes the frames' yuv420p pictures (YUV420): their exact residuals, plain or MED.
 
     On colour frames the residual goes through RCT: decoded video carries 4:2:0 chroma, so the three
     residual planes move together and RCT takes that shared part out (measured: 5.6× → 9.9× on PETS).
@@ -89,6 +102,11 @@ def residual_stage_lists(settings: CodecSettings, pixel_format: PixelFormat) -> 
     """
     entropy = settings.entropy_stage
     flat: tuple[Stage, ...] = (Stage.PACKBITS,) if settings.packbits and entropy is Stage.ZSTD else ()
+    if picture:
+        return [
+            (Stage.YUV420, Stage.RESIDUAL, *flat, entropy),
+            (Stage.YUV420, Stage.RESIDUAL, Stage.MED, entropy),
+        ]
     colour = pixel_format is PixelFormat.BGR8
     first: tuple[Stage, ...] = (Stage.RESIDUAL, Stage.RCT) if colour else (Stage.RESIDUAL,)
     exact = [(*first, *flat, entropy), (*first, Stage.MED, entropy)]
@@ -174,6 +192,8 @@ class FrameEncoder:
         self._each_channel: bool | None = None
         # Whether this group lays its chroma out by 2×2 block (BLOCK_CHROMA): its key's estimates decide.
         self._block_chroma = False
+        # Whether this group codes the frames' yuv420p pictures (YUV420): its key decides (``_picture_planes``).
+        self._yuv = False
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -186,13 +206,25 @@ class FrameEncoder:
         *,
         clock_synced: bool = True,
         force_key: bool = False,
+        picture: bytes | bytearray | memoryview | None = None,
     ) -> Record:
+        """Code one frame. ``picture``: the packed yuv420p picture ``image`` was converted from by
+        :func:`agent.codec.yuv.to_bgr` (video decoded by the ffmpeg child), if any; with the ``yuv`` setting the
+        group codes the pictures instead, half the samples (wire format stage YUV420)."""
         pixel_format = pixel_format_of(image)
         image = np.ascontiguousarray(image)
+        if self._yuv and not force_key and not self._fits_group(image, picture):
+            force_key = True  # the group codes pictures, and this frame came without one
         decision = self._selector.decide(image, capture_time_ns, force=force_key)
         if self._key is None or self._previous is None:
             decision = KeyDecision(True, decision.reason, decision.ssim) if not decision.is_key else decision
-        planes = to_planes(image)
+        if decision.is_key:
+            self._yuv = self._picture_usable(image, picture)
+        planes = (
+            yuv.tall(picture, image.shape[1], image.shape[0])
+            if self._yuv and picture is not None
+            else to_planes(image)
+        )
         seq = self.next_seq
         tolerance = self.settings.tolerance
         if decision.is_key:
@@ -236,6 +268,33 @@ class FrameEncoder:
         self.next_seq = seq + 1
         return Record(header, payload)
 
+    def _picture_usable(
+        self, image: npt.NDArray[np.uint8], picture: bytes | bytearray | memoryview | None
+    ) -> bool:
+        """Whether a key's group codes pictures: the ``yuv`` setting, lossless, an even size, and a picture that
+        converts to exactly this frame (checked once a group: a record whose picture did not would fail its
+        frame hash wherever it is decoded)."""
+        if picture is None or not self.settings.yuv or self.settings.tolerance or image.ndim != 3:
+            return False
+        height, width = image.shape[:2]
+        if width % 2 or height % 2 or len(picture) != yuv.picture_bytes(width, height):
+            return False
+        if not np.array_equal(yuv.to_bgr(picture, width, height), image):
+            log.warning(
+                "a %dx%d frame is not the conversion of the picture it came with: coding the frame",
+                width,
+                height,
+            )
+            return False
+        return True
+
+    def _fits_group(
+        self, image: npt.NDArray[np.uint8], picture: bytes | bytearray | memoryview | None
+    ) -> bool:
+        """Whether a member can join this picture-coding group: it has a picture of the group's size."""
+        height, width = image.shape[:2]
+        return picture is not None and image.ndim == 3 and len(picture) == yuv.picture_bytes(width, height)
+
     def _key_recipe(self, planes: Planes, pixel_format: PixelFormat) -> tuple[tuple[Stage, ...], bool]:
         """The key's stage list, and whether its group lays the chroma out by 2×2 block.
 
@@ -243,7 +302,9 @@ class FrameEncoder:
         no blocks), and the key tells: its group follows whichever of the key's best estimates with and without
         the layout is smaller, so members estimate no more recipes than before.
         """
-        candidates = [c for c in intra_stage_lists(self.settings, pixel_format) if fits(c, planes)]
+        candidates = [
+            c for c in intra_stage_lists(self.settings, pixel_format, picture=self._yuv) if fits(c, planes)
+        ]
         blocked = [b for b in map(block_chroma_variant, candidates) if b is not None]
         if len(candidates) + len(blocked) == 1:
             return candidates[0], False
@@ -273,7 +334,7 @@ class FrameEncoder:
         recipes = [
             (stages, held)
             for held in references
-            for stages in self._group_recipes(residual_stage_lists(settings, pixel_format))
+            for stages in self._group_recipes(residual_stage_lists(settings, pixel_format, picture=self._yuv))
             if self._in_colour_mode(stages)
         ]
         trial = self._encode_kept(planes, recipes) if self._trial_ok else None
@@ -289,7 +350,9 @@ class FrameEncoder:
             # A poor residual (a scene change, sparse stills): intra coding may win.
             sized += [
                 self._estimate(planes, stages, None)
-                for stages in self._group_recipes(intra_stage_lists(settings, pixel_format))
+                for stages in self._group_recipes(
+                    intra_stage_lists(settings, pixel_format, picture=self._yuv)
+                )
                 if self._in_colour_mode(stages) and fits(stages, planes)
             ]
         chosen = self._choose(sized)

@@ -11,9 +11,10 @@ import io
 import threading
 
 import numpy as np
+import numpy.typing as npt
 import zstandard
 
-from agent.codec import native, packbits, transforms
+from agent.codec import native, packbits, transforms, yuv
 from agent.codec.transforms import Planes
 from agent.codec.wire import QUANTISING_STAGES, REFERENCE_STAGES, RecordHeader, Stage
 from agent.errors import WireFormatError
@@ -107,6 +108,9 @@ _FUSED_PIXEL_STAGES = (*_FIRST_STAGES, Stage.RCT, Stage.MED, Stage.MED_CHROMA)
 """The pixel stages the compiled ``native.pixels`` runs in one pass, in its one order, each optional (at most one
 of the first five: they are the wire format's mutually exclusive first stages; at most one MED)."""
 _BYTE_STAGES = frozenset({Stage.PACKBITS, Stage.ZSTD, Stage.CTX})
+_LAYOUT_STAGES = frozenset({Stage.YUV420})
+"""Stages that name what the planes are rather than transform them: the encoder is handed YUV420's plane as it is
+coded (``agent.codec.yuv.tall``), and the decoder converts it to the frame (:func:`image_of`)."""
 
 
 def pixel_stages(
@@ -120,7 +124,7 @@ def pixel_stages(
     channels, height, _width = planes.shape
     signed = signedness(stages, channels)
     quantising = any(s in QUANTISING_STAGES for s in stages)
-    pixel = tuple(s for s in stages if s not in _BYTE_STAGES)
+    pixel = tuple(s for s in stages if s not in _BYTE_STAGES and s not in _LAYOUT_STAGES)
     if Stage.JPEG_CHROMA in pixel:
         # Four planes out of three: G, the residuals of B and R, the quarter chroma planes (native.jpeg); MED
         # predicts G and the quarter planes, the residuals are mostly zeros. After QUANTIZE_G the stage codes
@@ -215,18 +219,36 @@ def _unzstd(payload: bytes, bound: int) -> bytes:
     return out
 
 
+def held_shape(header: RecordHeader) -> tuple[int, int, int]:
+    """The shape of what :func:`decode_planes` returns for this record, which a record referencing it gets back
+    as its reference: the frame's (C, H, W) planes, or YUV420's one plane of the picture."""
+    if Stage.YUV420 in header.stages:
+        return header.coded_shape
+    return header.channels, header.height, header.width
+
+
+def image_of(header: RecordHeader, planes: Planes) -> npt.NDArray[np.uint8]:
+    """The frame :func:`decode_planes`' result stands for: ``(H, W, 3)`` BGR or ``(H, W)`` grey."""
+    if Stage.YUV420 in header.stages:
+        return yuv.to_bgr(np.ascontiguousarray(planes).data, header.width, header.height, laid_out=True)
+    return transforms.from_planes(planes)
+
+
 def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None = None) -> Planes:
-    """Undo ``header.stages`` on ``payload``; raise WireFormatError on anything inconsistent."""
+    """Undo ``header.stages`` on ``payload``; raise WireFormatError on anything inconsistent.
+
+    Returns the planes a later record references (:func:`held_shape`); :func:`image_of` gives the frame."""
     stages = header.stages
-    channels, height, width = header.coded_planes, header.height, header.width
+    channels, height, width = header.coded_shape
     frame_bytes = header.coded_bytes
     if header.needs_reference:
         if reference is None:
             raise WireFormatError(f"record seq={header.seq} needs its reference seq={header.ref_seq}")
-        if reference.shape != (header.channels, height, width):
+        if reference.shape != held_shape(header):
             raise WireFormatError(
-                f"record seq={header.seq} is {header.channels}x{height}x{width} but its reference is "
-                f"{'x'.join(map(str, reference.shape))}"
+                f"record seq={header.seq} needs a reference of {'x'.join(map(str, held_shape(header)))} "
+                f"planes, its reference is {'x'.join(map(str, reference.shape))}"
+                + (" (a YUV420 member needs a YUV420 reference)" if Stage.YUV420 in stages else "")
             )
     data: Planes
     if Stage.CTX in stages:

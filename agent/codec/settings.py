@@ -47,6 +47,12 @@ class CodecSettings:
     is off unless asked for (docs/benchmarks.md). With a tolerance it also comes after QUANTIZE_G (the LTA stills
     at T=2 11.3 -> 15.1x). Needs the compiled module."""
 
+    yuv: bool = True
+    """Where a frame comes with the yuv420p picture it was converted from (video files and RTSP cameras decoded by
+    the ffmpeg child), code the picture instead of the frame (stage YUV420): the same frame, bit for bit, from
+    half the samples, 1.3-1.4x smaller on the public videos (docs/benchmarks.md). Lossless only: with a tolerance
+    the frames are coded, as they are when there is no picture."""
+
     @property
     def entropy_stage(self) -> Stage:
         """The stage ``entropy`` resolves to on this install."""

@@ -1,4 +1,4 @@
-"""Wire format v6 (and v5, v4, v3, v2, v1): one self-describing, checksummed record per frame.
+"""Wire format v7 (and v6, v5, v4, v3, v2, v1): one self-describing, checksummed record per frame.
 
 The byte layout is specified in ``docs/wire-format.md``; this module follows that document (a test checks that
 the version there matches :data:`VERSION`). A record carries the lowest version that has all its stages, its
@@ -24,7 +24,7 @@ import xxhash
 from agent.errors import WireFormatError
 
 MAGIC = b"CCTV"
-VERSION = 6
+VERSION = 7
 """The newest version this code reads and writes; it reads every version from 1."""
 GROUP_PLANES_SINCE = 4
 """The version whose CTX stage may hold group planes (``docs/wire-format.md``), which the encoder writes."""
@@ -99,6 +99,10 @@ class Stage(IntEnum):
     """BGR only, even width and height, intra (exact, or after QUANTIZE_G): G, then B and R as residuals against
     JFIF's YCbCr → RGB conversion of two quarter-size chroma planes upsampled as libjpeg does, which follow as a
     fourth plane; for stills decoded from 4:2:0 JPEGs (wire format ≥ 6)."""
+    YUV420 = 14
+    """BGR only, even width and height: the frame is ``agent.codec.yuv.to_bgr`` of a yuv420p picture, and the record
+    codes that picture (1.5 samples a pixel) as one plane, Y above U and V side by side; the later stages work on
+    that plane, a residual against the reference's picture (wire format ≥ 7)."""
 
 
 STAGE_SINCE = {
@@ -108,6 +112,7 @@ STAGE_SINCE = {
     Stage.MED_CHROMA: 5,
     Stage.BLOCK_CHROMA: 6,
     Stage.JPEG_CHROMA: 6,
+    Stage.YUV420: 7,
 }
 """The wire format version that introduced a stage (the others are in every version)."""
 
@@ -156,8 +161,11 @@ def record_version(
     return max((since_hash, since_planes, *(STAGE_SINCE.get(s, 1) for s in stages)))
 
 
+_FIRST_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G)
+"""Mutually exclusive: what the frame is coded against (a reference, a quantiser, both or neither)."""
 _PIXEL_STAGE_ORDER = (
-    (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G),
+    (Stage.YUV420,),
+    _FIRST_PIXEL_STAGES,
     (Stage.RCT, Stage.JPEG_CHROMA),
     (Stage.BLOCK_CHROMA,),
     (Stage.MED, Stage.MED_CHROMA),
@@ -167,6 +175,9 @@ _PIXEL_STAGE_ORDER = (
 REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG})
 QUANTISING_STAGES = frozenset({Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G})
 COLOUR_FOLLOWS_G = frozenset({Stage.RESIDUAL_QG, Stage.QUANTIZE_G})
+WITH_YUV420 = frozenset({Stage.YUV420, Stage.RESIDUAL, Stage.MED, Stage.PACKBITS, Stage.ZSTD, Stage.CTX})
+"""The stages a YUV420 record may list: exact ones that work on any plane (a quantiser's error, in YUV terms, would
+not be bounded by the record's tolerance in BGR terms)."""
 """The first stages that code B and R beside G themselves (RCT's planes, with G's error): never with RCT."""
 
 
@@ -224,13 +235,26 @@ class RecordHeader:
 
     @property
     def coded_planes(self) -> int:
-        """Planes the entropy stage holds: C, or 4 with JPEG_CHROMA (G, two residuals, the quarter planes)."""
+        """Planes the entropy stage holds: C, 4 with JPEG_CHROMA (G, two residuals, the quarter planes), 1 with
+        YUV420 (the picture)."""
+        if Stage.YUV420 in self.stages:
+            return 1
         return 4 if Stage.JPEG_CHROMA in self.stages else self.channels
+
+    @property
+    def coded_height(self) -> int:
+        """Rows of each coded plane: H, or H·3/2 with YUV420 (Y, then the chroma rows)."""
+        return self.height + self.height // 2 if Stage.YUV420 in self.stages else self.height
+
+    @property
+    def coded_shape(self) -> tuple[int, int, int]:
+        """(planes, rows, columns) the pixel stages work on, and the reference the decoder holds for it."""
+        return self.coded_planes, self.coded_height, self.width
 
     @property
     def coded_bytes(self) -> int:
         """Bytes of those planes: what the byte stages must give back."""
-        return self.width * self.height * self.coded_planes
+        return self.width * self.coded_height * self.coded_planes
 
     @property
     def needs_reference(self) -> bool:
@@ -254,11 +278,12 @@ class RecordHeader:
         if self.hash_kind is FrameHash.XXH3_128:
             _check(not any(self.frame_hash[16:]), "an XXH3-128 frame hash must end in 16 zero bytes")
         _check_stages(self.stages, self.pixel_format, self.tolerance)
-        if Stage.JPEG_CHROMA in self.stages:
-            _check(
-                self.width % 2 == 0 and self.height % 2 == 0,
-                f"JPEG_CHROMA needs an even width and height, got {self.width}x{self.height}",
-            )
+        for stage in (Stage.JPEG_CHROMA, Stage.YUV420):
+            if stage in self.stages:
+                _check(
+                    self.width % 2 == 0 and self.height % 2 == 0,
+                    f"{stage.name} needs an even width and height, got {self.width}x{self.height}",
+                )
         if self.kind is Kind.KEY:
             _check(not self.needs_reference, "a key record must not reference another frame")
             _check(self.key_seq == self.seq, f"key record seq={self.seq} names key_seq={self.key_seq}")
@@ -300,7 +325,14 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         not (Stage.PACKBITS in stages and Stage.CTX in stages),
         "PACKBITS and CTX do not go together (CTX codes planes, PackBits output is not one)",
     )
-    for stage in (Stage.RCT, Stage.MED_CHROMA, Stage.BLOCK_CHROMA, Stage.JPEG_CHROMA, *COLOUR_FOLLOWS_G):
+    for stage in (
+        Stage.RCT,
+        Stage.MED_CHROMA,
+        Stage.BLOCK_CHROMA,
+        Stage.JPEG_CHROMA,
+        Stage.YUV420,
+        *COLOUR_FOLLOWS_G,
+    ):
         if stage in stages:
             _check(pixel_format is PixelFormat.BGR8, f"{stage.name} needs a BGR frame")
     if any(s in COLOUR_FOLLOWS_G for s in stages):
@@ -315,10 +347,15 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
         )
     if Stage.JPEG_CHROMA in stages:
         _check(
-            not any(s in _PIXEL_STAGE_ORDER[0] and s is not Stage.QUANTIZE_G for s in stages)
+            not any(s in _FIRST_PIXEL_STAGES and s is not Stage.QUANTIZE_G for s in stages)
             and Stage.MED_CHROMA not in stages,
             f"{_names(stages)}: JPEG_CHROMA codes a frame on its own, exactly or after QUANTIZE_G (MED, if any, "
             "after it)",
+        )
+    if Stage.YUV420 in stages:
+        _check(
+            all(s in WITH_YUV420 for s in stages),
+            f"{_names(stages)}: YUV420 goes with RESIDUAL, MED, PACKBITS, ZSTD and CTX only",
         )
     if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")
@@ -455,7 +492,7 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
         group_planes=version >= GROUP_PLANES_SINCE or Stage.CTX not in stages,
     )
     header.validate(limits)
-    max_payload = limits.max_payload(header.coded_bytes, header.height * header.coded_planes)
+    max_payload = limits.max_payload(header.coded_bytes, header.coded_height * header.coded_planes)
     _check(
         payload_length <= max_payload, f"payload of {payload_length} bytes exceeds the bound {max_payload}"
     )

@@ -207,6 +207,7 @@ class CodecSection(_Validated):
     packbits: bool = True
     entropy: Entropy = "auto"
     jpeg_chroma: bool = False
+    yuv: bool = True
 
     def to_codec_settings(self) -> CodecSettings:
         """The encoder's settings; their own checks are reported under ``codec.<field>``."""

@@ -175,7 +175,9 @@ class EdgeAgent:
         if spool.needs_key():
             encoder.request_key()
         t0 = time.perf_counter()
-        record = encoder.encode(frame.image, frame.wall_time_ns, clock_synced=frame.clock_synced)
+        record = encoder.encode(
+            frame.image, frame.wall_time_ns, clock_synced=frame.clock_synced, picture=frame.picture
+        )
         data = pack_record(record)
         self.stats.encode_s += time.perf_counter() - t0
         h = record.header

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import ffmpeg, yuv
+from agent.capture import ffmpeg
 from agent.capture.files import ImageFolderSource, VideoFileSource, iter_images, open_path
+from agent.codec import yuv
 from agent.errors import CaptureError
 
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.capture import ffmpeg, yuv
+from agent.capture import ffmpeg
+from agent.codec import yuv
 
 needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
 
@@ -22,7 +23,7 @@ def _picture(rng: np.random.Generator, width: int, height: int) -> bytes:
     return rng.integers(0, 256, yuv.picture_bytes(width, height), dtype=np.uint8).tobytes()
 
 
-@pytest.mark.skipif(not yuv.COMPILED, reason="agent.capture._yuv was not built")
+@pytest.mark.skipif(not yuv.COMPILED, reason="agent.codec._yuv was not built")
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 67), st.integers(1, 41), st.integers(0, 2**32 - 1))
 def test_compiled_and_numpy_give_the_same_bytes(width: int, height: int, seed: int) -> None:

@@ -27,8 +27,8 @@ static inline uint8_t clamp16(int16_t v) {
     return (uint8_t)(v > 255 ? 255 : v);
 }
 
-static void convert(const uint8_t *y, const uint8_t *u, const uint8_t *v, uint8_t *out, Py_ssize_t width,
-                    Py_ssize_t height) {
+static void convert(const uint8_t *y, const uint8_t *u, const uint8_t *v, Py_ssize_t cstride, uint8_t *out,
+                    Py_ssize_t width, Py_ssize_t height) {
     /* Row buffers (at most 4 x 32 kB at width 16384), so that each loop is a plain one the compiler vectorises
      * (NEON's interleaving stores, x86's shuffles): the chroma terms widened to every pixel once per pair of
      * rows, then luma term + chroma term, clamped, interleaved. */
@@ -36,7 +36,7 @@ static void convert(const uint8_t *y, const uint8_t *u, const uint8_t *v, uint8_
     int16_t lum[width], cb[2 * cw], cg[2 * cw], cr[2 * cw], hb[cw], hg[cw], hr[cw];
     for (Py_ssize_t row = 0; row < height; row++) {
         if ((row & 1) == 0) {
-            const uint8_t *ur = u + (row / 2) * cw, *vr = v + (row / 2) * cw;
+            const uint8_t *ur = u + (row / 2) * cstride, *vr = v + (row / 2) * cstride;
             for (Py_ssize_t i = 0; i < cw; i++) {
                 int32_t uu = ((int32_t)ur[i] - 128) * 8, vv = ((int32_t)vr[i] - 128) * 8;
                 hb[i] = (int16_t)mulhi(uu, UB_COEFF);
@@ -62,15 +62,18 @@ static void convert(const uint8_t *y, const uint8_t *u, const uint8_t *v, uint8_
 }
 
 PyDoc_STRVAR(bgr_doc,
-             "bgr(planes, out, width, height)\n\n"
+             "bgr(planes, out, width, height, tall=False)\n\n"
              "Convert one yuv420p picture (Y, then U, then V, each plane's rows packed: chroma planes\n"
-             "ceil(width/2) x ceil(height/2)) into out, a writable buffer of height*width*3 bytes (BGR).");
+             "ceil(width/2) x ceil(height/2)) into out, a writable buffer of height*width*3 bytes (BGR).\n"
+             "tall: the picture is laid out as the codec's YUV420 stage codes it instead: Y, then ceil(height/2)\n"
+             "rows each holding a row of U followed by the same row of V (the same bytes, reordered).");
 
 static PyObject *bgr(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
     Py_ssize_t width, height;
+    int tall = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*w*nn", &src, &dst, &width, &height)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*w*nn|p", &src, &dst, &width, &height, &tall)) return NULL;
     PyObject *result = NULL;
     if (width < 1 || height < 1 || width > 16384 || height > 16384) {
         PyErr_Format(PyExc_ValueError, "picture size %zd x %zd out of range (1..16384)", width, height);
@@ -86,8 +89,9 @@ static PyObject *bgr(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "out must be %zd bytes, got %zd", width * height * 3, dst.len);
         goto done;
     }
-    const uint8_t *y = src.buf, *u = y + width * height, *v = u + cw * ch;
-    Py_BEGIN_ALLOW_THREADS convert(y, u, v, dst.buf, width, height);
+    const uint8_t *y = src.buf, *u = y + width * height, *v = tall ? u + cw : u + cw * ch;
+    Py_ssize_t cstride = tall ? 2 * cw : cw;
+    Py_BEGIN_ALLOW_THREADS convert(y, u, v, cstride, dst.buf, width, height);
     Py_END_ALLOW_THREADS result = Py_None;
     Py_INCREF(result);
 done:

@@ -1,0 +1,388 @@
+"""Stage YUV420 (wire format v7): video decoded by the ffmpeg child is coded as its yuv420p pictures.
+
+Bit for bit on the committed clip and the public videos, smaller than coding the frames, the normative
+conversion as ``docs/wire-format.md`` words it, golden bytes, the rules a record must keep, hostile records,
+and what the encoder does when a frame comes without its picture or with one that is not its own."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.capture import ffmpeg
+from agent.capture.files import VideoFileSource
+from agent.codec import yuv
+from agent.codec.decoder import FrameDecoder, decode_record, reconstruct
+from agent.codec.encoder import FrameEncoder, frame_hash
+from agent.codec.pipeline import encode_planes
+from agent.codec.settings import CodecSettings
+from agent.codec.wire import (
+    FIXED_SIZE,
+    FrameHash,
+    Kind,
+    PixelFormat,
+    Record,
+    RecordHeader,
+    Stage,
+    hash_pixels,
+    pack_record,
+    unpack_record,
+)
+from agent.errors import WireFormatError
+from tests.fixtures.data import shared_set
+
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
+
+Frames = list[tuple[np.ndarray, bytes]]
+
+
+def _video(path: Path, limit: int) -> Frames:
+    """The first frames of a video as the ffmpeg child decodes them, each with its picture."""
+    frames: Frames = []
+    with VideoFileSource(path, decoder="ffmpeg") as source:
+        while len(frames) < limit and (frame := source.read()) is not None:
+            assert frame.picture is not None
+            frames.append((frame.image, frame.picture))
+    return frames
+
+
+def _code(frames: Frames, codec: CodecSettings, *, pictures: bool = True) -> tuple[list[Record], int]:
+    """Encode, serialise, parse and decode every frame (exactly, or the test fails); (records, wire bytes)."""
+    encoder, decoder = FrameEncoder("cam", codec), FrameDecoder()
+    records, wire = [], 0
+    for i, (image, picture) in enumerate(frames):
+        record = encoder.encode(image, 1_000_000_000 * i, picture=picture if pictures else None)
+        data = pack_record(record)
+        assert np.array_equal(decoder.decode(unpack_record(data)), image), f"frame {i} is not bit-exact"
+        records.append(record)
+        wire += len(data)
+    return records, wire
+
+
+@needs_ffmpeg
+def test_the_committed_clip_codes_its_pictures_bit_exact_and_smaller(pets_cut: Path) -> None:
+    """Measured on these 120 frames: 1.35× smaller than coding the frames (docs/benchmarks.md)."""
+    frames = _video(pets_cut, 120)
+    records, with_pictures = _code(frames, CodecSettings())
+    assert all(Stage.YUV420 in r.header.stages for r in records)
+    assert all(r.header.pixel_format is PixelFormat.BGR8 and r.header.tolerance == 0 for r in records)
+    plain, without = _code(frames, CodecSettings(), pictures=False)
+    assert not any(Stage.YUV420 in r.header.stages for r in plain)
+    raw = sum(image.nbytes for image, _ in frames)
+    print(f"\npictures {raw / with_pictures:.2f}x, frames {raw / without:.2f}x")
+    assert with_pictures * 1.25 <= without
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["pets", "intel", "motorway"])
+def test_the_public_videos_code_their_pictures_bit_exact_and_smaller(name: str) -> None:
+    """150 frames, as ``docs/benchmarks.md`` measures them: PETS 1.37×, Intel 1.38×, the motorway clip 1.26×
+    smaller than coding the frames."""
+    frames = _video(shared_set(name), 150)
+    records, with_pictures = _code(frames, CodecSettings())
+    assert all(Stage.YUV420 in r.header.stages for r in records)
+    _plain, without = _code(frames, CodecSettings(), pictures=False)
+    raw = sum(image.nbytes for image, _ in frames)
+    print(f"\n{name}: pictures {raw / with_pictures:.2f}x, frames {raw / without:.2f}x")
+    assert with_pictures * 1.2 <= without
+
+
+@needs_ffmpeg
+def test_every_reference_mode_is_exact(pets_cut: Path) -> None:
+    frames = _video(pets_cut, 24)
+    for reference in ("key", "previous", "auto"):
+        records, _ = _code(frames, CodecSettings(reference=reference, max_key_interval_frames=10))  # type: ignore[arg-type]
+        assert sum(r.header.kind is Kind.KEY for r in records) >= 3
+        assert all(Stage.YUV420 in r.header.stages for r in records)
+
+
+@needs_ffmpeg
+def test_zstd_codes_pictures_too(pets_cut: Path) -> None:
+    records, _ = _code(_video(pets_cut, 6), CodecSettings(entropy="zstd"))
+    assert all(Stage.YUV420 in r.header.stages and Stage.ZSTD in r.header.stages for r in records)
+
+
+@needs_ffmpeg
+def test_with_a_tolerance_or_the_setting_off_the_frames_are_coded(pets_cut: Path) -> None:
+    frames = _video(pets_cut, 6)
+    for codec in (CodecSettings(tolerance=2), CodecSettings(yuv=False)):
+        encoder = FrameEncoder("cam", codec)
+        records = [encoder.encode(image, i, picture=picture) for i, (image, picture) in enumerate(frames)]
+        assert not any(Stage.YUV420 in r.header.stages for r in records), codec
+
+
+def _random_pictures(seed: int, width: int, height: int, count: int) -> Frames:
+    """A first random picture, then pictures with a fifth of their samples changed: each with its frame."""
+    rng = np.random.default_rng(seed)
+    size = yuv.picture_bytes(width, height)
+    first = rng.integers(0, 256, size, dtype=np.uint8)
+    pictures = [first] + [
+        np.where(rng.random(size) < 0.2, rng.integers(0, 256, size, dtype=np.uint8), first)
+        for _ in range(count)
+    ]
+    return [(yuv.to_bgr(p.tobytes(), width, height), p.tobytes()) for p in pictures]
+
+
+@given(
+    st.integers(6, 20).map(lambda n: 2 * n),
+    st.integers(6, 16).map(lambda n: 2 * n),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.sampled_from(["key", "previous", "auto"]),
+)
+@settings(max_examples=40, deadline=None)
+def test_random_pictures_round_trip(width: int, height: int, seed: int, count: int, reference: str) -> None:
+    codec = CodecSettings(reference=reference, threshold=0.0, ssim_downscale=1)  # type: ignore[arg-type]
+    records, _ = _code(_random_pictures(seed, width, height, count), codec)
+    assert all(Stage.YUV420 in r.header.stages for r in records)
+
+
+def test_a_frame_without_its_picture_starts_a_key_and_the_next_key_codes_pictures_again() -> None:
+    frames = _random_pictures(5, 32, 24, 5)
+    encoder = FrameEncoder("cam", CodecSettings(threshold=0.0, ssim_downscale=1))
+    decoder = FrameDecoder()
+    given_pictures = [True, True, False, True, True, True]
+    records = []
+    for i, ((image, picture), with_picture) in enumerate(zip(frames, given_pictures, strict=True)):
+        if i == 4:
+            encoder.request_key()
+        record = encoder.encode(image, i, picture=picture if with_picture else None)
+        assert np.array_equal(decoder.decode(unpack_record(pack_record(record))), image)
+        records.append(record)
+    assert [r.header.kind for r in records] == [
+        Kind.KEY,
+        Kind.MEMBER,
+        Kind.KEY,
+        Kind.MEMBER,
+        Kind.KEY,
+        Kind.MEMBER,
+    ]
+    assert [Stage.YUV420 in r.header.stages for r in records] == [True, True, False, False, True, True]
+
+
+def test_a_picture_that_is_not_the_frame_is_not_used(caplog: pytest.LogCaptureFixture) -> None:
+    """A capture bug must not cost frames: the key checks the picture against the frame, and codes the frame."""
+    (image, _picture), (_other, wrong) = _random_pictures(9, 32, 24, 1)
+    record = FrameEncoder("cam", CodecSettings(ssim_downscale=1)).encode(image, 0, picture=wrong)
+    assert Stage.YUV420 not in record.header.stages
+    assert "not the conversion of the picture" in caplog.text
+    assert np.array_equal(decode_record(unpack_record(pack_record(record))), image)
+
+
+def test_odd_sizes_and_grey_frames_are_coded_as_frames() -> None:
+    rng = np.random.default_rng(1)
+    odd = rng.integers(0, 256, yuv.picture_bytes(33, 24), dtype=np.uint8).tobytes()
+    frame = yuv.to_bgr(odd, 33, 24)
+    record = FrameEncoder("cam", CodecSettings(ssim_downscale=1)).encode(frame, 0, picture=odd)
+    assert Stage.YUV420 not in record.header.stages
+    assert np.array_equal(decode_record(record), frame)
+
+
+def test_the_conversion_is_the_one_the_wire_format_document_states() -> None:
+    """``docs/wire-format.md``'s formula, written out sample by sample from its text, against the decoder's."""
+    rng = np.random.default_rng(3)
+    width, height = 10, 6
+    plane = rng.integers(0, 256, (height * 3 // 2, width), dtype=np.uint8)
+    plane[0, :4] = (0, 255, 16, 235)  # both clamps
+    plane[height, :2] = (0, 255)
+    got = yuv.to_bgr(plane.tobytes(), width, height, laid_out=True)
+    for y in range(height):
+        for x in range(width):
+            luma = int(plane[y, x])
+            u = (int(plane[height + y // 2, x // 2]) - 128) * 8
+            v = (int(plane[height + y // 2, width // 2 + x // 2]) - 128) * 8
+            lum = ((luma - 16) * 8 * 9539) // 65536
+            terms = (
+                (u * 16525) // 65536,
+                (u * -3209) // 65536 + (v * -6660) // 65536,
+                (v * 13075) // 65536,
+            )
+            want = [min(255, max(0, lum + t)) for t in terms]
+            assert list(got[y, x]) == want, (y, x)
+
+
+def test_the_layout_is_y_then_u_and_v_side_by_side() -> None:
+    width, height = 6, 4
+    picture = bytes(range(yuv.picture_bytes(width, height)))
+    plane = yuv.tall(picture, width, height)
+    assert plane.shape == (1, 6, 6)
+    assert plane[0, :4].ravel().tolist() == list(range(24))
+    assert plane[0, 4:, :3].ravel().tolist() == list(range(24, 30))  # U's two rows of three
+    assert plane[0, 4:, 3:].ravel().tolist() == list(range(30, 36))  # V's
+    with pytest.raises(ValueError, match="even width and height"):
+        yuv.tall(bytes(yuv.picture_bytes(5, 4)), 5, 4)
+
+
+GOLDEN_V7_KEY_HEX = "".join(
+    [
+        "4343545607000103",  # magic, version 7, key, clock synchronised, bgr8
+        "600010000c000003",  # header 96 bytes, 16 x 12, tolerance 0, three stages
+        "b2000000",  # payload length 178
+        "0000000000000000" * 3,  # seq, key_seq, ref_seq 0
+        "15cd853dfe9c9717",  # capture time 1_700_000_000_123_456_789 ns
+        "0000803f",  # ssim 1.0
+        "77b744cfe2e8d0c0f2b842e66ba6d959" + "00" * 16,  # XXH3-128 of the BGR frame, then 16 zero bytes
+        "04" + b"cam1".hex(),
+        "0e0508",  # stages YUV420, MED, CTX
+        # payload: the picture's plane (18 x 16) after MED, as one CTX plane
+        "074100000000000000000000000000000000f13000073900069c02002e3900123900129c060006390056720016ab0100",
+        "12e401d5120001e41d0001b9100002008080010080800167000000128ed80077d8af00b981f303af8f6301fee092a527",
+        "df9142d3e6b38279b2c24a790b250be41e713cede26f866222f482319918130fa43aac1f412f23094244bbfe6790c3fe",
+        "bcb80e36503dbef3bca8fd8c4593d18699a66dfd4c47434cdd58745858105f5f5fcb",
+        "157ac60b",  # CRC-32 of everything before it
+    ]
+)
+
+
+def _golden_key() -> Record:
+    """A 16×12 picture with every sample set by a formula, coded as a key."""
+    width, height = 16, 12
+    luma = (np.arange(width * height) * 7 + 16).astype(np.uint8)
+    u = (np.arange(48) * 3 + 60).astype(np.uint8)
+    picture = luma.tobytes() + u.tobytes() + u[::-1].tobytes()
+    image = yuv.to_bgr(picture, width, height)
+    return FrameEncoder("cam1", CodecSettings(ssim_downscale=1)).encode(
+        image, 1_700_000_000_123_456_789, picture=picture
+    )
+
+
+def test_golden_bytes_pin_a_whole_version_7_key() -> None:
+    """The layout, the stage id, MED over the whole plane and CTX's bytes, and the frame hash of the BGR frame;
+    the same record claiming version 6 is refused, so a version-6 reader never misreads one."""
+    golden = bytes.fromhex(GOLDEN_V7_KEY_HEX)
+    record = _golden_key()
+    assert pack_record(record) == golden
+    parsed = unpack_record(golden)
+    assert parsed == record
+    image, held = reconstruct(parsed)
+    assert held.shape == (1, 18, 16)
+    assert hash_pixels(image.data, FrameHash.XXH3_128) == parsed.header.frame_hash
+    older = bytearray(golden)
+    older[4] = 6
+    older[-4:] = struct.pack("<I", zlib.crc32(older[:-4]))
+    with pytest.raises(WireFormatError, match="need wire format version 7"):
+        unpack_record(bytes(older))
+    assert len(golden) == FIXED_SIZE + 1 + 4 + 3 + 178 + 4
+
+
+def _header(**changes: object) -> RecordHeader:
+    fields: dict[str, object] = {
+        "camera_id": "cam1",
+        "seq": 5,
+        "key_seq": 4,
+        "ref_seq": 4,
+        "kind": Kind.MEMBER,
+        "capture_time_ns": 0,
+        "width": 4,
+        "height": 2,
+        "pixel_format": PixelFormat.BGR8,
+        "stages": (Stage.YUV420, Stage.RESIDUAL, Stage.CTX),
+        "frame_hash": bytes(32),
+    }
+    fields.update(changes)
+    return RecordHeader(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"width": 5}, "YUV420 needs an even width and height"),
+        ({"height": 3}, "YUV420 needs an even width and height"),
+        ({"pixel_format": PixelFormat.GRAY8}, "YUV420 needs a BGR frame"),
+        ({"stages": (Stage.YUV420, Stage.RESIDUAL, Stage.RCT, Stage.CTX)}, "YUV420 goes with"),
+        ({"stages": (Stage.YUV420, Stage.RESIDUAL_Q, Stage.CTX), "tolerance": 2}, "YUV420 goes with"),
+        ({"stages": (Stage.YUV420, Stage.MED_CHROMA, Stage.CTX), "ref_seq": 5}, "YUV420 goes with"),
+        ({"stages": (Stage.RESIDUAL, Stage.YUV420, Stage.CTX)}, "out of order"),
+        ({"stages": (Stage.YUV420, Stage.YUV420, Stage.CTX)}, "out of order"),
+    ],
+)
+def test_records_that_break_the_rules_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(WireFormatError, match=message):
+        pack_record(Record(_header(**changes), b""))
+
+
+def test_a_member_needs_its_references_picture_and_says_so() -> None:
+    """Held as a frame, the reference is of the wrong shape: the error says what is needed (the archive and
+    the decoder hold what ``reconstruct`` returns)."""
+    frames = _random_pictures(2, 32, 24, 1)
+    encoder = FrameEncoder("cam", CodecSettings(threshold=0.0, ssim_downscale=1))
+    key, member = (encoder.encode(image, i, picture=picture) for i, (image, picture) in enumerate(frames))
+    assert Stage.RESIDUAL in member.header.stages
+    key_image, key_planes = reconstruct(key)
+    with pytest.raises(WireFormatError, match="a YUV420 member needs a YUV420 reference"):
+        decode_record(member, key_image)
+    assert np.array_equal(reconstruct(member, key_planes)[0], frames[1][0])
+
+
+def test_ten_thousand_mutated_picture_records_decode_or_raise_one_error() -> None:
+    """Mutations with a repaired CRC reach the stage decoders: keys and members, CTX and zstd, with and without
+    MED; each must decode (to a frame whose hash matched) or raise WireFormatError."""
+    frames = _random_pictures(11, 48, 32, 2)
+    planes = [yuv.tall(picture, 48, 32) for _image, picture in frames]
+    records: list[Record] = []
+    references: list[np.ndarray | None] = []
+    base = FrameEncoder("cam", CodecSettings(threshold=0.0, ssim_downscale=1)).encode(
+        frames[0][0], 0, picture=frames[0][1]
+    )
+    for entropy in (Stage.CTX, Stage.ZSTD):
+        for stages, index, reference in (
+            ((Stage.YUV420, Stage.MED, entropy), 0, None),
+            ((Stage.YUV420, Stage.RESIDUAL, entropy), 1, planes[0]),
+            ((Stage.YUV420, Stage.RESIDUAL, Stage.MED, entropy), 2, planes[1]),
+        ):
+            payload, _ = encode_planes(planes[index], stages, reference=reference)
+            header = replace(
+                base.header,
+                seq=index,
+                key_seq=0,
+                ref_seq=index if reference is None else index - 1,
+                kind=Kind.KEY if reference is None else Kind.MEMBER,
+                stages=stages,
+                frame_hash=frame_hash(frames[index][0]),
+            )
+            records.append(Record(header, payload))
+            references.append(reference)
+    packed = [pack_record(r) for r in records]
+    for record, reference, data in zip(records, references, packed, strict=True):  # all decode as made
+        index = record.header.seq
+        assert np.array_equal(reconstruct(unpack_record(data), reference)[0], frames[index][0])
+    rng = random.Random(7)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(10_000):
+        index = rng.randrange(len(packed))
+        data = bytearray(packed[index])
+        header_length = struct.unpack_from("<H", data, 8)[0]
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(0 if rng.random() < 0.2 else header_length, len(data) - 4)
+            data[pos] = rng.randrange(256)
+        data[-4:] = struct.pack("<I", zlib.crc32(data[:-4]))
+        try:
+            reconstruct(unpack_record(bytes(data)), references[index])
+            outcomes["decoded"] += 1
+        except WireFormatError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 9000, outcomes
+
+
+@needs_ffmpeg
+def test_the_ffmpeg_child_hands_out_each_frames_picture_and_opencv_none(pets_cut: Path) -> None:
+    with VideoFileSource(pets_cut, decoder="ffmpeg") as source:
+        for _ in range(3):
+            frame = source.read()
+            assert frame is not None
+            assert frame.picture is not None
+            assert np.array_equal(yuv.to_bgr(frame.picture, 768, 576), frame.image)
+    with VideoFileSource(pets_cut, decoder="opencv") as source:
+        frame = source.read()
+        assert frame is not None
+        assert frame.picture is None
+    assert cv2.norm(frame.image) > 0
