@@ -45,17 +45,22 @@ def run_ours(
     fps: float = 10.0,
     entropy: str = "auto",
     jpeg_chroma: bool = False,
+    pictures: Sequence[bytes | None] | None = None,
 ) -> MethodResult:
     """Our encoder, one thread; each record is packed to wire bytes, parsed back and decoded to check it.
 
     ``entropy`` is the codec setting: "auto" (CTX with the compiled coder, the default) or "zstd" (faster);
-    ``jpeg_chroma`` the setting for stills decoded from JPEGs (off by default).
+    ``jpeg_chroma`` the setting for stills decoded from JPEGs (off by default). ``pictures``: each frame's
+    yuv420p picture, as the agent's ffmpeg child hands them out, which the codec codes instead (the ``yuv``
+    setting, lossless); None codes the frames, as where video is decoded by OpenCV.
     """
     name = "ours (lossless)" if tolerance == 0 else f"ours (tolerance {tolerance})"
     if entropy != "auto":
         name = name[:-1] + f", {entropy})"
     if jpeg_chroma:
         name = name[:-1] + ", jpeg_chroma)"
+    if pictures is None and tolerance == 0 and frames and frames[0].ndim == 3 and not jpeg_chroma:
+        name = name[:-1] + ", frames)"
     raw = sum(f.nbytes for f in frames)
     try:
         from agent.codec.decoder import FrameDecoder
@@ -74,8 +79,9 @@ def run_ours(
     max_err = 0
     keys = 0
     for i, image in enumerate(frames):
+        picture = None if pictures is None else pictures[i]
         start = time.perf_counter()
-        record = encoder.encode(image, t0 + i * step_ns)
+        record = encoder.encode(image, t0 + i * step_ns, picture=picture)
         data = pack_record(record)
         encode_s += time.perf_counter() - start
         encoded += len(data)
@@ -85,16 +91,20 @@ def run_ours(
     return MethodResult(name, len(frames), raw, encoded, encode_s, max_err, keys=keys, note="1 thread")
 
 
-def load(source: Path, frames: int | None) -> tuple[list[Image], float]:
-    """Decode the frames once (default: 150 of a video, all of a folder) and the rate to feed ffmpeg."""
-    fps = 10.0
-    if not source.is_dir():
-        frames = DEFAULT_VIDEO_FRAMES if frames is None else frames
-        video = VideoFileSource(source)
-        video.open()
-        fps = video.fps or fps
-        video.close()
-    return list(iter_images(source, limit=frames)), fps
+def load(source: Path, frames: int | None) -> tuple[list[Image], list[bytes] | None, float]:
+    """Decode the frames once (default: 150 of a video, all of a folder), each video frame's yuv420p picture
+    where the ffmpeg child decoded it (else None), and the rate to feed ffmpeg."""
+    if source.is_dir():
+        return list(iter_images(source, limit=frames)), None, 10.0
+    limit = DEFAULT_VIDEO_FRAMES if frames is None else frames
+    images, pictures = [], []
+    with VideoFileSource(source) as video:
+        fps = video.fps or 10.0
+        while len(images) < limit and (frame := video.read()) is not None:
+            images.append(frame.image)
+            pictures.append(frame.picture)
+    known = [p for p in pictures if p is not None]
+    return images, known if len(known) == len(images) else None, fps
 
 
 @dataclass
@@ -115,13 +125,18 @@ class SetRun:
 
 def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | None) -> SetRun:
     start = time.perf_counter()
-    images, fps = load(source, frames)
+    images, pictures, fps = load(source, frames)
     if not images:
         raise SystemExit(f"{source}: no frames")
     height, width = images[0].shape[:2]
     if x264_limit is None and height * width >= X264_LIMIT_PIXELS:
         x264_limit = 40
-    results = [run_ours(images, 0, fps), run_ours(images, 0, fps, "zstd")]
+    results = [
+        run_ours(images, 0, fps, pictures=pictures),
+        run_ours(images, 0, fps, "zstd", pictures=pictures),
+    ]
+    if pictures is not None:  # the frames coded as OpenCV hands them out, for comparison
+        results.append(run_ours(images, 0, fps))
     if source.is_dir() and images[0].ndim == 3:  # stills: the setting for JPEG snapshots
         results.append(run_ours(images, 0, fps, jpeg_chroma=True))
     if tolerance:

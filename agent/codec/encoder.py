@@ -28,6 +28,7 @@ from agent.codec.wire import (
     RecordHeader,
     Stage,
     hash_pixels,
+    luma_step,
 )
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ def intra_stage_lists(
     channel on its own (QUANTIZE, for noise that differs from channel to channel).
     """
     if picture:
-        return [(Stage.YUV420, Stage.MED, settings.entropy_stage)]
+        exact_picture = (Stage.YUV420, Stage.MED, settings.entropy_stage)
+        if not settings.tolerance:
+            return [exact_picture]
+        return [(Stage.YUV420, Stage.QUANTIZE_Y, Stage.MED, settings.entropy_stage), exact_picture]
     colour = pixel_format is PixelFormat.BGR8
     exact = (*((Stage.RCT,) if colour else ()), Stage.MED, settings.entropy_stage)
     # Only on even sizes: FrameEncoder drops it elsewhere (fits).
@@ -103,10 +107,17 @@ def residual_stage_lists(
     entropy = settings.entropy_stage
     flat: tuple[Stage, ...] = (Stage.PACKBITS,) if settings.packbits and entropy is Stage.ZSTD else ()
     if picture:
-        return [
+        exact_pictures = [
             (Stage.YUV420, Stage.RESIDUAL, *flat, entropy),
             (Stage.YUV420, Stage.RESIDUAL, Stage.MED, entropy),
         ]
+        if not settings.tolerance:
+            return exact_pictures
+        quantised_pictures = [
+            (Stage.YUV420, Stage.RESIDUAL_QY, *flat, entropy),
+            (Stage.YUV420, Stage.RESIDUAL_QY, Stage.MED, entropy),
+        ]
+        return quantised_pictures + exact_pictures
     colour = pixel_format is PixelFormat.BGR8
     first: tuple[Stage, ...] = (Stage.RESIDUAL, Stage.RCT) if colour else (Stage.RESIDUAL,)
     exact = [(*first, *flat, entropy), (*first, Stage.MED, entropy)]
@@ -238,7 +249,12 @@ class FrameEncoder:
             assert self._previous is not None
             payload, recon, stages, ref_seq = self._encode_member(planes, pixel_format)
             key_seq, kind = self._key.seq, Kind.MEMBER
-        recon_image = image if recon is planes else from_planes(recon)
+        if recon is planes:
+            recon_image = image
+        elif self._yuv:
+            recon_image = yuv.to_bgr(recon.data, image.shape[1], image.shape[0], laid_out=True)
+        else:
+            recon_image = from_planes(recon)
         header = RecordHeader(
             camera_id=self.camera_id,
             seq=seq,
@@ -271,10 +287,16 @@ class FrameEncoder:
     def _picture_usable(
         self, image: npt.NDArray[np.uint8], picture: bytes | bytearray | memoryview | None
     ) -> bool:
-        """Whether a key's group codes pictures: the ``yuv`` setting, lossless, an even size, and a picture that
-        converts to exactly this frame (checked once a group: a record whose picture did not would fail its
-        frame hash wherever it is decoded)."""
-        if picture is None or not self.settings.yuv or self.settings.tolerance or image.ndim != 3:
+        """Whether a key's group codes pictures: the ``yuv`` setting, lossless or a tolerance that lets Y be
+        quantised (T ≥ 2), an even size, and a picture that converts to exactly this frame (checked once a
+        group: a record whose picture did not would fail its frame hash wherever it is decoded)."""
+        tolerance = self.settings.tolerance
+        if (
+            picture is None
+            or not self.settings.yuv
+            or image.ndim != 3
+            or (tolerance and not luma_step(tolerance))
+        ):
             return False
         height, width = image.shape[:2]
         if width % 2 or height % 2 or len(picture) != yuv.picture_bytes(width, height):

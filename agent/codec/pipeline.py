@@ -16,7 +16,14 @@ import zstandard
 
 from agent.codec import native, packbits, transforms, yuv
 from agent.codec.transforms import Planes
-from agent.codec.wire import QUANTISING_STAGES, REFERENCE_STAGES, RecordHeader, Stage
+from agent.codec.wire import (
+    LUMA_QUANTISERS,
+    QUANTISING_STAGES,
+    REFERENCE_STAGES,
+    RecordHeader,
+    Stage,
+    luma_step,
+)
 from agent.errors import WireFormatError
 
 _local = threading.local()
@@ -125,6 +132,8 @@ def pixel_stages(
     signed = signedness(stages, channels)
     quantising = any(s in QUANTISING_STAGES for s in stages)
     pixel = tuple(s for s in stages if s not in _BYTE_STAGES and s not in _LAYOUT_STAGES)
+    if any(s in LUMA_QUANTISERS for s in pixel):
+        return _luma_quantised(planes, pixel, reference, tolerance, signed)
     if Stage.JPEG_CHROMA in pixel:
         # Four planes out of three: G, the residuals of B and R, the quarter chroma planes (native.jpeg); MED
         # predicts G and the quarter planes, the residuals are mostly zeros. After QUANTIZE_G the stage codes
@@ -178,6 +187,32 @@ def pixel_stages(
         if recon_band is not None:
             recon[:, rows] = recon_band
     return data, recon
+
+
+def _luma_quantised(
+    plane: Planes,
+    pixel: tuple[Stage, ...],
+    reference: Planes | None,
+    tolerance: int,
+    signed: tuple[bool, ...],
+) -> tuple[Planes, Planes]:
+    """QUANTIZE_Y or RESIDUAL_QY on YUV420's plane: its Y rows (the top two thirds) through QUANTIZE or
+    RESIDUAL_Q with the step ``luma_step`` allows, its chroma rows as they are or through RESIDUAL; then MED, if
+    listed, over the whole plane. Returns the coded plane and the reconstructed picture."""
+    rows, step = plane.shape[1] * 2 // 3, luma_step(tolerance)
+    if Stage.RESIDUAL_QY in pixel:
+        assert reference is not None
+        codes, luma = pixel_stages(
+            plane[:, :rows], (Stage.RESIDUAL_Q,), reference=reference[:, :rows], tolerance=step
+        )
+        chroma, _ = pixel_stages(plane[:, rows:], (Stage.RESIDUAL,), reference=reference[:, rows:])
+    else:
+        codes, luma = pixel_stages(plane[:, :rows], (Stage.QUANTIZE,), tolerance=step)
+        chroma = plane[:, rows:]
+    coded = np.concatenate([codes, chroma], axis=1)
+    if Stage.MED in pixel:
+        coded = transforms.med(coded, signed)
+    return coded, np.concatenate([luma, plane[:, rows:]], axis=1)
 
 
 def encode_planes(
@@ -298,4 +333,16 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
         elif stage is Stage.RESIDUAL_QG:
             assert reference is not None
             data = transforms.dequantize_residual_g(data, reference, header.tolerance)
+        elif stage is Stage.QUANTIZE_Y:
+            rows = height * 2 // 3
+            luma = transforms.dequantize(data[:, :rows], luma_step(header.tolerance))
+            data = np.concatenate([luma, data[:, rows:]], axis=1)
+        elif stage is Stage.RESIDUAL_QY:
+            assert reference is not None
+            rows = height * 2 // 3
+            luma = transforms.dequantize_residual(
+                data[:, :rows], reference[:, :rows], luma_step(header.tolerance)
+            )
+            chroma = transforms.unresidual(data[:, rows:], reference[:, rows:])
+            data = np.concatenate([luma, chroma], axis=1)
     return np.ascontiguousarray(data)

@@ -103,6 +103,12 @@ class Stage(IntEnum):
     """BGR only, even width and height: the frame is ``agent.codec.yuv.to_bgr`` of a yuv420p picture, and the record
     codes that picture (1.5 samples a pixel) as one plane, Y above U and V side by side; the later stages work on
     that plane, a residual against the reference's picture (wire format ≥ 7)."""
+    QUANTIZE_Y = 15
+    """After YUV420, T ≥ 2: the picture's Y rows quantised as QUANTIZE's with the step :func:`luma_step` allows in
+    BGR terms, its chroma rows exact (wire format ≥ 7)."""
+    RESIDUAL_QY = 16
+    """After YUV420, T ≥ 2: the Y rows' difference from the reference quantised as RESIDUAL_Q's with the step
+    :func:`luma_step` allows, the chroma rows' exact difference mod 256 (wire format ≥ 7)."""
 
 
 STAGE_SINCE = {
@@ -113,6 +119,8 @@ STAGE_SINCE = {
     Stage.BLOCK_CHROMA: 6,
     Stage.JPEG_CHROMA: 6,
     Stage.YUV420: 7,
+    Stage.QUANTIZE_Y: 7,
+    Stage.RESIDUAL_QY: 7,
 }
 """The wire format version that introduced a stage (the others are in every version)."""
 
@@ -161,7 +169,15 @@ def record_version(
     return max((since_hash, since_planes, *(STAGE_SINCE.get(s, 1) for s in stages)))
 
 
-_FIRST_PIXEL_STAGES = (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G)
+_FIRST_PIXEL_STAGES = (
+    Stage.RESIDUAL,
+    Stage.RESIDUAL_Q,
+    Stage.QUANTIZE,
+    Stage.RESIDUAL_QG,
+    Stage.QUANTIZE_G,
+    Stage.QUANTIZE_Y,
+    Stage.RESIDUAL_QY,
+)
 """Mutually exclusive: what the frame is coded against (a reference, a quantiser, both or neither)."""
 _PIXEL_STAGE_ORDER = (
     (Stage.YUV420,),
@@ -172,12 +188,36 @@ _PIXEL_STAGE_ORDER = (
     (Stage.PACKBITS,),
     (Stage.ZSTD, Stage.CTX),
 )
-REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG})
-QUANTISING_STAGES = frozenset({Stage.RESIDUAL_Q, Stage.QUANTIZE, Stage.RESIDUAL_QG, Stage.QUANTIZE_G})
+REFERENCE_STAGES = frozenset({Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG, Stage.RESIDUAL_QY})
+QUANTISING_STAGES = frozenset(
+    {
+        Stage.RESIDUAL_Q,
+        Stage.QUANTIZE,
+        Stage.RESIDUAL_QG,
+        Stage.QUANTIZE_G,
+        Stage.QUANTIZE_Y,
+        Stage.RESIDUAL_QY,
+    }
+)
+LUMA_QUANTISERS = frozenset({Stage.QUANTIZE_Y, Stage.RESIDUAL_QY})
+"""The quantisers of YUV420's Y rows (the chroma rows stay exact)."""
 COLOUR_FOLLOWS_G = frozenset({Stage.RESIDUAL_QG, Stage.QUANTIZE_G})
-WITH_YUV420 = frozenset({Stage.YUV420, Stage.RESIDUAL, Stage.MED, Stage.PACKBITS, Stage.ZSTD, Stage.CTX})
-"""The stages a YUV420 record may list: exact ones that work on any plane (a quantiser's error, in YUV terms, would
-not be bounded by the record's tolerance in BGR terms)."""
+WITH_YUV420 = frozenset(
+    {Stage.YUV420, Stage.RESIDUAL, Stage.MED, Stage.PACKBITS, Stage.ZSTD, Stage.CTX, *LUMA_QUANTISERS}
+)
+"""The stages a YUV420 record may list: exact ones that work on any plane, and the Y rows' quantisers (any other
+quantiser's error, in YUV terms, would not be bounded by the record's tolerance in BGR terms)."""
+LUMA_GAIN = 76312
+"""The conversion's luma term is ⌊(Y − 16) · LUMA_GAIN / 65536⌋ (8 · 9539: ``agent.codec.yuv``)."""
+
+
+def luma_step(tolerance: int) -> int:
+    """The largest t for which Y rows quantised with steps of 2t + 1 (an error of at most t in Y) keep every BGR
+    sample within ``tolerance``: a change of t in Y moves the luma term by at most ⌈LUMA_GAIN · t / 65536⌉, and
+    the clamp to 0..255 moves nothing further apart. 0 for T ≤ 1 (one Y level can move B, G and R by 2)."""
+    return (65536 * tolerance) // LUMA_GAIN
+
+
 """The first stages that code B and R beside G themselves (RCT's planes, with G's error): never with RCT."""
 
 
@@ -355,8 +395,14 @@ def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, toleranc
     if Stage.YUV420 in stages:
         _check(
             all(s in WITH_YUV420 for s in stages),
-            f"{_names(stages)}: YUV420 goes with RESIDUAL, MED, PACKBITS, ZSTD and CTX only",
+            f"{_names(stages)}: YUV420 goes with RESIDUAL, QUANTIZE_Y, RESIDUAL_QY, MED, PACKBITS, ZSTD and CTX "
+            "only",
         )
+    if any(s in LUMA_QUANTISERS for s in stages):
+        _check(
+            Stage.YUV420 in stages, f"{_names(stages)}: QUANTIZE_Y and RESIDUAL_QY quantise YUV420's Y rows"
+        )
+        _check(luma_step(tolerance) >= 1, f"QUANTIZE_Y and RESIDUAL_QY need tolerance ≥ 2, got {tolerance}")
     if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")
 
