@@ -10,6 +10,7 @@ Parsing untrusted bytes raises only
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import struct
@@ -354,6 +355,23 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _check_stages(stages: tuple[Stage, ...], pixel_format: PixelFormat, tolerance: int) -> None:
+    problem = _stage_problem(stages, pixel_format, tolerance)
+    if problem is not None:
+        raise WireFormatError(problem)
+
+
+@functools.lru_cache(maxsize=512)
+def _stage_problem(stages: tuple[Stage, ...], pixel_format: PixelFormat, tolerance: int) -> str | None:
+    """What is wrong with a stage list, or None: remembered, since an encoder packs a few lists over and over
+    (the checks were a tenth of a 320×240 frame's encode time) and hostile ones are bounded by the cache."""
+    try:
+        _stage_rules(stages, pixel_format, tolerance)
+    except WireFormatError as e:
+        return str(e)
+    return None
+
+
+def _stage_rules(stages: tuple[Stage, ...], pixel_format: PixelFormat, tolerance: int) -> None:
     _check(len(stages) <= MAX_STAGES, f"too many stages ({len(stages)})")
     position = 0
     for stage in stages:
