@@ -46,20 +46,21 @@ def run_ours(
     entropy: str = "auto",
     jpeg_chroma: bool = False,
     pictures: Sequence[bytes | None] | None = None,
+    frames_row: bool = False,
 ) -> MethodResult:
     """Our encoder, one thread; each record is packed to wire bytes, parsed back and decoded to check it.
 
     ``entropy`` is the codec setting: "auto" (CTX with the compiled coder, the default) or "zstd" (faster);
     ``jpeg_chroma`` the setting for stills decoded from JPEGs (off by default). ``pictures``: each frame's
     yuv420p picture, as the agent's ffmpeg child hands them out, which the codec codes instead (the ``yuv``
-    setting, lossless); None codes the frames, as where video is decoded by OpenCV.
+    setting); None codes the frames, as where video is decoded by OpenCV (``frames_row`` says so in the name).
     """
     name = "ours (lossless)" if tolerance == 0 else f"ours (tolerance {tolerance})"
     if entropy != "auto":
         name = name[:-1] + f", {entropy})"
     if jpeg_chroma:
         name = name[:-1] + ", jpeg_chroma)"
-    if pictures is None and tolerance == 0 and frames and frames[0].ndim == 3 and not jpeg_chroma:
+    if frames_row:
         name = name[:-1] + ", frames)"
     raw = sum(f.nbytes for f in frames)
     try:
@@ -136,11 +137,13 @@ def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | 
         run_ours(images, 0, fps, "zstd", pictures=pictures),
     ]
     if pictures is not None:  # the frames coded as OpenCV hands them out, for comparison
-        results.append(run_ours(images, 0, fps))
+        results.append(run_ours(images, 0, fps, frames_row=True))
     if source.is_dir() and images[0].ndim == 3:  # stills: the setting for JPEG snapshots
         results.append(run_ours(images, 0, fps, jpeg_chroma=True))
     if tolerance:
-        results.append(run_ours(images, tolerance, fps))
+        results.append(run_ours(images, tolerance, fps, pictures=pictures))
+        if pictures is not None:
+            results.append(run_ours(images, tolerance, fps, frames_row=True))
     results += [run_seed(images), run_seed(images, exact=True)]
     results += run_peers(images, fps, x264_limit=x264_limit)
     size = f"{width}x{height}" + (" grey" if images[0].ndim == 2 else "")

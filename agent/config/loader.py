@@ -132,10 +132,12 @@ def _decoder(config: AgentConfig) -> str:
     found = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
     if c.decoder == "opencv":
         return " (decoded by OpenCV)"
+    codec = config.codec
+    pictures = ", its pictures coded" if codec.yuv and codec.tolerance != 1 else ""
     if found and c.decoder == "auto":
-        return " (decoded by ffmpeg where the video is limited-range yuv420p, else OpenCV)"
+        return f" (decoded by ffmpeg where the video is limited-range yuv420p{pictures}, else OpenCV)"
     if found:
-        return " (decoded by ffmpeg)"
+        return f" (decoded by ffmpeg{pictures})"
     if c.decoder == "auto":
         return " (decoded by OpenCV: ffmpeg is not installed here)"
     return " (decoder = 'ffmpeg', but ffmpeg and ffprobe are not on PATH here: the camera will not open)"

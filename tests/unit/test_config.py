@@ -437,16 +437,26 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("decoder", "path_has_ffmpeg", "says"),
+    ("decoder", "path_has_ffmpeg", "codec", "says"),
     [
         (
             "auto",
             True,
-            "capture rtsp (decoded by ffmpeg where the video is limited-range yuv420p, else OpenCV), ",
+            "",
+            "capture rtsp (decoded by ffmpeg where the video is limited-range yuv420p, its pictures coded, else "
+            "OpenCV), ",
         ),
-        ("auto", False, "capture rtsp (decoded by OpenCV: ffmpeg is not installed here), "),
-        ("ffmpeg", False, "capture rtsp (decoder = 'ffmpeg', but ffmpeg and ffprobe are not on PATH here"),
-        ("opencv", True, "capture rtsp (decoded by OpenCV), "),
+        ("ffmpeg", True, "tolerance = 2", "capture rtsp (decoded by ffmpeg, its pictures coded), "),
+        ("ffmpeg", True, "tolerance = 1", "capture rtsp (decoded by ffmpeg), "),
+        ("ffmpeg", True, "yuv = false", "capture rtsp (decoded by ffmpeg), "),
+        ("auto", False, "", "capture rtsp (decoded by OpenCV: ffmpeg is not installed here), "),
+        (
+            "ffmpeg",
+            False,
+            "",
+            "capture rtsp (decoder = 'ffmpeg', but ffmpeg and ffprobe are not on PATH here",
+        ),
+        ("opencv", True, "", "capture rtsp (decoded by OpenCV), "),
     ],
 )
 def test_check_config_says_who_decodes_video(
@@ -455,6 +465,7 @@ def test_check_config_says_who_decodes_video(
     monkeypatch: pytest.MonkeyPatch,
     decoder: str,
     path_has_ffmpeg: bool,
+    codec: str,
     says: str,
 ) -> None:
     tools = tmp_path / "bin"
@@ -466,7 +477,8 @@ def test_check_config_says_who_decodes_video(
     monkeypatch.setenv("PATH", str(tools))
     path = tmp_path / "site.toml"
     path.write_text(
-        f'[agent]\ncamera_id = "cam1"\n[capture]\nkind = "rtsp"\nurl = "rtsp://cam/live"\ndecoder = "{decoder}"\n',
+        f'[agent]\ncamera_id = "cam1"\n[capture]\nkind = "rtsp"\nurl = "rtsp://cam/live"\ndecoder = "{decoder}"\n'
+        f"[codec]\n{codec}\n",
         encoding="utf-8",
     )
     assert check_config_main(path, "agent", env={}) == 0
