@@ -21,6 +21,7 @@ from agent.capture import ffmpeg
 from agent.capture.base import Frame
 from agent.capture.factory import open_source
 from agent.capture.stream import StreamSource, redact
+from agent.codec import yuv
 from agent.errors import CaptureError, ConfigError
 from agent.simulate.scene import Scene, SceneSettings
 from agent.simulate.serve import ServerProcess, free_port, run_mjpeg_server
@@ -74,6 +75,12 @@ def test_rtsp_frames_are_the_served_scene(rtsp_source: StreamSource) -> None:
     for f in got:
         assert f.image.shape == (360, 640, 3)
         assert f.image.dtype == np.uint8
+        # The ffmpeg child hands on the picture each frame was converted from (the codec codes it: YUV420).
+        if rtsp_source.decoded_by == "ffmpeg":
+            assert f.picture is not None
+            assert np.array_equal(yuv.to_bgr(f.picture, 640, 360), f.image)
+        else:
+            assert f.picture is None
         assert abs(f.wall_time_ns - time.time_ns()) < 10e9
         # Each connection plays the clip from frame 0, so the receive counter is the scene index.
         assert cv2.PSNR(f.image, scene.frame(f.source_index)) > 28
