@@ -287,9 +287,10 @@ class FrameEncoder:
     def _picture_usable(
         self, image: npt.NDArray[np.uint8], picture: bytes | bytearray | memoryview | None
     ) -> bool:
-        """Whether a key's group codes pictures: the ``yuv`` setting, lossless or a tolerance that lets Y be
-        quantised (T ≥ 2), an even size, and a picture that converts to exactly this frame (checked once a
-        group: a record whose picture did not would fail its frame hash wherever it is decoded)."""
+        """Whether a key's group codes pictures: the ``yuv`` setting, lossless or a tolerance its Y lattice
+        takes (1..32: every tolerance the settings allow), an even size, and a picture that converts to exactly
+        this frame (checked once a group: a record whose picture did not would fail its frame hash wherever it
+        is decoded)."""
         tolerance = self.settings.tolerance
         if (
             picture is None

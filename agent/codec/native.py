@@ -126,6 +126,16 @@ def pixels(
     return coded, np.frombuffer(recon, dtype=np.uint8).reshape(planes.shape)
 
 
+def luma(samples: Planes, reference: Planes | None, step: int, tolerance: int) -> tuple[Planes, Planes]:
+    """``transforms.quantize_luma`` compiled: the same bytes, one pass."""
+    ref = None if reference is None else np.ascontiguousarray(reference).data
+    codes, recon = _module().luma(np.ascontiguousarray(samples).data, ref, step, tolerance)
+    return (
+        np.frombuffer(codes, dtype=np.uint8).reshape(samples.shape),
+        np.frombuffer(recon, dtype=np.uint8).reshape(samples.shape),
+    )
+
+
 def blocks(planes: Planes, *, inverse: bool) -> Planes:
     """``transforms.block_chroma`` (or with ``inverse`` its inverse), compiled: the same bytes."""
     out: bytes = _module().blocks(np.ascontiguousarray(planes).data, *planes.shape, inverse)

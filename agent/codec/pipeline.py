@@ -196,18 +196,18 @@ def _luma_quantised(
     tolerance: int,
     signed: tuple[bool, ...],
 ) -> tuple[Planes, Planes]:
-    """QUANTIZE_Y or RESIDUAL_QY on YUV420's plane: its Y rows (the top two thirds) through QUANTIZE or
-    RESIDUAL_Q with the step ``luma_step`` allows, its chroma rows as they are or through RESIDUAL; then MED, if
-    listed, over the whole plane. Returns the coded plane and the reconstructed picture."""
+    """QUANTIZE_Y or RESIDUAL_QY on YUV420's plane: its Y rows (the top two thirds) on the lattice of
+    ``luma_step``'s step, each sample at a point whose luma term is within T of its own; its chroma rows as they
+    are or through RESIDUAL; then MED, if listed, over the whole plane. Returns the coded plane and the
+    reconstructed picture."""
     rows, step = plane.shape[1] * 2 // 3, luma_step(tolerance)
+    quantise = native.luma if native.AVAILABLE else transforms.quantize_luma
     if Stage.RESIDUAL_QY in pixel:
         assert reference is not None
-        codes, luma = pixel_stages(
-            plane[:, :rows], (Stage.RESIDUAL_Q,), reference=reference[:, :rows], tolerance=step
-        )
+        codes, luma = quantise(plane[:, :rows], reference[:, :rows], step, tolerance)
         chroma, _ = pixel_stages(plane[:, rows:], (Stage.RESIDUAL,), reference=reference[:, rows:])
     else:
-        codes, luma = pixel_stages(plane[:, :rows], (Stage.QUANTIZE,), tolerance=step)
+        codes, luma = quantise(plane[:, :rows], None, step, tolerance)
         chroma = plane[:, rows:]
     coded = np.concatenate([codes, chroma], axis=1)
     if Stage.MED in pixel:
@@ -335,13 +335,13 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
             data = transforms.dequantize_residual_g(data, reference, header.tolerance)
         elif stage is Stage.QUANTIZE_Y:
             rows = height * 2 // 3
-            luma = transforms.dequantize(data[:, :rows], luma_step(header.tolerance))
+            luma = transforms.dequantize(data[:, :rows], header.tolerance, step=luma_step(header.tolerance))
             data = np.concatenate([luma, data[:, rows:]], axis=1)
         elif stage is Stage.RESIDUAL_QY:
             assert reference is not None
             rows = height * 2 // 3
             luma = transforms.dequantize_residual(
-                data[:, :rows], reference[:, :rows], luma_step(header.tolerance)
+                data[:, :rows], reference[:, :rows], header.tolerance, step=luma_step(header.tolerance)
             )
             chroma = transforms.unresidual(data[:, rows:], reference[:, rows:])
             data = np.concatenate([luma, chroma], axis=1)

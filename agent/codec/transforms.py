@@ -52,7 +52,10 @@ def unresidual(diff: Planes, reference: Planes) -> Planes:
     return np.add(diff, reference, dtype=np.uint8)
 
 
-def _step(tolerance: int) -> int:
+def _step(tolerance: int, step: int | None = None) -> int:
+    """The quantiser's step: ``step`` where a stage sets its own (YUV420's Y), else 2T + 1."""
+    if step is not None:
+        return step
     if tolerance < 1:
         raise ValueError(f"quantising needs tolerance ≥ 1, got {tolerance}")
     return 2 * tolerance + 1
@@ -75,8 +78,8 @@ DEQUANTIZE_BAND_ROWS = 64
 """Rows per band in :func:`dequantize_residual`: its int16 temporaries of a whole 1080p frame were 28 MB."""
 
 
-def dequantize_residual(codes: Planes, reference: Planes, tolerance: int) -> Planes:
-    step = _step(tolerance)
+def dequantize_residual(codes: Planes, reference: Planes, tolerance: int, step: int | None = None) -> Planes:
+    step = _step(tolerance, step)
     wide: type[np.signedinteger[Any]] = (
         np.int16 if 128 * step + 255 <= 32767 else np.int32
     )  # a record may say T=255
@@ -101,8 +104,8 @@ def quantize(current: Planes, tolerance: int) -> tuple[Planes, Planes]:
     return codes, dequantize(codes, tolerance)
 
 
-def dequantize(codes: Planes, tolerance: int) -> Planes:
-    step = _step(tolerance)
+def dequantize(codes: Planes, tolerance: int, step: int | None = None) -> Planes:
+    step = _step(tolerance, step)
     return _lookup(np.minimum(np.arange(256) * step, 255).astype(np.uint8), codes)
 
 
@@ -110,6 +113,38 @@ def _lookup(table: npt.NDArray[np.uint8], planes: Planes) -> Planes:
     """``table[planes]`` through OpenCV's LUT (numpy's indexing would first widen every byte to an int64)."""
     flat = np.ascontiguousarray(planes).reshape(-1, planes.shape[-1])
     return np.asarray(cv2.LUT(flat, table), dtype=np.uint8).reshape(planes.shape)
+
+
+# --- near-lossless YUV420: Y on a lattice whose luma terms stay within T ------------------------------------
+
+LUMA_TERMS = ((np.arange(256) - 16) * 76312) >> 16
+"""The conversion's luma term of each Y value (``agent.codec.yuv``): what a change of Y moves B, G and R by."""
+
+
+def quantize_luma(
+    current: Planes, reference: Planes | None, step: int, tolerance: int
+) -> tuple[Planes, Planes]:
+    """QUANTIZE_Y (no ``reference``) or RESIDUAL_QY's Y codes and reconstruction: each sample goes to the nearer
+    of the two lattice points around it (reference + q·step, or q·step, clamped to 0..255) unless that one's
+    luma term is more than ``tolerance`` from the sample's, then to the other (``native.luma``, the same bytes:
+    docs/wire-format.md says why one of the two always is within it). Codes are int8 with a reference."""
+    y = current.astype(np.int16)
+    r = np.zeros_like(y) if reference is None else reference.astype(np.int16)
+    q0 = np.floor_divide(y - r, step)
+    low = np.clip(r + q0 * step, 0, 255)
+    high = np.clip(r + (q0 + 1) * step, 0, 255)
+    terms = LUMA_TERMS.astype(np.int16)
+    e_low, e_high = np.abs(terms[low] - terms[y]), np.abs(terms[high] - terms[y])
+    pick_low = (e_low <= tolerance) & ((e_high > tolerance) | (y - low <= high - y))
+    if reference is not None:
+        pick_low |= (
+            q0 + 1 > 127
+        )  # int8: only step 2 and a difference of 255, whose lower point is within T = 1
+    codes = np.where(pick_low, q0, q0 + 1)
+    recon = np.where(pick_low, low, high).astype(np.uint8)
+    if reference is not None:
+        return codes.astype(np.int8).view(np.uint8), recon
+    return codes.astype(np.uint8), recon
 
 
 # --- near-lossless colour: B and R follow G ----------------------------------------------------------------

@@ -105,11 +105,11 @@ class Stage(IntEnum):
     codes that picture (1.5 samples a pixel) as one plane, Y above U and V side by side; the later stages work on
     that plane, a residual against the reference's picture (wire format ≥ 7)."""
     QUANTIZE_Y = 15
-    """After YUV420, T ≥ 2: the picture's Y rows quantised as QUANTIZE's with the step :func:`luma_step` allows in
-    BGR terms, its chroma rows exact (wire format ≥ 7)."""
+    """After YUV420, 1 ≤ T ≤ 32: the picture's Y rows on the lattice of :func:`luma_step`'s step, chosen so that
+    every B, G and R sample stays within T, its chroma rows exact (wire format ≥ 7)."""
     RESIDUAL_QY = 16
-    """After YUV420, T ≥ 2: the Y rows' difference from the reference quantised as RESIDUAL_Q's with the step
-    :func:`luma_step` allows, the chroma rows' exact difference mod 256 (wire format ≥ 7)."""
+    """After YUV420, 1 ≤ T ≤ 32: the Y rows' difference from the reference on that lattice (int8 codes), the
+    chroma rows' exact difference mod 256 (wire format ≥ 7)."""
 
 
 STAGE_SINCE = {
@@ -210,13 +210,19 @@ WITH_YUV420 = frozenset(
 quantiser's error, in YUV terms, would not be bounded by the record's tolerance in BGR terms)."""
 LUMA_GAIN = 76312
 """The conversion's luma term is ⌊(Y − 16) · LUMA_GAIN / 65536⌋ (8 · 9539: ``agent.codec.yuv``)."""
+MAX_LUMA_TOLERANCE = 32
+"""QUANTIZE_Y and RESIDUAL_QY take T up to this (the encoder's own limit); :func:`luma_step` is checked up to it."""
 
 
 def luma_step(tolerance: int) -> int:
-    """The largest t for which Y rows quantised with steps of 2t + 1 (an error of at most t in Y) keep every BGR
-    sample within ``tolerance``: a change of t in Y moves the luma term by at most ⌈LUMA_GAIN · t / 65536⌉, and
-    the clamp to 0..255 moves nothing further apart. 0 for T ≤ 1 (one Y level can move B, G and R by 2)."""
-    return (65536 * tolerance) // LUMA_GAIN
+    """The step of YUV420's Y lattice at ``tolerance`` (1..32; else 0: no such stage): ⌊2 · 65536 · T / LUMA_GAIN⌋
+    + 1, the largest step for which one of the two lattice points around any Y has a luma term within T of
+    Y's (the encoder picks that one), so every B, G and R sample is within T (``tests/unit/test_yuv420.py``
+    checks every T, Y and lattice offset). 2 at T = 1, 4 at T = 2: a plain quantiser, whose error is the same
+    on both sides, could only use 2t + 1 with ⌈1.164 t⌉ ≤ T (none at T = 1, 3 at T = 2)."""
+    if not 1 <= tolerance <= MAX_LUMA_TOLERANCE:
+        return 0
+    return (2 * 65536 * tolerance) // LUMA_GAIN + 1
 
 
 """The first stages that code B and R beside G themselves (RCT's planes, with G's error): never with RCT."""
@@ -420,7 +426,10 @@ def _stage_rules(stages: tuple[Stage, ...], pixel_format: PixelFormat, tolerance
         _check(
             Stage.YUV420 in stages, f"{_names(stages)}: QUANTIZE_Y and RESIDUAL_QY quantise YUV420's Y rows"
         )
-        _check(luma_step(tolerance) >= 1, f"QUANTIZE_Y and RESIDUAL_QY need tolerance ≥ 2, got {tolerance}")
+        _check(
+            luma_step(tolerance) > 0,
+            f"QUANTIZE_Y and RESIDUAL_QY need a tolerance of 1..{MAX_LUMA_TOLERANCE}, got {tolerance}",
+        )
     if any(s in QUANTISING_STAGES for s in stages):
         _check(tolerance >= 1, "a quantising stage needs tolerance ≥ 1")
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from agent.capture import ffmpeg
 from agent.capture.files import VideoFileSource
-from agent.codec import yuv
+from agent.codec import native, transforms, yuv
 from agent.codec.decoder import FrameDecoder, decode_record, reconstruct
 from agent.codec.encoder import FrameEncoder, frame_hash
 from agent.codec.pipeline import encode_planes
@@ -128,7 +128,7 @@ def _within(frames: Frames, codec: CodecSettings, *, pictures: bool = True) -> t
 
 @needs_ffmpeg
 def test_at_t2_the_pictures_y_rows_are_quantised_within_2_and_pay(pets_cut: Path) -> None:
-    """Measured on these 120 frames: 1.24× smaller than coding the frames at T=2, and 1.45× smaller than the
+    """Measured on these 120 frames: 1.38× smaller than coding the frames at T=2, and 1.63× smaller than the
     pictures coded exactly."""
     frames = _video(pets_cut, 120)
     records, quantised, worst = _within(frames, CodecSettings(tolerance=2))
@@ -143,15 +143,15 @@ def test_at_t2_the_pictures_y_rows_are_quantised_within_2_and_pay(pets_cut: Path
         f"\nT=2: pictures {raw / quantised:.2f}x, frames {raw / frames_t2:.2f}x; exact pictures {raw / exact:.2f}x"
     )
     assert frames_worst == 2
-    assert quantised * 1.15 <= frames_t2
-    assert quantised * 1.3 <= exact
+    assert quantised * 1.3 <= frames_t2
+    assert quantised * 1.5 <= exact
 
 
 @given(
     st.integers(6, 16).map(lambda n: 2 * n),
     st.integers(6, 12).map(lambda n: 2 * n),
     st.integers(0, 2**32 - 1),
-    st.sampled_from([2, 3, 5, 17, 32]),
+    st.sampled_from([1, 2, 3, 5, 17, 32]),
 )
 @settings(max_examples=30, deadline=None)
 def test_the_tolerance_holds_over_long_chains_of_pictures(
@@ -171,28 +171,74 @@ def test_the_tolerance_holds_over_long_chains_of_pictures(
     assert all(Stage.YUV420 in r.header.stages for r in records)
 
 
-def test_the_luma_step_keeps_every_bgr_sample_within_the_tolerance() -> None:
-    """Exhaustively: every Y, every move of at most t = luma_step(T), both clamps; and t + 1 would break T."""
-    luma = np.arange(256)
-    term = ((luma - 16) * LUMA_GAIN) >> 16
-    for tolerance in range(0, 33):
-        step = luma_step(tolerance)
-        moves = [np.abs(term[np.clip(luma + d, 0, 255)] - term).max() for d in range(-step, step + 1)]
-        assert max(moves) <= tolerance
-        wider = np.abs(term[np.clip(luma + step + 1, 0, 255)] - term).max()
-        assert wider > tolerance
-    assert (luma_step(0), luma_step(1), luma_step(2), luma_step(3)) == (0, 0, 1, 2)
+def _lattice_holds(step: int, tolerance: int) -> bool:
+    """Whether, for every Y and every offset of the lattice, one of the two points around Y has a luma term
+    within ``tolerance`` of Y's (the luma term extended beyond 0..255 as the formula goes; clamping a point to
+    0..255 only moves it towards Y)."""
+    terms = ((np.arange(-300, 600) - 16) * LUMA_GAIN) >> 16
+    luma = np.arange(256) + 300
+    for below in range(step):
+        low = np.abs(terms[luma - below] - terms[luma])
+        high = np.abs(terms[luma - below + step] - terms[luma])
+        if (np.minimum(low, high) > tolerance).any():
+            return False
+    return True
+
+
+@pytest.mark.parametrize("tolerance", range(1, 33))
+def test_the_luma_lattice_keeps_every_bgr_sample_within_the_tolerance(tolerance: int) -> None:
+    """Every Y against every reference Y (and every Y coded on its own): the compiled quantiser and numpy's give
+    the same codes, the decoder's formula rebuilds their reconstruction, its luma term (what B, G and R move
+    by) is within T, and the codes fit the stage's bytes. The step is the largest for which that can hold."""
+    step = luma_step(tolerance)
+    assert _lattice_holds(step, tolerance)
+    assert not _lattice_holds(step + 1, tolerance)
+    luma = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(1, 256, 256)
+    reference = np.tile(np.arange(256, dtype=np.uint8), 256).reshape(1, 256, 256)
+    for ref in (None, reference):
+        codes, recon = transforms.quantize_luma(luma, ref, step, tolerance)
+        if native.AVAILABLE:
+            compiled = native.luma(luma, ref, step, tolerance)
+            assert np.array_equal(compiled[0], codes)
+            assert np.array_equal(compiled[1], recon)
+        terms = transforms.LUMA_TERMS
+        assert np.abs(terms[recon] - terms[luma]).max() <= tolerance
+        if ref is None:
+            rebuilt = transforms.dequantize(codes, tolerance, step=step)
+        else:
+            rebuilt = transforms.dequantize_residual(codes, ref, tolerance, step=step)
+        assert np.array_equal(rebuilt, recon)
+    assert (luma_step(0), luma_step(1), luma_step(2), luma_step(3), luma_step(32), luma_step(33)) == (
+        0,
+        2,
+        4,
+        6,
+        55,
+        0,
+    )
 
 
 @needs_ffmpeg
-def test_at_t1_or_with_the_setting_off_the_frames_are_coded(pets_cut: Path) -> None:
-    """At T=1 one Y level can move B, G and R by 2, so Y cannot be quantised: the frames are (G quantised)."""
+def test_at_t1_y_moves_by_steps_of_2_and_pays(pets_cut: Path) -> None:
+    """One Y level can move B, G and R by 2, so no quantiser symmetric about Y keeps T = 1; the lattice of
+    steps of 2 does, the encoder picking for each sample the point whose luma term is within 1. Measured on
+    these 120 frames: 1.22x smaller than the exact pictures (the frames at T = 1, G quantised: about as small as
+    the exact pictures)."""
+    frames = _video(pets_cut, 120)
+    records, quantised, worst = _within(frames, CodecSettings(tolerance=1))
+    assert worst == 1
+    assert all(Stage.YUV420 in r.header.stages for r in records)
+    assert sum(Stage.RESIDUAL_QY in r.header.stages for r in records) > 100
+    _records, exact, _worst = _within(frames, CodecSettings())
+    raw = sum(image.nbytes for image, _ in frames)
+    print(f"\nT=1: pictures {raw / quantised:.2f}x; exact pictures {raw / exact:.2f}x")
+    assert quantised * 1.15 <= exact
+
+
+@needs_ffmpeg
+def test_with_the_setting_off_the_frames_are_coded(pets_cut: Path) -> None:
     frames = _video(pets_cut, 6)
-    for codec in (
-        CodecSettings(tolerance=1),
-        CodecSettings(yuv=False),
-        CodecSettings(yuv=False, tolerance=2),
-    ):
+    for codec in (CodecSettings(yuv=False), CodecSettings(yuv=False, tolerance=2)):
         encoder = FrameEncoder("cam", codec)
         records = [encoder.encode(image, i, picture=picture) for i, (image, picture) in enumerate(frames)]
         assert not any(Stage.YUV420 in r.header.stages for r in records), codec
@@ -383,7 +429,11 @@ def _header(**changes: object) -> RecordHeader:
         ({"stages": (Stage.YUV420, Stage.YUV420, Stage.CTX)}, "out of order"),
         ({"stages": (Stage.RESIDUAL_QY, Stage.CTX), "tolerance": 2}, "quantise YUV420's Y rows"),
         ({"stages": (Stage.QUANTIZE_Y, Stage.CTX), "tolerance": 2, "ref_seq": 5}, "quantise YUV420's Y rows"),
-        ({"stages": (Stage.YUV420, Stage.RESIDUAL_QY, Stage.CTX), "tolerance": 1}, "need tolerance ≥ 2"),
+        (
+            {"stages": (Stage.YUV420, Stage.RESIDUAL_QY, Stage.CTX), "tolerance": 0},
+            "tolerance of 1..32, got 0",
+        ),
+        ({"stages": (Stage.YUV420, Stage.RESIDUAL_QY, Stage.CTX), "tolerance": 33}, "tolerance of 1..32"),
         (
             {"stages": (Stage.YUV420, Stage.RESIDUAL_QY, Stage.RESIDUAL, Stage.CTX), "tolerance": 2},
             "out of order",
