@@ -50,9 +50,9 @@ class CodecSettings:
     yuv: bool = True
     """Where a frame comes with the yuv420p picture it was converted from (video files and RTSP cameras decoded by
     the ffmpeg child), code the picture instead of the frame (stage YUV420): the same frame, bit for bit, from
-    half the samples, 1.26-1.38x smaller on the public videos (docs/benchmarks.md). With a tolerance T ≥ 2 only
-    the pictures' Y is quantised, by the step that keeps B, G and R within T (1.08-1.31x smaller at T=2 than the
-    frames with G quantised); at T=1 the frames are coded, as they are when there is no picture."""
+    half the samples, 1.26-1.38x smaller on the public videos (docs/benchmarks.md). With a tolerance only the
+    pictures' Y is quantised, on a lattice whose points keep B, G and R within T (at T=2 1.19-1.47x smaller
+    than the frames with G quantised)."""
 
     @property
     def entropy_stage(self) -> Stage:

@@ -133,7 +133,7 @@ def _decoder(config: AgentConfig) -> str:
     if c.decoder == "opencv":
         return " (decoded by OpenCV)"
     codec = config.codec
-    pictures = ", its pictures coded" if codec.yuv and codec.tolerance != 1 else ""
+    pictures = ", its pictures coded" if codec.yuv else ""
     if found and c.decoder == "auto":
         return f" (decoded by ffmpeg where the video is limited-range yuv420p{pictures}, else OpenCV)"
     if found:

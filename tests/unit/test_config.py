@@ -447,7 +447,7 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
             "OpenCV), ",
         ),
         ("ffmpeg", True, "tolerance = 2", "capture rtsp (decoded by ffmpeg, its pictures coded), "),
-        ("ffmpeg", True, "tolerance = 1", "capture rtsp (decoded by ffmpeg), "),
+        ("ffmpeg", True, "tolerance = 1", "capture rtsp (decoded by ffmpeg, its pictures coded), "),
         ("ffmpeg", True, "yuv = false", "capture rtsp (decoded by ffmpeg), "),
         ("auto", False, "", "capture rtsp (decoded by OpenCV: ffmpeg is not installed here), "),
         (
