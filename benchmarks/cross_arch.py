@@ -144,7 +144,7 @@ def compare_streams(
 
 def decode_video(video: Path, out: Path, frames: int, decoder: str = "opencv") -> int:
     """This machine's decode of the first frames of a video (by OpenCV or by an ffmpeg child, converted by
-    ``agent.capture.yuv``), as one (N, H, W, 3) array in OUT (.npy)."""
+    ``agent.codec.yuv``), as one (N, H, W, 3) array in OUT (.npy)."""
     images = list(iter_images(video, frames, decoder=decoder))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, np.stack(images))

@@ -4,7 +4,7 @@
 
 With no VIDEO it runs the public videos under ``$CCTV_SHARED_DATA`` (default ``../shared/data``).
 
-A video source's frames are ``agent.capture.yuv.to_bgr`` of the pictures an ffmpeg child decodes: a function of
+A video source's frames are ``agent.codec.yuv.to_bgr`` of the pictures an ffmpeg child decodes: a function of
 (Y, U, V), so a record that carried the planes would rebuild the BGR frame bit for bit, with 1.5 samples a pixel
 instead of 3 and without the conversion's 1.164 luma gain and 2.4 chroma gains. This prints, per video, the
 default codec on the BGR frames (``compare.run_ours``: whole records, decoded again and checked) beside a rough

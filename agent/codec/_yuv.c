@@ -1,5 +1,5 @@
 /*
- * YUV 4:2:0 to BGR in integers, the same on every machine (agent/capture/yuv.py says why).
+ * YUV 4:2:0 to BGR in integers, the same on every machine (agent/codec/yuv.py says why).
  *
  * The arithmetic is that of FFmpeg's swscale on x86-64 (its SSSE3 yuv2rgb, which OpenCV's video decoding
  * runs there): BT.601 limited range, 13-bit coefficients, each product's high 16 bits (pmulhw, i.e. the
@@ -156,7 +156,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "agent.capture._yuv", "YUV 4:2:0 to BGR in integers (see agent/capture/yuv.py).",
+    PyModuleDef_HEAD_INIT, "agent.codec._yuv", "YUV 4:2:0 to BGR in integers (see agent/codec/yuv.py).",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
