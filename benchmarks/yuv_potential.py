@@ -1,5 +1,8 @@
 """What coding decoded video's YUV 4:2:0 planes, instead of the BGR frames converted from them, could save.
 
+(The eleventh session's estimate; the twelfth built it as stage YUV420, which ``cctv-agent bench`` and
+``benchmarks/compare.py`` measure: docs/benchmarks.md.)
+
     .venv/bin/python benchmarks/yuv_potential.py [VIDEO ...] [--frames N]
 
 With no VIDEO it runs the public videos under ``$CCTV_SHARED_DATA`` (default ``../shared/data``).
