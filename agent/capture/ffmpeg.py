@@ -201,6 +201,7 @@ class FfmpegCapture:
         )
         self._listener.start()
         self._frames = 0
+        self._interrupted = False
         self._pending: tuple[npt.NDArray[np.uint8], bytes | None] | None = None
         self._picture = bytearray(self._size)  # reused: to_bgr() converts out of it, ``picture`` is a copy
         self.picture: bytes | None = None
@@ -262,7 +263,11 @@ class FfmpegCapture:
             log.warning(
                 "%s: the last picture was cut short (%d of %d bytes)", self._what, partial, self._size
             )
-        if code != 0:
+        if code != 0 and self._interrupted:
+            log.info(
+                "%s: ffmpeg stopped after %d frames (the connection was abandoned)", self._what, self._frames
+            )
+        elif code != 0:
             log.warning(
                 "%s: ffmpeg exited with %d after %d frames: %s", self._what, code, self._frames, self.said()
             )
@@ -287,6 +292,14 @@ class FfmpegCapture:
             self._listener.join(1.0)  # the child has ended: its last words are on their way
         with self._said_lock:
             return " | ".join(self._said)[-_STDERR_TAIL:]
+
+    def interrupt(self) -> None:
+        """Kill the child from another thread: the reading thread's ``read()`` then ends with no frame (the pipe
+        closes) and that thread releases the capture. For a live reader abandoning a stalled connection."""
+        self._interrupted = True
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
 
     def release(self) -> None:
         """Stop the child (if it still runs) and free its pipes; safe to call twice."""

@@ -16,11 +16,15 @@ Threads and who owns what:
 * **Session thread** (one per connection attempt, ``_session``): the only thread that ever touches
   its ``Capture`` -- it opens, reads and releases it. OpenCV captures are not thread-safe, so a
   stalled session is *abandoned*, never released from outside: its ``cancel`` event is set, its
-  generation is retired, and it releases the capture itself if its blocked read ever returns.
+  generation is retired, and it releases the capture itself if its blocked read ever returns. A capture
+  that can be interrupted from another thread (``Interruptible``: the ``ffmpeg`` child, which is killed)
+  is interrupted too, so its read returns at once instead of at its socket timeout: a camera that allows
+  few RTSP sessions is not kept busy by an abandoned one while the next connects.
 * **Supervisor thread** (``_supervise``): owns ``_generation`` writes, starts sessions, runs the
   watchdog and the back-off. It holds ``_cond`` only to read or retire the generation.
 * **Consumer** (the caller of ``newest()``): only reads under ``_cond``.
-* ``_cond`` (a ``Condition`` over one lock) guards ``_frame``, ``_seq``, ``_generation``,
+* ``_cond`` (a ``Condition`` over one lock) guards ``_live`` (the current session's capture, for
+  interrupting it), ``_frame``, ``_seq``, ``_generation``,
   ``_last_frame_mono`` and ``stats``/``last_error``. A session publishes under it only while its
   generation is current, so an abandoned session can never overwrite a newer connection's frame.
 * ``_stop`` (an ``Event``) may be set from any thread; everyone polls it at least once a second.
@@ -33,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from agent.capture import ffmpeg
 from agent.capture.base import CaptureSource, Frame
@@ -52,6 +56,13 @@ class Capture(Protocol):
     def read(self) -> tuple[bool, Any]: ...
 
     def release(self) -> None: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A capture whose blocked ``read()`` another thread can end (it then returns no frame)."""
+
+    def interrupt(self) -> None: ...
 
 
 Opener = Callable[[], Capture]
@@ -99,6 +110,7 @@ class LatestFrameReader:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._frame: Frame | None = None
+        self._live: Capture | None = None
         self._seq = 0
         self._generation = 0
         self._last_frame_mono = 0.0
@@ -140,6 +152,7 @@ class LatestFrameReader:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        self._interrupt_live()
         deadline = time.monotonic() + join_s
         for thread in (self._supervisor, self._session_thread):
             if thread is not None and thread is not threading.current_thread():
@@ -171,6 +184,7 @@ class LatestFrameReader:
             session.start()
             reason = self._watch(session, time.monotonic())
             cancel.set()
+            self._interrupt_live()
             with self._cond:
                 self._generation += 1  # retire the session: it may no longer publish
                 delivered = self.stats.frames > frames_before
@@ -183,6 +197,14 @@ class LatestFrameReader:
             backoff = self._reconnect_min_s if delivered else min(2 * backoff, self._reconnect_max_s)
             log.warning("%s: %s; reconnecting in %.1f s", self.name, self.last_error, backoff)
             self._sleep(backoff)
+
+    def _interrupt_live(self) -> None:
+        """End the current session's blocked read where its capture allows that (``Interruptible``)."""
+        with self._cond:
+            live: object = self._live  # any Capture; some are Interruptible too
+            self._live = None
+        if isinstance(live, Interruptible):
+            live.interrupt()
 
     def _watch(self, session: threading.Thread, started: float) -> str:
         """Wait while ``session`` is healthy; return why it is not (or "stopped")."""
@@ -223,9 +245,14 @@ class LatestFrameReader:
             self._fail(generation, f"{self.name}: open failed: {e!r}")
             return
         with self._cond:
-            if generation == self._generation:
+            current = generation == self._generation
+            if current:
                 self.stats.opens += 1
                 self.last_error = None
+                self._live = cap
+        if not current:  # retired while it opened: nobody wants this connection
+            cap.release()
+            return
         log.info("%s: connected", self.name)
         try:
             while not (cancel.is_set() or self._stop.is_set()):
@@ -251,6 +278,9 @@ class LatestFrameReader:
         except Exception as e:  # a library error mid-stream is a reconnect, not a crash of the agent
             self._fail(generation, f"{self.name}: read raised {e!r}")
         finally:
+            with self._cond:
+                if self._live is cap:
+                    self._live = None
             cap.release()
 
 

@@ -7,11 +7,13 @@ the server is killed and restarted on the same port, and a prompt stop.
 from __future__ import annotations
 
 import itertools
+import os
 import platform
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -144,17 +146,38 @@ def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess, decoder: s
     )
     with source:
         assert source.read(timeout_s=5) is not None
+        first = _ffmpeg_children()
+        assert len(first) == (1 if decoder == "ffmpeg" else 0)
         rtsp_server.pause()
         try:
             assert _wait_for(lambda: source.reader.stats.stalls >= 1, 6), (
                 "watchdog did not notice the silence"
             )
+            if first:
+                # The abandoned connection's child is killed at once, not left to its 30 s socket timeout
+                # (a camera that allows few RTSP sessions would refuse the next one meanwhile).
+                assert _wait_for(lambda: first[0] not in _ffmpeg_children(), 3), "the stalled child lingers"
         finally:
             rtsp_server.resume()
         assert _wait_for(lambda: source.reader.stats.opens >= 2, 15), "no new connection after the freeze"
         frame = source.read(timeout_s=10)
         assert frame is not None
         assert (time.monotonic_ns() - frame.monotonic_ns) / 1e9 < 1.0
+    assert _wait_for(lambda: not _ffmpeg_children(), 5), "close() left an ffmpeg child behind"
+
+
+def _ffmpeg_children() -> list[int]:
+    """The pids of this process's ffmpeg children that are still running (not zombies)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if name == "ffmpeg" and rest[0] != "Z" and int(rest[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
 
 
 @pytest.mark.slow
