@@ -200,7 +200,7 @@ def _report(
         f"  picture                {picture}",
         f"  note                   the scene adds fresh sensor noise (sigma {opts.noise:g}) to every pixel of every",
         "                         frame: the hard case for any lossless coder. Decoded CCTV video measures",
-        "                         12-34x (docs/benchmarks.md); try --noise 0, or --tolerance 2.",
+        "                         16-49x (docs/benchmarks.md); try --noise 0, or --tolerance 2.",
         f"  took                   {elapsed_s:.0f} s",
         "",
     ]
