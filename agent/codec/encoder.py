@@ -296,15 +296,12 @@ class FrameEncoder:
         this frame (checked once a group: a record whose picture did not would fail its frame hash wherever it
         is decoded)."""
         tolerance = self.settings.tolerance
-        if (
-            picture is None
-            or not self.settings.yuv
-            or image.ndim != 3
-            or (tolerance and not luma_step(tolerance))
-        ):
+        if not self.settings.yuv or (tolerance and not luma_step(tolerance)):
+            return False
+        if picture is None or not self._fits_group(image, picture):
             return False
         height, width = image.shape[:2]
-        if width % 2 or height % 2 or len(picture) != yuv.picture_bytes(width, height):
+        if width % 2 or height % 2:
             return False
         if not np.array_equal(yuv.to_bgr(picture, width, height), image):
             log.warning(

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.codec import native
+from agent.codec.wire import LUMA_GAIN
 from agent.errors import WireFormatError
 
 Planes = npt.NDArray[np.uint8]
@@ -117,7 +118,7 @@ def _lookup(table: npt.NDArray[np.uint8], planes: Planes) -> Planes:
 
 # --- near-lossless YUV420: Y on a lattice whose luma terms stay within T ------------------------------------
 
-LUMA_TERMS = ((np.arange(256) - 16) * 76312) >> 16
+LUMA_TERMS = ((np.arange(256) - 16) * LUMA_GAIN) >> 16
 """The conversion's luma term of each Y value (``agent.codec.yuv``): what a change of Y moves B, G and R by."""
 
 
