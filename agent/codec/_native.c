@@ -1856,8 +1856,10 @@ done:
    nearer one unless its luma term (the conversion's floor((Y - 16) * 76312 / 65536)) is more than tolerance
    from the sample's, then the other, which the step guarantees is within it. So every B, G and R sample the
    decoder converts is within tolerance of the captured frame's, with steps about 1.7 x tolerance instead of
-   the 2t + 1 a plain quantiser of Y could use (4 instead of 3 at T = 2). Codes are int8 with a reference (as
-   RESIDUAL_Q's), unsigned without; agent/codec/transforms.py has the same in numpy. */
+   the 2t + 1 a plain quantiser of Y could use (4 instead of 3 at T = 2). Halfway between two points that are
+   both within it, a residual takes the smaller code and an intra sample the lower point (transforms.quantize_luma
+   says why). Codes are int8 with a reference (as RESIDUAL_Q's), unsigned without; agent/codec/transforms.py has
+   the same in numpy. */
 static inline int16_t luma_term(int16_t v) { /* ((v - 16) * 76312) >> 16, as _yuv.c's pmulhw computes it */
     return (int16_t)(((int32_t)(int16_t)((v - 16) * 8) * 9539) >> 16);
 }
@@ -1877,7 +1879,8 @@ static void luma_quantise(const uint8_t *in, const uint8_t *ref, int16_t signed_
         int16_t k0 = c0 < 0 ? 0 : c0, k1 = c1 > 255 ? 255 : c1; /* c0 <= y <= 255 and c1 > y >= 0 */
         int16_t ty = luma_term(y);
         int16_t e0 = (int16_t)(ty - luma_term(k0)), e1 = (int16_t)(luma_term(k1) - ty); /* both >= 0 */
-        int16_t low = (int16_t)((e0 <= t) & ((e1 > t) | (y - k0 <= k1 - y)));
+        int16_t nearer = (int16_t)((y - k0 < k1 - y) | ((y - k0 == k1 - y) & ((q0 >= 0) | (signed_codes == 0))));
+        int16_t low = (int16_t)((e0 <= t) & ((e1 > t) | nearer));
         low |= (int16_t)(signed_codes & (q0 >= 127)); /* int8: only step 2, d = 255, whose lower point is within 1 */
         codes[i] = (uint8_t)(q0 + 1 - low);
         recon[i] = (uint8_t)(low ? k0 : k1);

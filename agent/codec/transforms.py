@@ -128,7 +128,13 @@ def quantize_luma(
     """QUANTIZE_Y (no ``reference``) or RESIDUAL_QY's Y codes and reconstruction: each sample goes to the nearer
     of the two lattice points around it (reference + q·step, or q·step, clamped to 0..255) unless that one's
     luma term is more than ``tolerance`` from the sample's, then to the other (``native.luma``, the same bytes:
-    docs/wire-format.md says why one of the two always is within it). Codes are int8 with a reference."""
+    docs/wire-format.md says why one of the two always is within it). Codes are int8 with a reference.
+
+    A sample halfway between two points goes to the one with the smaller code when both are within T: the
+    residual's noise of ±S/2 then codes as 0 on either side, where taking the lower point coded half of it as −1.
+    Measured (150 frames, pictures): T=2 pets 30.09 → 31.39×, motorway 24.47 → 25.22×, intel 80.30 → 81.06×;
+    T=1 (steps of 2, where every odd difference is such a tie) pets 22.39 → 24.60×, intel 61.41 → 64.02×,
+    motorway 19.09 → 20.27×."""
     y = current.astype(np.int16)
     r = np.zeros_like(y) if reference is None else reference.astype(np.int16)
     q0 = np.floor_divide(y - r, step)
@@ -136,7 +142,9 @@ def quantize_luma(
     high = np.clip(r + (q0 + 1) * step, 0, 255)
     terms = LUMA_TERMS.astype(np.int16)
     e_low, e_high = np.abs(terms[low] - terms[y]), np.abs(terms[high] - terms[y])
-    pick_low = (e_low <= tolerance) & ((e_high > tolerance) | (y - low <= high - y))
+    # The nearer point; on a tie the smaller code (towards the reference, a residual of 0), else the lower.
+    nearer = (y - low < high - y) | ((y - low == high - y) & ((q0 >= 0) | (reference is None)))
+    pick_low = (e_low <= tolerance) & ((e_high > tolerance) | nearer)
     if reference is not None:
         pick_low |= (
             q0 + 1 > 127

@@ -212,6 +212,40 @@ def test_the_luma_lattice_keeps_every_bgr_sample_within_the_tolerance(tolerance:
     )
 
 
+@pytest.mark.parametrize("tolerance", [1, 2, 3, 6])
+def test_a_residual_halfway_between_two_lattice_points_takes_the_smaller_code(tolerance: int) -> None:
+    """Every Y against every reference: where both points around a sample are equally near and within T, the
+    residual's code is the one nearer 0 (noise of ±S/2 codes as 0 on either side); elsewhere the nearer point
+    within T. Without a reference the lower point of a tie."""
+    step = luma_step(tolerance)
+    luma = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(1, 256, 256)
+    reference = np.tile(np.arange(256, dtype=np.uint8), 256).reshape(1, 256, 256)
+    terms = transforms.LUMA_TERMS
+    y = luma.astype(np.int64)
+    for ref in (reference, None):
+        codes, recon = transforms.quantize_luma(luma, ref, step, tolerance)
+        if native.AVAILABLE:
+            assert np.array_equal(native.luma(luma, ref, step, tolerance)[0], codes)
+        r = np.zeros_like(y) if ref is None else ref.astype(np.int64)
+        low = np.clip(r + np.floor_divide(y - r, step) * step, 0, 255)
+        high = np.clip(low + step, 0, 255)
+        within_low = np.abs(terms[low] - terms[y]) <= tolerance
+        within_high = np.abs(terms[high] - terms[y]) <= tolerance
+        free = (y - r) // step + 1 <= 127  # else int8 forces the lower point (step 2, a difference of 255)
+        tie = within_low & within_high & (y - low == high - y) & (low != high) & free
+        assert tie.any()
+        signed = codes.view(np.int8).astype(np.int64) if ref is not None else codes.astype(np.int64)
+        if ref is None:
+            assert np.array_equal(recon[tie], low[tie])
+        else:
+            other = 2 * ((y - r) // step) + 1 - signed  # the code of the point not taken
+            assert (np.abs(signed[tie]) <= np.abs(other[tie])).all()
+            assert (np.abs(signed[tie]) < np.abs(other[tie])).any()
+        clear = within_low & within_high & (y - low != high - y) & free
+        nearer = np.where(y - low < high - y, low, high)
+        assert np.array_equal(recon[clear], nearer[clear])
+
+
 @needs_ffmpeg
 def test_at_t1_y_moves_by_steps_of_2_and_pays(pets_cut: Path) -> None:
     """One Y level can move B, G and R by 2, so no quantiser symmetric about Y keeps T = 1; the lattice of
