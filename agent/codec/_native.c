@@ -1517,6 +1517,69 @@ static PyObject *grey_shrink(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* -------------------------------------------------------------------------------------------- SSIM mean */
+
+/* The mean of the SSIM map over the region skimage averages (every pixel at least pad from each edge), from a
+   frame's blurred maps (mu_b, E[b^2], E[ab]) and the key's prepared mu_a, mu_a^2 and sigma_a^2:
+   agent/codec/ssim.py's formula in one pass where numpy took fifteen (18 of the key selector's ~70 us a
+   320x240 frame). Each pixel in float32 as numpy computed it, summed in double. */
+PyDoc_STRVAR(ssim_mean_doc,
+             "ssim_mean(mu_b, e_bb, e_ab, mu_a, mu_a_sq, sigma_a_sq, height, width, pad, c1, c2) -> float\n\n"
+             "Each map a C-contiguous (height, width) float32 buffer.");
+
+#define SSIM_MAPS 6
+static PyObject *ssim_mean(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer maps[SSIM_MAPS];
+    Py_ssize_t height, width, pad;
+    float c1, c2;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*nnnff", &maps[0], &maps[1], &maps[2], &maps[3], &maps[4], &maps[5],
+                          &height, &width, &pad, &c1, &c2))
+        return NULL;
+    PyObject *result = NULL;
+    float *values = NULL;
+    int sizes_match = pad >= 0 && height > 2 * pad && width > 2 * pad && height <= (1 << 16) && width <= (1 << 16);
+    for (int k = 0; k < SSIM_MAPS; k++) sizes_match &= maps[k].len == (Py_ssize_t)sizeof(float) * height * width;
+    if (!sizes_match) {
+        PyErr_SetString(PyExc_ValueError, "ssim_mean: buffer sizes and shape do not match");
+        goto done;
+    }
+    values = malloc(sizeof(float) * (size_t)width);
+    if (!values) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *mb = maps[0].buf, *ebb = maps[1].buf, *eab = maps[2].buf, *ma = maps[3].buf, *ma2 = maps[4].buf,
+                *sa2 = maps[5].buf;
+    const Py_ssize_t inner = width - 2 * pad;
+    double total = 0.0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t y = pad; y < height - pad; y++) {
+        /* Each row's values first (a loop the compiler vectorises), then their sum in four doubles. */
+        const Py_ssize_t i0 = y * width + pad;
+        for (Py_ssize_t x = 0; x < inner; x++) {
+            const Py_ssize_t i = i0 + x;
+            const float mu_b_sq = mb[i] * mb[i], mu_ab = mb[i] * ma[i];
+            const float numerator = (2.0f * mu_ab + c1) * (2.0f * (eab[i] - mu_ab) + c2);
+            const float denominator = (mu_b_sq + ma2[i] + c1) * (ebb[i] - mu_b_sq + sa2[i] + c2);
+            values[x] = numerator / denominator;
+        }
+        double sums[4] = {0.0, 0.0, 0.0, 0.0};
+        Py_ssize_t x = 0;
+        for (; x + 3 < inner; x += 4)
+            for (int k = 0; k < 4; k++) sums[k] += (double)values[x + k];
+        for (; x < inner; x++) sums[0] += (double)values[x];
+        total += (sums[0] + sums[1]) + (sums[2] + sums[3]);
+    }
+    Py_END_ALLOW_THREADS;
+    result = PyFloat_FromDouble(total / (double)((height - 2 * pad) * inner));
+done:
+    free(values);
+    for (int k = 0; k < SSIM_MAPS; k++) PyBuffer_Release(&maps[k]);
+    return result;
+}
+#undef SSIM_MAPS
+
 /* ---------------------------------------------------------------------------------------------- PackBits */
 
 /* The near-lossless stages' quantisers (agent/codec/transforms.py defines them). RESIDUAL_Q over d = current -
@@ -1941,6 +2004,7 @@ static PyMethodDef methods[] = {
     {"packbits", packbits_encode, METH_VARARGS, packbits_doc},
     {"pixels", pixels, METH_VARARGS, pixels_doc},
     {"grey_shrink", grey_shrink, METH_VARARGS, grey_shrink_doc},
+    {"ssim_mean", ssim_mean, METH_VARARGS, ssim_mean_doc},
     {"blocks", blocks, METH_VARARGS, blocks_doc},
     {"jpeg", jpeg_chroma, METH_VARARGS, jpeg_doc},
     {NULL, NULL, 0, NULL},

@@ -7,8 +7,10 @@ activity of its already-coded neighbours) near the entropy: 15-25 % smaller than
 the one before, which numpy cannot vectorise.
 
 MED is there too because its decoder is one such loop (numpy walks anti-diagonals instead, ~10× slower),
-PackBits because numpy's version was most of the zstd path's encode time, and the key selector's grey shrink
-because OpenCV's takes two passes over every frame (one here, half the time).
+PackBits because numpy's version was most of the zstd path's encode time, the key selector's grey shrink
+because OpenCV's takes two passes over every frame (one here, half the time), and its SSIM formula because
+numpy's fifteen passes over small maps cost more than OpenCV's blurs (38 against 49 us a 320x240 frame's score,
+557 against 649 us at 1080p; the blurs stay OpenCV's).
 
 The byte layout is in ``docs/wire-format.md``. When the extension was not built (no compiler at install
 time) :data:`AVAILABLE` is false: the encoder falls back to zstd, and decoding a record that needs the
@@ -170,3 +172,18 @@ def grey_shrink(image: npt.NDArray[np.uint8], factor: int) -> npt.NDArray[np.flo
     channels = 1 if image.ndim == 2 else image.shape[2]
     out: bytes = _module().grey_shrink(image.data, height, width, channels, factor)
     return np.frombuffer(out, dtype=np.float32).reshape(height // factor, width // factor)
+
+
+def ssim_mean(
+    frame_maps: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]],
+    key_maps: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]],
+    pad: int,
+    c1: float,
+    c2: float,
+) -> float:
+    """The mean SSIM over the region ``pad`` in from every edge, from a frame's blurred (μ_b, E[b²], E[ab]) and
+    the key's prepared (μ_a, μ_a², σ_a²) maps: ``agent.codec.ssim``'s formula in one pass."""
+    height, width = key_maps[0].shape
+    buffers = [np.ascontiguousarray(m, dtype=np.float32).data for m in (*frame_maps, *key_maps)]
+    mean: float = _module().ssim_mean(*buffers, height, width, pad, c1, c2)
+    return mean

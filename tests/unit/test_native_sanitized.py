@@ -5,7 +5,7 @@ ordinary tests cannot see. This builds the same source with both sanitizers and 
 truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
 and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
 through the fused pixel stages, B and R following G's quantisation included, the 2×2 chroma block
-layout both ways, and JPEG_CHROMA both ways), at it in a child process; any
+layout both ways, and JPEG_CHROMA both ways, and the SSIM mean), at it in a child process; any
 invalid access aborts it.
 """
 
@@ -51,6 +51,9 @@ FUZZ = textwrap.dedent(
         image = nrng.integers(0, 256, (shape[1], shape[2], shape[0]), dtype=np.uint8)
         grey = native.grey_shrink(image.tobytes(), shape[1], shape[2], shape[0], factor)
         assert len(grey) == 4 * (shape[1] // factor) * (shape[2] // factor)
+        pad = rng.randint(0, (min(shape[1], shape[2]) - 1) // 2)
+        maps = [nrng.random(shape[1] * shape[2], dtype=np.float32).tobytes() for _ in range(6)]
+        assert np.isfinite(native.ssim_mean(*maps, shape[1], shape[2], pad, 6.5, 58.5))
         with_reference = rng.random() < 0.5
         follow = shape[0] == 3 and tolerance > 0 and not rct and rng.random() < 0.5
         med = bytes(rng.randint(0, 1) for _ in range(shape[0]))

@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity
 
 from agent.codec import native
 from agent.codec.ssim import SsimReference, ssim, to_grey_small
-from tests.fixtures.data import shared_set
+from tests.fixtures.data import PETS_CUT, shared_set
 
 Image = npt.NDArray[np.uint8]
 
@@ -204,3 +204,32 @@ def test_the_compiled_shrink_refuses_what_does_not_fit() -> None:
     for args in ((image.data, 40, 41, 3, 4), (image.data, 40, 40, 2, 4), (image.data, 40, 40, 3, 17)):
         with pytest.raises(ValueError, match="do not match"):
             shrink(*args)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="the compiled module is not built")
+@pytest.mark.parametrize("downscale", [1, 2, 4])
+def test_the_compiled_formula_scores_as_numpy_does(downscale: int) -> None:
+    """``native.ssim_mean`` (the formula in one pass) against the numpy formula it replaces, on frames of the
+    committed PETS clip far apart, near and identical; and it refuses maps of the wrong size."""
+    capture = cv2.VideoCapture(str(PETS_CUT))
+    frames = []
+    try:
+        while len(frames) < 40 and (read := capture.read())[0]:
+            frames.append(np.asarray(read[1], dtype=np.uint8))
+    finally:
+        capture.release()
+    assert len(frames) == 40, "the committed clip has fewer frames than the test reads"
+    for a, b in ((frames[0], frames[39]), (frames[10], frames[11]), (frames[5], frames[5])):
+        grey_a, grey_b = to_grey_small(a, downscale), to_grey_small(b, downscale)
+        reference = SsimReference.from_grey(grey_a, downscale)
+        compiled = reference.score_grey(grey_b)
+        with patch.object(native, "AVAILABLE", False):  # the same grey copies, scored by numpy
+            expected = SsimReference.from_grey(grey_a, downscale).score_grey(grey_b)
+        assert compiled == pytest.approx(expected, abs=1e-6)
+        assert reference.score(b) == compiled
+    assert reference.score(frames[5]) == pytest.approx(1.0, abs=1e-6)
+    maps = tuple(np.zeros((30, 40), dtype=np.float32) for _ in range(3))
+    with pytest.raises(ValueError, match="do not match"):
+        native.ssim_mean(maps, (*maps[:2], np.zeros((30, 41), dtype=np.float32)), 5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="do not match"):
+        native.ssim_mean(maps, maps, 20, 1.0, 1.0)
