@@ -6,6 +6,7 @@ captured pixels), so near-lossless chains never drift, however long they get.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -53,6 +54,9 @@ def pixel_format_of(image: npt.NDArray[np.uint8]) -> PixelFormat:
 class _Held:
     seq: int
     planes: Planes
+    sample: Planes | None = None
+    """Its rows that the recipe estimates read (``sample_rows``), taken once: a reference is estimated against
+    by up to three recipes a frame, and a lossless frame's sample is already taken when it is the current one."""
 
 
 _NO_PLANES: Planes = np.zeros((0, 0, 0), dtype=np.uint8)
@@ -207,6 +211,7 @@ class FrameEncoder:
         self._block_chroma = False
         # Whether this group codes the frames' yuv420p pictures (YUV420): its key decides (``_picture_usable``).
         self._yuv = False
+        self._current = _Held(-1, _NO_PLANES)  # the frame being coded, and its estimates' sample once taken
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -240,6 +245,7 @@ class FrameEncoder:
         )
         seq = self.next_seq
         tolerance = self.settings.tolerance
+        self._current = _Held(seq, planes)
         if decision.is_key:
             stages, block_chroma = self._key_recipe(planes, pixel_format)
             payload, recon = encode_planes(
@@ -275,7 +281,7 @@ class FrameEncoder:
             ssim=float(decision.ssim),
             clock_synced=clock_synced,
         )
-        held = _Held(seq, recon)
+        held = _Held(seq, recon, self._current.sample if recon is planes else None)
         if decision.is_key:
             # With chained references the key's pixels are never needed again once it is the previous frame.
             self._key = held if self.settings.reference != "previous" else _Held(seq, _NO_PLANES)
@@ -507,14 +513,14 @@ class FrameEncoder:
         rows = sample_rows(planes.shape[1], planes.shape[2])
         if Stage.JPEG_CHROMA in stages and not isinstance(rows, slice):
             return _Sized(_jpeg_estimate(planes, stages, rows, self.settings.tolerance), stages, None)
-        reference = None if held is None else held.planes[:, rows]
+        current = self._current if planes is self._current.planes else _Held(-1, planes)
+        sample = _sample_of(current, rows)
+        reference = None if held is None else _sample_of(held, rows)
         tolerance = self.settings.tolerance
         if Stage.CTX in stages:  # CTX counts without coding, in about half the time
-            data, _ = pixel_stages(planes[:, rows], stages, reference=reference, tolerance=tolerance)
+            data, _ = pixel_stages(sample, stages, reference=reference, tolerance=tolerance)
             return _Sized(native.ctx_cost(data), stages, held)
-        payload, _ = encode_planes(
-            planes[:, rows], stages, reference=reference, tolerance=tolerance, zstd_level=1
-        )
+        payload, _ = encode_planes(sample, stages, reference=reference, tolerance=tolerance, zstd_level=1)
         return _Sized(float(len(payload)), stages, held)
 
 
@@ -585,6 +591,14 @@ SAMPLE_BANDS = (4, 8)
 """Fewest and most bands: 8 up to 768 pixels wide, fewer on wider frames (4 at 1080p), never under 4."""
 
 
+def _sample_of(held: _Held, rows: npt.NDArray[np.intp] | slice) -> Planes:
+    """``held``'s estimate sample, taken on first use (``rows`` depends on the planes' shape alone)."""
+    if held.sample is None:
+        held.sample = held.planes[:, rows]
+    return held.sample
+
+
+@functools.lru_cache(maxsize=8)
 def sample_rows(height: int, width: int) -> npt.NDArray[np.intp] | slice:
     """Bands of 8 rows spread evenly over the frame, or the whole frame when it is too small for that.
 
@@ -599,4 +613,6 @@ def sample_rows(height: int, width: int) -> npt.NDArray[np.intp] | slice:
     if every < 2 * SAMPLE_BAND:
         return slice(None)
     starts = np.arange(0, height - SAMPLE_BAND + 1, every)
-    return (starts[:, None] + np.arange(SAMPLE_BAND)[None, :]).ravel()
+    rows = (starts[:, None] + np.arange(SAMPLE_BAND)[None, :]).ravel()
+    rows.setflags(write=False)  # cached: shared by every caller
+    return rows
