@@ -186,6 +186,11 @@ two steady estimates in a row the kept recipe codes the next members outright, i
 way (``_encode_kept``): the same bytes, 2-3 % fewer instructions a frame (docs/benchmarks.md)."""
 INTRA_WORTH_TRYING_RATIO = 8.0
 """Intra coding is only estimated for a member whose best residual compresses worse than this."""
+INTRA_CLOSE_RATIO = 1.25
+"""... and then only if intra's last estimate was within this of the residual (``_intra_may_win``). Measured on
+the 320x240 motorway clip, whose residuals sit near the ratio above: intra estimated on 55 of 148 members,
+1.46-3.2x the residual and never chosen. On Intel the source's I-frames make intra 0.7-1.0x the residual every
+10th frame, and it is still estimated (and chosen) there."""
 
 
 class FrameEncoder:
@@ -212,6 +217,8 @@ class FrameEncoder:
         # Whether this group codes the frames' yuv420p pictures (YUV420): its key decides (``_picture_usable``).
         self._yuv = False
         self._current = _Held(-1, _NO_PLANES)  # the frame being coded, and its estimates' sample once taken
+        # Intra coding's last estimate in this group (with its margin) and the seq it was made at.
+        self._intra_seen: tuple[float, int] | None = None
 
     def request_key(self) -> None:
         """Make the next frame a key (after data loss: what follows must not need what was lost)."""
@@ -289,6 +296,7 @@ class FrameEncoder:
             self._trial_ok = self._steady_before = False
             self._each_channel = None
             self._block_chroma = block_chroma
+            self._intra_seen = None
         self._previous = held
         self._previous_intra = ref_seq == seq
         self.next_seq = seq + 1
@@ -376,15 +384,19 @@ class FrameEncoder:
         else:
             sized = self._estimate_all(planes, recipes, kept)
         best_size = min(_with_margin(c.size, c.stages) for c in sized)
-        if not keep and best_size * INTRA_WORTH_TRYING_RATIO > planes.nbytes / self._sample_fraction(planes):
+        poor = best_size * INTRA_WORTH_TRYING_RATIO > planes.nbytes / self._sample_fraction(planes)
+        if not keep and poor and self._intra_may_win(best_size):
             # A poor residual (a scene change, sparse stills): intra coding may win.
-            sized += [
+            intra = [
                 self._estimate(planes, stages, None)
                 for stages in self._group_recipes(
                     intra_stage_lists(settings, pixel_format, picture=self._yuv)
                 )
                 if self._in_colour_mode(stages) and fits(stages, planes)
             ]
+            if intra:
+                self._intra_seen = (min(_with_margin(c.size, c.stages) for c in intra), self.next_seq)
+            sized += intra
         chosen = self._choose(sized)
         stages, held = chosen.stages, chosen.held
         if trial is not None and trial.stages == stages and trial.held is held:
@@ -402,6 +414,15 @@ class FrameEncoder:
         self._trial_ok = keep and self._steady_before
         self._steady_before = keep
         return payload, recon, stages, self.next_seq if held is None else held.seq
+
+    def _intra_may_win(self, best_size: float) -> bool:
+        """Whether to estimate intra coding for a member whose residual is poor: unless intra's last estimate in
+        this group, fewer than KEEP_RECIPE_FRAMES members ago, was INTRA_CLOSE_RATIO or more times this best
+        residual (an intra frame's size moves slowly where a residual's jumps at a scene change)."""
+        if self._intra_seen is None:
+            return True
+        size, seq = self._intra_seen
+        return self.next_seq - seq >= KEEP_RECIPE_FRAMES or best_size * INTRA_CLOSE_RATIO >= size
 
     def _encode_kept(self, planes: Planes, recipes: list[tuple[tuple[Stage, ...], _Held]]) -> _Trial | None:
         """The member coded with the last member's recipe, and whether its coded size says the scene is still

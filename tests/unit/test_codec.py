@@ -523,3 +523,48 @@ def test_recipe_estimates_sample_bands_spread_over_the_frame(height: int, width:
 
 def test_a_frame_too_small_for_bands_is_estimated_whole() -> None:
     assert sample_rows(100, 160) == slice(None)
+
+
+def test_intra_is_estimated_again_only_when_it_came_close_or_every_few_members() -> None:
+    """A textured scene whose residuals compress poorly (noise of ±2) but far better than intra coding: intra
+    is estimated on the group's first member, then only every KEEP_RECIPE_FRAMES members, at no cost in
+    bytes; a frame whose residual is poorer than intra (the scene gone flat, no SSIM key) is estimated at once
+    and coded intra."""
+    rng = np.random.default_rng(5)
+    scene = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    frames = [
+        (scene.astype(np.int16) + rng.integers(-2, 3, scene.shape)).clip(0, 255).astype(np.uint8)
+        for _ in range(3 * KEEP_RECIPE_FRAMES)
+    ]
+    cut = 2 * KEEP_RECIPE_FRAMES + 3
+    frames[cut] = np.full(scene.shape, 90, dtype=np.uint8)  # a flat picture: intra codes it to nothing
+    # With a tolerance every member estimates every residual recipe (no recipe is kept), so only this rule
+    # spares intra's estimates.
+    settings = CodecSettings(threshold=0.0, tolerance=1)
+    encoder, always = FrameEncoder("cam", settings), FrameEncoder("cam", settings)
+    always._intra_may_win = lambda best_size: True  # type: ignore[method-assign]
+    intra: list[int] = []
+    original = encoder._estimate
+
+    def recorded(planes: np.ndarray, stages: tuple[Stage, ...], held: object) -> object:
+        intra[-1] += held is None
+        return original(planes, stages, held)  # type: ignore[arg-type]
+
+    encoder._estimate = recorded  # type: ignore[method-assign,assignment]
+    headers = []
+    for i, frame in enumerate(frames):
+        intra.append(0)
+        record = encoder.encode(frame, i)
+        headers.append(record.header)
+        if i < cut:
+            assert record.payload == always.encode(frame, i).payload, i
+    assert intra[0] > 0, intra  # the key
+    assert intra[1] > 0, intra  # the first member
+    estimated_at = [i for i in range(2, cut) if intra[i]]
+    assert estimated_at, intra
+    gaps = np.diff([1, *estimated_at])
+    assert (gaps >= KEEP_RECIPE_FRAMES).all(), intra
+    assert len(estimated_at) <= (cut - 2) // KEEP_RECIPE_FRAMES, intra
+    assert intra[cut] > 0, intra
+    assert headers[cut].kind == Kind.MEMBER
+    assert headers[cut].ref_seq == headers[cut].seq  # coded intra
