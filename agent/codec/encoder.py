@@ -240,7 +240,7 @@ class FrameEncoder:
         image = np.ascontiguousarray(image)
         if self._yuv and not force_key and not self._fits_group(image, picture):
             force_key = True  # the group codes pictures, and this frame came without one
-        decision = self._selector.decide(image, capture_time_ns, force=force_key)
+        decision = self._selector.decide(image, capture_time_ns, force=force_key, picture=picture)
         if self._key is None or self._previous is None:
             decision = KeyDecision(True, decision.reason, decision.ssim) if not decision.is_key else decision
         if decision.is_key:

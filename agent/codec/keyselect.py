@@ -19,8 +19,9 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from agent.codec import yuv
 from agent.codec.settings import CodecSettings
-from agent.codec.ssim import WIN_SIZE, SsimReference, to_grey_small
+from agent.codec.ssim import WIN_SIZE, Grey, SsimReference, luma_grey_small, to_grey_small
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,18 @@ class KeySelector:
         self._requested = True
 
     def decide(
-        self, image: npt.NDArray[np.uint8], capture_time_ns: int, *, force: bool = False
+        self,
+        image: npt.NDArray[np.uint8],
+        capture_time_ns: int,
+        *,
+        force: bool = False,
+        picture: bytes | bytearray | memoryview | None = None,
     ) -> KeyDecision:
         """Key or member? Advances the group; a new key becomes the reference for the frames after it.
 
         Threshold 0 disables the SSIM rule outright (SSIM can be negative, e.g. for an inverted picture).
         Raises ``ValueError`` for an image SSIM cannot use (not uint8, not grey or BGR, under 11x11 pixels).
+        ``picture``: the yuv420p picture ``image`` was converted from, if any; its Y plane gives the grey copy.
         """
         image_format: _Format = (image.shape, image.dtype)
         reason = self._rule_reason(image_format, capture_time_ns, force)
@@ -107,14 +114,14 @@ class KeySelector:
         grey = None
         if reason is None:
             assert self._reference is not None, "a group without a key reference"
-            grey = to_grey_small(image, self._reference.downscale)
+            grey = _grey_of(image, picture, self._reference.downscale)
             score = self._reference.score_grey(grey)
             if self._threshold > 0.0 and score < self._threshold:
                 reason = KeyReason.SSIM
         if reason is None:
             self._group_frames += 1
             return KeyDecision(is_key=False, reason=None, ssim=score)
-        self._rebase(image, image_format, capture_time_ns, grey)
+        self._rebase(image, picture, image_format, capture_time_ns, grey)
         log.debug("key frame (%s), SSIM to previous key %.3f", reason, score)
         return KeyDecision(is_key=True, reason=reason, ssim=score)
 
@@ -135,13 +142,14 @@ class KeySelector:
     def _rebase(
         self,
         image: npt.NDArray[np.uint8],
+        picture: bytes | bytearray | memoryview | None,
         image_format: _Format,
         capture_time_ns: int,
         grey: npt.NDArray[np.float32] | None,
     ) -> None:
         if grey is None:
             downscale = _usable_downscale(image.shape, self._downscale)
-            self._reference = SsimReference(image, downscale)
+            self._reference = SsimReference.from_grey(_grey_of(image, picture, downscale), downscale)
         else:
             assert self._reference is not None
             self._reference = SsimReference.from_grey(grey, self._reference.downscale)
@@ -149,6 +157,23 @@ class KeySelector:
         self._key_time_ns = capture_time_ns
         self._group_frames = 1
         self._requested = False
+
+
+def _grey_of(
+    image: npt.NDArray[np.uint8], picture: bytes | bytearray | memoryview | None, downscale: int
+) -> Grey:
+    """The frame's shrunk grey copy, from its picture's Y plane where it came with one (a third of the bytes to
+    read; the two greys differ by the conversion's rounding, a key's and a member's SSIM by far less than 0.01)."""
+    height, width = image.shape[:2]
+    if (
+        picture is not None
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and len(picture) == yuv.picture_bytes(width, height)
+    ):
+        luma = np.frombuffer(picture, dtype=np.uint8, count=width * height).reshape(height, width)
+        return luma_grey_small(luma, downscale)
+    return to_grey_small(image, downscale)
 
 
 def _usable_downscale(shape: tuple[int, ...], downscale: int) -> int:
