@@ -7,8 +7,10 @@ packs rows of ``width`` bytes and its output is a valid TIFF strip of a ``width 
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -129,10 +131,9 @@ def pixel_stages(
 ) -> tuple[Planes, Planes]:
     """The pixel stages of ``stages`` (all but the byte stages); returns their output and the reconstruction."""
     channels, height, _width = planes.shape
-    signed = signedness(stages, channels)
-    quantising = any(s in QUANTISING_STAGES for s in stages)
-    pixel = tuple(s for s in stages if s not in _BYTE_STAGES and s not in _LAYOUT_STAGES)
-    if any(s in LUMA_QUANTISERS for s in pixel):
+    plan = _plan(stages, channels, tolerance >= 1)
+    signed, quantising, pixel = plan.signed, plan.quantising, plan.pixel
+    if plan.luma:
         return _luma_quantised(planes, pixel, reference, tolerance, signed)
     if Stage.JPEG_CHROMA in pixel:
         # Four planes out of three: G, the residuals of B and R, the quarter chroma planes (native.jpeg); MED
@@ -157,25 +158,15 @@ def pixel_stages(
         if Stage.MED in pixel or Stage.MED_CHROMA in pixel:
             laid = transforms.med_blocks(laid, signed, luma=Stage.MED in pixel)
         return laid, rebuilt
-    first = [s for s in pixel if s in _FIRST_STAGES]
-    follow = Stage.RESIDUAL_QG in pixel or Stage.QUANTIZE_G in pixel
-    fusable = (
-        pixel == tuple(s for s in _FUSED_PIXEL_STAGES if s in pixel)
-        and len(first) <= 1
-        and not (Stage.MED in pixel and Stage.MED_CHROMA in pixel)
-        and not (follow and (channels != 3 or Stage.RCT in pixel or tolerance < 1))
-    )
-    if native.AVAILABLE and pixel and fusable:
-        residual = any(s in REFERENCE_STAGES for s in pixel)
-        med = Stage.MED in pixel
+    if native.AVAILABLE and pixel and plan.fusable:
         data, recon = native.pixels(
             planes,
-            reference if residual else None,
+            reference if plan.residual else None,
             rct=Stage.RCT in pixel,
-            med=tuple(med or (Stage.MED_CHROMA in pixel and k > 0) for k in range(channels)),
+            med=plan.med,
             signed=signed,
             tolerance=tolerance if quantising else 0,
-            follow_g=follow,
+            follow_g=plan.follow,
         )
         return data, planes if recon is None else recon
     data = np.empty_like(planes)
@@ -187,6 +178,45 @@ def pixel_stages(
         if recon_band is not None:
             recon[:, rows] = recon_band
     return data, recon
+
+
+class _Plan(NamedTuple):
+    """What :func:`pixel_stages` makes of a stage list, worked out once per list (several calls a frame)."""
+
+    signed: tuple[bool, ...]
+    quantising: bool
+    pixel: tuple[Stage, ...]
+    """The stages that transform pixels: all but the byte and layout stages."""
+    luma: bool
+    fusable: bool
+    """``native.pixels`` runs them in one pass."""
+    residual: bool
+    follow: bool
+    med: tuple[bool, ...]
+    """Which planes ``native.pixels`` predicts with MED."""
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(stages: tuple[Stage, ...], channels: int, tolerant: bool) -> _Plan:
+    pixel = tuple(s for s in stages if s not in _BYTE_STAGES and s not in _LAYOUT_STAGES)
+    first = [s for s in pixel if s in _FIRST_STAGES]
+    follow = Stage.RESIDUAL_QG in pixel or Stage.QUANTIZE_G in pixel
+    fusable = (
+        pixel == tuple(s for s in _FUSED_PIXEL_STAGES if s in pixel)
+        and len(first) <= 1
+        and not (Stage.MED in pixel and Stage.MED_CHROMA in pixel)
+        and not (follow and (channels != 3 or Stage.RCT in pixel or not tolerant))
+    )
+    return _Plan(
+        signed=signedness(stages, channels),
+        quantising=any(s in QUANTISING_STAGES for s in stages),
+        pixel=pixel,
+        luma=any(s in LUMA_QUANTISERS for s in pixel),
+        fusable=fusable,
+        residual=any(s in REFERENCE_STAGES for s in pixel),
+        follow=follow,
+        med=tuple(Stage.MED in pixel or (Stage.MED_CHROMA in pixel and k > 0) for k in range(channels)),
+    )
 
 
 def _luma_quantised(
