@@ -98,8 +98,10 @@ def load(source: Path, frames: int | None) -> tuple[list[Image], list[bytes] | N
     if source.is_dir():
         return list(iter_images(source, limit=frames)), None, 10.0
     limit = DEFAULT_VIDEO_FRAMES if frames is None else frames
-    images, pictures = [], []
-    with VideoFileSource(source) as video:
+    images: list[Image] = []
+    pictures: list[bytes | None] = []
+    video = VideoFileSource(source)
+    with video:
         fps = video.fps or 10.0
         while len(images) < limit and (frame := video.read()) is not None:
             images.append(frame.image)
