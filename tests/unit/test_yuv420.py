@@ -41,6 +41,7 @@ from agent.codec.wire import (
 )
 from agent.errors import WireFormatError
 from tests.fixtures.data import shared_set
+from tests.unit.test_wire import _header as wire_header
 
 needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
 
@@ -427,21 +428,16 @@ def test_golden_bytes_pin_a_whole_version_7_key() -> None:
 
 
 def _header(**changes: object) -> RecordHeader:
-    fields: dict[str, object] = {
-        "camera_id": "cam1",
-        "seq": 5,
-        "key_seq": 4,
-        "ref_seq": 4,
-        "kind": Kind.MEMBER,
-        "capture_time_ns": 0,
+    """test_wire's member header, made a YUV420 one: a 4x2 BGR frame, an XXH3-128 hash (version 7)."""
+    yuv420: dict[str, object] = {
         "width": 4,
         "height": 2,
         "pixel_format": PixelFormat.BGR8,
         "stages": (Stage.YUV420, Stage.RESIDUAL, Stage.CTX),
         "frame_hash": bytes(32),
+        "hash_kind": FrameHash.XXH3_128,
     }
-    fields.update(changes)
-    return RecordHeader(**fields)  # type: ignore[arg-type]
+    return wire_header(**{**yuv420, **changes})
 
 
 @pytest.mark.parametrize(
