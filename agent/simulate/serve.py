@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from agent.capture.base import Image
@@ -97,11 +98,13 @@ def run_rtsp_server(
     host: str = "127.0.0.1",
     tcp_only: bool = True,
     stop: threading.Event | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> None:
     """Serve the H.264 MP4 ``clip`` at ``rtsp://host:port/path`` until ``stop`` is set or SIGTERM.
 
     Needs GStreamer's Python bindings (system Python). ``tcp_only`` refuses UDP transport, so a
-    client that does not ask for TCP fails instead of silently using UDP.
+    client that does not ask for TCP fails instead of silently using UDP. ``credentials`` (user,
+    password): the stream asks for them with basic authentication, as most cameras do.
     """
     import gi  # type: ignore[import-not-found]  # only the system Python has it
 
@@ -124,6 +127,16 @@ def run_rtsp_server(
     factory.set_shared(False)
     if tcp_only:
         factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
+    if credentials is not None:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(*credentials), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        for permission in ("media.factory.access", "media.factory.construct"):
+            permissions.add_permission_for_role("viewer", permission, True)
+        factory.set_permissions(permissions)
     server.get_mount_points().add_factory(path, factory)
     loop = GLib.MainLoop()
     if server.attach(None) == 0:
@@ -382,12 +395,24 @@ def serve_rtsp(
 
 
 def rtsp_process(
-    clip: Path, port: int, path: str = "/cam", *, host: str = "127.0.0.1", tcp_only: bool = True
+    clip: Path,
+    port: int,
+    path: str = "/cam",
+    *,
+    host: str = "127.0.0.1",
+    tcp_only: bool = True,
+    credentials: tuple[str, str] | None = None,
 ) -> ServerProcess:
-    """A (not yet started) RTSP server process for an existing H.264 MP4 clip."""
+    """A (not yet started) RTSP server process for an existing H.264 MP4 clip; with ``credentials`` its URL
+    carries them (``rtsp://user:password@host...``). A test server's password is no secret: it goes on the
+    server's command line."""
     argv = [SYSTEM_PYTHON, "-m", "agent.simulate.serve", "rtsp", "--clip", str(clip), "--port", str(port)]
     argv += ["--path", path, "--host", host] + ([] if tcp_only else ["--allow-udp"])
-    return ServerProcess(argv, f"rtsp://{host}:{port}{path}", host, port)
+    userinfo = ""
+    if credentials is not None:
+        argv += ["--user", credentials[0], "--password", credentials[1]]
+        userinfo = f"{quote(credentials[0], safe='')}:{quote(credentials[1], safe='')}@"
+    return ServerProcess(argv, f"rtsp://{userinfo}{host}:{port}{path}", host, port)
 
 
 def mjpeg_process(
@@ -414,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rtsp = sub.add_parser("rtsp", help="serve an H.264 MP4 clip over RTSP (system Python with gi)")
     rtsp.add_argument("--clip", type=Path, required=True)
     rtsp.add_argument("--allow-udp", action="store_true", help="also offer UDP transport")
+    rtsp.add_argument("--user", help="ask clients for this user (basic authentication; with --password)")
+    rtsp.add_argument("--password", help="and this password")
     mjpeg = sub.add_parser("mjpeg", help="serve a simulated scene as HTTP MJPEG")
     mjpeg.add_argument("--width", type=int, default=640)
     mjpeg.add_argument("--height", type=int, default=360)
@@ -428,7 +455,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.kind == "rtsp":
-        run_rtsp_server(args.clip, args.port, args.path, host=args.host, tcp_only=not args.allow_udp)
+        if (args.user is None) != (args.password is None):
+            parser.error("--user and --password go together")
+        credentials = None if args.user is None else (args.user, args.password)
+        run_rtsp_server(
+            args.clip,
+            args.port,
+            args.path,
+            host=args.host,
+            tcp_only=not args.allow_udp,
+            credentials=credentials,
+        )
         return 0
     from agent.simulate.scene import Scene, SceneSettings
 
