@@ -11,14 +11,16 @@ Only pictures that are already limited-range ``yuv420p`` (nearly every camera's 
 this path, so that the child converts nothing; anything else (full-range ``yuvj420p``, 4:2:2, RGB codecs)
 stays with OpenCV, which converts it as it always has (:func:`unsuitable` says why).
 
-The child runs with ``-loglevel error``; a thread reads its messages as they come (a pipe nobody reads would
-fill and stop it), logs them at debug level and keeps the last few for error messages; the child is killed on
-``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from one thread; a size change inside a
-stream is scaled to the size probed at the start, as OpenCV does.
+A camera's URL (and its password) reaches the child on its stdin, never on its command line
+(:func:`input_arguments`). The child runs with ``-loglevel error``; a thread reads its messages as they come
+(a pipe nobody reads would fill and stop it), logs them at debug level and keeps the last few for error
+messages; the child is killed on ``release()``. Like an OpenCV capture, a ``FfmpegCapture`` is used from one
+thread; a size change inside a stream is scaled to the size probed at the start, as OpenCV does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -88,22 +90,29 @@ class VideoInfo:
 
 def probe(target: str, input_options: list[str], timeout_s: float) -> VideoInfo:
     """Ask ``ffprobe`` about ``target``'s first video stream; ``CaptureError`` with its words if it cannot."""
+    given = input_arguments(target, input_options)
     command = [
         "ffprobe",
         "-hide_banner",
         "-loglevel",
         "error",
-        *input_options,
+        *given.arguments,
         "-select_streams",
         "v:0",
         "-show_entries",
         "stream=codec_name,width,height,pix_fmt,color_range,avg_frame_rate,r_frame_rate",
         "-of",
         "json",
-        target,
     ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            command,
+            input="" if given.script is None else given.script,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired as e:
         raise CaptureError(f"ffprobe gave no answer within {timeout_s:.0f} s") from e
     except OSError as e:
@@ -126,6 +135,59 @@ def probe(target: str, input_options: list[str], timeout_s: float) -> VideoInfo:
         color_range=str(s.get("color_range", "unknown")),
         fps=_rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate")),
     )
+
+
+_NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+_NETWORK_PROTOCOLS = "pipe,tcp,udp,rtp,srtp,tls,http,https,httpproxy,crypto"
+"""What a camera's URL may make ffmpeg open once it reads the URL from a script: RTSP's TCP or UDP, RTSPS's
+TLS, and HTTP(S); ``pipe`` for the script itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputArguments:
+    """How ffmpeg and ffprobe are told their input: ``arguments`` for the command line, and ``script`` to
+    write to the child's stdin (``None``: the command line says it all)."""
+
+    arguments: list[str]
+    script: str | None
+
+
+def input_arguments(target: str, input_options: list[str]) -> InputArguments:
+    """The input part of a command line for ``target`` with ``input_options`` (``-name value`` pairs).
+
+    A camera's URL holds its password (``rtsp://user:password@host/...``) and often a token in its query, and
+    a process's command line is world-readable in ``/proc``. So a network URL is not put on it: the child reads
+    it from stdin as an ``ffconcat`` script of one ``file``, whose ``option`` lines carry the input options to
+    the camera's own demuxer (the concat demuxer opens it with them; FFmpeg 5.0 and later). A file's path, and
+    any URL for an older ffmpeg, go on the command line as before.
+    """
+    scheme = urlsplit(target).scheme.lower() if "://" in target else ""
+    if scheme not in _NETWORK_SCHEMES or _major_version() < 5:
+        return InputArguments([*input_options, "-i", target], None)
+    return InputArguments(
+        ["-protocol_whitelist", _NETWORK_PROTOCOLS, "-f", "concat", "-safe", "0", "-i", "pipe:0"],
+        concat_script(target, input_options),
+    )
+
+
+def concat_script(target: str, input_options: list[str]) -> str:
+    """An ``ffconcat`` script that opens ``target`` (any URL or path) with ``input_options`` (pairs of
+    ``-name value``); ``ValueError`` for an odd list or a line break, which a script cannot carry."""
+    names = input_options[::2]
+    if len(input_options) % 2 or not all(re.fullmatch(r"-\w+", name, re.ASCII) for name in names):
+        raise ValueError(f"input options must be -name value pairs, got {input_options}")
+    lines = ["ffconcat version 1.0", f"file {_token(target)}"]
+    for name, value in zip(names, input_options[1::2], strict=True):
+        lines.append(f"option {name[1:]} {_token(value)}")  # a directive's keyword is read as it is
+    return "\n".join(lines) + "\n"
+
+
+def _token(text: str) -> str:
+    """``text`` as one token of an ffconcat line: every character but letters and digits escaped with a
+    backslash (FFmpeg's ``av_get_token`` takes the character after one literally)."""
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ValueError("an ffconcat script cannot carry a line break or a NUL")
+    return "".join(c if c.isascii() and c.isalnum() else "\\" + c for c in text)
 
 
 def _rate(text: object) -> float:
@@ -164,15 +226,14 @@ class FfmpegCapture:
         self._what = what
         self._size = yuv.picture_bytes(info.width, info.height)
         passthrough = ["-fps_mode", "passthrough"] if _major_version() >= 5 else ["-vsync", "passthrough"]
+        given = input_arguments(target, input_options)
         command = [
             "ffmpeg",
             "-hide_banner",
             "-nostdin",
             "-loglevel",
             "error",
-            *input_options,
-            "-i",
-            target,
+            *given.arguments,
             "-map",
             "0:v:0",
             "-an",
@@ -189,10 +250,15 @@ class FfmpegCapture:
         ]
         try:
             self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                command,
+                stdin=subprocess.DEVNULL if given.script is None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         except OSError as e:
             raise CaptureError(f"{what}: cannot start ffmpeg: {e}") from e
+        if given.script is not None:
+            _hand_over(self._process, given.script)
         _widen_pipe(self._process.stdout, self._size)
         self._said: deque[str] = deque(maxlen=_STDERR_LINES)
         self._said_lock = threading.Lock()
@@ -311,6 +377,20 @@ class FfmpegCapture:
             if process.stdout is not None:
                 process.stdout.close()
         self._listener.join(1.0)
+
+
+def _hand_over(process: subprocess.Popen[bytes], script: str) -> None:
+    """Write the input script to the child's stdin and close it (a few hundred bytes: the pipe takes them
+    whether or not the child has started reading). A child that died at once is reported by ``prime()``."""
+    stdin = process.stdin
+    assert stdin is not None
+    try:
+        stdin.write(script.encode())
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
 
 
 def picture_of(capture: object) -> bytes | None:

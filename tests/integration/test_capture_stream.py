@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from agent.codec import yuv
 from agent.errors import CaptureError, ConfigError
 from agent.simulate.scene import Scene, SceneSettings
 from agent.simulate.serve import ServerProcess, free_port, run_mjpeg_server
-from tests.fixtures.rtsp import CLIP_SETTINGS
+from tests.fixtures.rtsp import CAMERA_CREDENTIALS, CLIP_SETTINGS
 
 needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
 DECODERS = ["opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)]
@@ -323,6 +324,47 @@ def test_factory_builds_a_simulated_camera_with_overrides() -> None:
     assert frame is not None
     assert frame.image.shape == (90, 160, 3)
     assert np.array_equal(frame.image, Scene(SceneSettings(seed=9, width=160, height=90, fps=50.0)).frame(0))
+
+
+@needs_ffmpeg
+def test_a_cameras_password_is_on_no_command_line(rtsp_server_with_password: ServerProcess) -> None:
+    """Every local user can read a process's command line in /proc: the ffmpeg child reads the camera's URL
+    from its stdin instead, and still opens the camera with it."""
+    url = rtsp_server_with_password.url
+    assert quote(CAMERA_CREDENTIALS[1], safe="") in url
+    source = StreamSource(url, open_timeout_s=5, read_timeout_s=5, decoder="ffmpeg")
+    with source:
+        assert source.decoded_by == "ffmpeg"
+        frame = source.read(timeout_s=5)
+        assert frame is not None
+        assert frame.image.shape == (360, 640, 3)
+        children = _ffmpeg_children()
+        assert children, "no ffmpeg child is decoding"
+        for pid in children:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            assert "s3cret" not in command_line
+            assert "127.0.0.1" not in command_line  # not the URL at all
+
+
+@needs_ffmpeg
+def test_a_wrong_password_is_refused_in_the_cameras_words_without_quoting_it(
+    rtsp_server_with_password: ServerProcess,
+) -> None:
+    url = rtsp_server_with_password.url.replace(quote(CAMERA_CREDENTIALS[1], safe=""), "wrong%20guess")
+    source = StreamSource(url, open_timeout_s=5, read_timeout_s=5, reconnect_max_s=1, decoder="ffmpeg")
+    with pytest.raises(CaptureError, match="401 Unauthorized") as err:
+        source.open()
+    assert "wrong" not in str(err.value)
+
+
+@needs_ffmpeg
+def test_input_options_reach_the_cameras_demuxer(rtsp_server_with_password: ServerProcess) -> None:
+    """The URL's input options travel in the same script: forcing UDP on this TCP-only server fails, which
+    it would not were the option lost on the way (FFmpeg tries UDP first, then TCP)."""
+    url = rtsp_server_with_password.url
+    with pytest.raises(CaptureError, match="Unsupported transport"):
+        ffmpeg.probe(url, ["-rtsp_transport", "udp"], 10)
+    assert ffmpeg.probe(url, ["-rtsp_transport", "tcp"], 10).width == 640
 
 
 def test_passwords_are_redacted() -> None:

@@ -146,3 +146,64 @@ def test_a_corrupt_stream_still_yields_every_frame_and_keeps_only_the_last_messa
     assert len(capture._said) == 20  # the last 20 lines, quoted up to 600 characters
     assert 0 < len(said) <= 600
     assert said.endswith(logged[-1].getMessage().removeprefix("damaged: ffmpeg: "))
+
+
+@pytest.mark.skipif(
+    ffmpeg.available() and ffmpeg._major_version() < 5,
+    reason="FFmpeg before 5.0 takes the URL on its command line",
+)
+def test_a_network_url_goes_by_stdin_and_a_file_on_the_command_line() -> None:
+    url = "rtsp://admin:hunter2@10.0.0.5:554/stream1?token=abc"
+    given = ffmpeg.input_arguments(url, ffmpeg.rtsp_options(5.0))
+    assert given.script is not None
+    assert not any("hunter2" in a or "token" in a or "10.0.0.5" in a for a in given.arguments)
+    assert given.arguments[-2:] == ["-i", "pipe:0"]
+    assert "option rtsp_transport tcp" in given.script.splitlines()
+    assert ffmpeg.input_arguments("/videos/a b.mp4", []) == ffmpeg.InputArguments(
+        ["-i", "/videos/a b.mp4"], None
+    )
+
+
+def test_a_script_carries_any_name_to_ffmpeg_as_it_is(pets_cut: Path, tmp_path: Path) -> None:
+    """Quotes, spaces, a backslash, a ``#`` and a ``%``: each would end or change an unescaped token."""
+    odd = tmp_path / 'it\'s a "clip" #1 \\ 100% {x};$HOME.avi'
+    odd.write_bytes(pets_cut.read_bytes())
+    # As a URL: the concat demuxer resolves a bare path against the script's own ("pipe:...").
+    script = ffmpeg.concat_script(f"file:{odd}", ["-analyzeduration", "500000"])
+    done = subprocess.run(
+        [
+            *(
+                "ffprobe",
+                "-loglevel",
+                "error",
+                "-protocol_whitelist",
+                "file,pipe",
+                "-f",
+                "concat",
+                "-safe",
+                "0",
+            ),
+            *("-show_entries", "stream=width,height", "-of", "csv=p=0", "-i", "pipe:0"),
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "768,576"
+
+
+@pytest.mark.parametrize(
+    ("target", "options"),
+    [
+        ("rtsp://cam/a\nfile /etc/passwd", []),
+        ("rtsp://cam/a", ["-timeout"]),
+        ("rtsp://cam/a", ["timeout", "5"]),
+        ("rtsp://cam/a", ["-time out", "5"]),
+    ],
+)
+def test_a_script_refuses_what_it_cannot_carry(target: str, options: list[str]) -> None:
+    with pytest.raises(ValueError, match=r"line break|pairs"):
+        ffmpeg.concat_script(target, options)
