@@ -1,6 +1,6 @@
 """Compare our codec with the seed article's method and standard lossless codecs on real footage.
 
-    .venv/bin/python benchmarks/compare.py SOURCE [--frames N] [--tolerance T] [--json]
+    .venv/bin/python benchmarks/compare.py SOURCE [--frames N] [--tolerance T] [--rounds R] [--json]
     .venv/bin/python benchmarks/compare.py --all [--json]
 
 SOURCE is a video file or a folder of stills. Frames are decoded once and every method gets the same ones.
@@ -8,6 +8,9 @@ Ratio is raw BGR bytes over encoded bytes; "max err" is the largest absolute pix
 each method gives back and the decoded frame (0 = lossless, measured, not assumed). Every method runs in this
 one process under the agent's process settings (``agent/process.py``: one OpenCV thread, fixed malloc
 thresholds), so speeds compare like for like; ``--process-defaults`` keeps the library defaults instead.
+The speed column's two methods, ours (lossless) and the seed's, run ``--rounds`` times (default 3), in turn,
+and each keeps its fastest round: on these shared machines one run of the 320x240 clip took 0.33-0.60 ms a
+frame within minutes, and a slow minute only ever adds time. The other rows run once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -126,7 +129,9 @@ class SetRun:
         return asdict(self) | {"results": results}
 
 
-def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | None) -> SetRun:
+def compare(
+    source: Path, frames: int | None, tolerance: int, x264_limit: int | None, rounds: int = 1
+) -> SetRun:
     start = time.perf_counter()
     images, pictures, fps = load(source, frames)
     if not images:
@@ -146,10 +151,30 @@ def compare(source: Path, frames: int | None, tolerance: int, x264_limit: int | 
         results.append(run_ours(images, tolerance, fps, pictures=pictures))
         if pictures is not None:
             results.append(run_ours(images, tolerance, fps, frames_row=True))
-    results += [run_seed(images), run_seed(images, exact=True)]
+    seed = run_seed(images)
+    results += [seed, run_seed(images, exact=True)]
+    again = {  # the speed column's two methods
+        results[0].method: lambda: run_ours(images, 0, fps, pictures=pictures),
+        seed.method: lambda: run_seed(images),
+    }
+    fastest_of(results, again, rounds)
     results += run_peers(images, fps, x264_limit=x264_limit)
     size = f"{width}x{height}" + (" grey" if images[0].ndim == 2 else "")
     return SetRun(str(source), source.parent.name, len(images), size, results, time.perf_counter() - start)
+
+
+def fastest_of(
+    results: list[MethodResult], again: dict[str, Callable[[], MethodResult]], rounds: int
+) -> None:
+    """Run each method of ``again`` (named as in ``results``, which holds its first run) until it has run
+    ``rounds`` times, the methods in turn, and keep in ``results`` each one's fastest run."""
+    for _ in range(rounds - 1):
+        for method, run in again.items():
+            index = next(i for i, r in enumerate(results) if r.method == method)
+            repeat = run()
+            best = results[index]
+            if repeat.encode_s is not None and (best.encode_s is None or repeat.encode_s < best.encode_s):
+                results[index] = repeat
 
 
 def peak_rss_mib() -> float:
@@ -229,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--x264-limit", type=int, help="feed x264 only the first N frames (default: 40 at 1080p)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs of ours (lossless) and the seed's method, in turn, each keeping its fastest (default 3)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--process-defaults",
@@ -239,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.all == (args.source is not None):
         parser.error("give either SOURCE or --all")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not args.process_defaults:
         # Every method runs under the settings the agent runs with, so each gets the same allocator.
         from agent import process
@@ -247,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = shared_sets() if args.all else [args.source]
     runs = []
     for source in sources:
-        run = compare(source, args.frames, args.tolerance, args.x264_limit)
+        run = compare(source, args.frames, args.tolerance, args.x264_limit, args.rounds)
         runs.append(run)
         if not args.json:
             print(text_table(run) + "\n", flush=True)
