@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -32,6 +32,7 @@ import numpy as np
 from agent.capture import ffmpeg
 from agent.capture.latest import Capture, LiveSource
 from agent.errors import CaptureError
+from agent.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,6 @@ class _JpegCapture:
 
     def release(self) -> None:
         self._cap.release()
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for log lines and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def ffmpeg_options(url: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from agent.config.models import AgentConfig, CollectorConfig, raise_problems
 from agent.config.schema import Problems, build
-from agent.config.secrets import resolve_mqtt_secrets
+from agent.config.secrets import resolve_capture_secrets, resolve_mqtt_secrets
 from agent.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", AgentConfig, CollectorConfig)
@@ -64,9 +64,12 @@ def _parse(
 ) -> ConfigT:
     problems = Problems()
     table = dict(data)
-    table["mqtt"] = resolve_mqtt_secrets(
-        table.get("mqtt", {}), "mqtt", os.environ if env is None else env, base_dir, problems
-    )
+    environment = os.environ if env is None else env
+    table["mqtt"] = resolve_mqtt_secrets(table.get("mqtt", {}), "mqtt", environment, base_dir, problems)
+    if "capture" in table:  # the agent's camera
+        table["capture"] = resolve_capture_secrets(
+            table["capture"], "capture", environment, base_dir, problems
+        )
     config = build(cls, table, "", problems)
     raise_problems(problems.items, source)
     assert config is not None  # build returns None only with problems, raised just above

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from agent.codec.settings import CodecSettings, Entropy, Reference
 from agent.config import checks
 from agent.errors import ConfigError, ConfigErrors
+from agent.urls import redact
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 CaptureKind = Literal["usb", "rtsp", "http", "file", "folder", "simulated"]
@@ -132,8 +133,14 @@ class CaptureSection(_Validated):
     kind: CaptureKind
     device: str | int = "/dev/video0"
     """usb: a device node or a V4L2 index."""
-    url: str | None = None
-    """rtsp: ``rtsp://`` or ``rtsps://``; http: ``http://`` or ``https://`` (a stream OpenCV reads)."""
+    url: str | None = setting(None, secret=True)
+    """rtsp: ``rtsp://`` or ``rtsps://``; http: ``http://`` or ``https://`` (a stream OpenCV reads). With the
+    camera's password, if it has one (``password_file`` puts it there at load time): kept out of reprs."""
+    password: str | None = setting(None, secret=True)
+    """rtsp, http: the camera's password given apart from ``url`` (resolved by the loader: env,
+    ``credential:NAME`` or literal); ``url`` names its user and, once loaded, carries it."""
+    password_file: Path | None = None
+    """rtsp, http: where the camera's password was read from (for messages; the secret is in ``url``)."""
     path: Path | None = None
     """file: a video file; folder: a directory of images replayed in name order."""
     width: int | None = setting(None, lo=16, hi=8192)
@@ -164,9 +171,15 @@ class CaptureSection(_Validated):
             problems.append(("url", f"required when kind = {self.kind!r}"))
         elif streams and self.url is not None and not self.url.startswith(_URL_SCHEMES[self.kind]):
             schemes = " or ".join(_URL_SCHEMES[self.kind])
-            problems.append(("url", f"must start with {schemes} when kind = {self.kind!r}, got {self.url!r}"))
+            got = redact(self.url)
+            problems.append(("url", f"must start with {schemes} when kind = {self.kind!r}, got {got!r}"))
         elif not streams and self.url is not None:
             problems.append(("url", "only used when kind is 'rtsp' or 'http'"))
+        problems.extend(
+            (name, "only used when kind is 'rtsp' or 'http'")
+            for name in ("password", "password_file")
+            if not streams and getattr(self, name) is not None
+        )
         replays = self.kind in ("file", "folder")
         if replays and self.path is None:
             problems.append(("path", f"required when kind = {self.kind!r}"))

@@ -1,12 +1,18 @@
-"""Secrets for the ``[mqtt]`` table: read at load time from the environment, a file or a systemd credential.
+"""Secrets of the ``[mqtt]`` and ``[capture]`` tables: read at load time from the environment, a file or a
+systemd credential.
 
-Precedence for the MQTT password (first found wins):
+Precedence for a password (first found wins):
 
-1. the environment variable ``CCTV_MQTT_PASSWORD``;
+1. the environment variable: ``CCTV_MQTT_PASSWORD`` for the broker, ``CCTV_CAMERA_PASSWORD`` for the camera;
 2. ``password_file`` (a path; a relative one is looked up in ``$CREDENTIALS_DIRECTORY`` when systemd set it
    with ``LoadCredential=``, otherwise next to the config file);
 3. ``password = "credential:NAME"``: the file ``$CREDENTIALS_DIRECTORY/NAME``;
-4. ``password`` as a literal in the TOML (allowed, but then the config file is a secret too).
+4. ``password`` as a literal in the TOML (allowed, but then the config file is a secret too); for the camera
+   also the password written in ``url`` itself (``rtsp://user:password@host/...``).
+
+The camera's password, read so, goes into ``capture.url`` (percent-encoded after the user the URL names), so
+the capture code sees one URL as before; the ffmpeg child reads that URL from its stdin, never from its
+command line (``agent.capture.ffmpeg``).
 
 TLS files (``ca_file``, ``cert_file``, ``key_file``) follow the same lookup (``credential:NAME``, relative
 names) and must exist and be readable when TLS is enabled. Paths are resolved here, on the raw table, so that
@@ -19,10 +25,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.config.schema import Problems
+from agent.urls import with_password, without_password
 
 PASSWORD_ENV = "CCTV_MQTT_PASSWORD"  # noqa: S105 — the variable's name, not a password
+CAMERA_PASSWORD_ENV = "CCTV_CAMERA_PASSWORD"  # noqa: S105 — idem
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 CREDENTIAL_PREFIX = "credential:"
 TLS_FILES = ("ca_file", "cert_file", "key_file")
@@ -36,27 +45,7 @@ def resolve_mqtt_secrets(
         return table  # the schema reports the wrong type
     out = dict(table)
     creds = env.get(CREDENTIALS_ENV) or None
-    if "password" in out and "password_file" in out:
-        problems.add(f"{path}.password_file", "give either password or password_file, not both")
-    from_env = env.get(PASSWORD_ENV)
-    pointer = out.get("password_file")
-    literal = out.get("password")
-    if from_env:
-        out["password"] = from_env
-    elif isinstance(pointer, str) and pointer:
-        file = locate(pointer, creds, base_dir, f"{path}.password_file", problems)
-        if file is not None:
-            out["password_file"] = str(file)
-            secret = read_secret(file, f"{path}.password_file", problems)
-            if secret is not None:
-                out["password"] = secret
-    elif isinstance(literal, str) and literal.startswith(CREDENTIAL_PREFIX):
-        file = locate(literal, creds, base_dir, f"{path}.password", problems)
-        if file is not None:
-            out["password_file"] = str(file)
-            secret = read_secret(file, f"{path}.password", problems)
-            if secret is not None:
-                out["password"] = secret
+    resolve_password(out, path, env.get(PASSWORD_ENV), creds, base_dir, problems)
     tls = out.get("tls")
     if isinstance(tls, Mapping) and tls.get("enabled") is True:
         tls = dict(tls)
@@ -67,6 +56,66 @@ def resolve_mqtt_secrets(
                 tls[name] = str(file) if file is not None else value
         out["tls"] = tls
     return out
+
+
+def resolve_capture_secrets(
+    table: Any, path: str, env: Mapping[str, str], base_dir: Path | None, problems: Problems
+) -> Any:
+    """A copy of the raw ``[capture]`` table whose ``url`` carries the camera's password, when one is given
+    apart from it (``CCTV_CAMERA_PASSWORD``, ``password_file``, ``password``); the table unchanged otherwise.
+    The environment variable only counts for a camera, a table with a ``url``."""
+    if not isinstance(table, Mapping):
+        return table  # the schema reports the wrong type
+    out = dict(table)
+    url = out.get("url")
+    in_file = "password" in out or "password_file" in out
+    from_env = env.get(CAMERA_PASSWORD_ENV) if isinstance(url, str) else None
+    if not in_file and not from_env:
+        return out
+    resolved = resolve_password(out, path, from_env, env.get(CREDENTIALS_ENV) or None, base_dir, problems)
+    if resolved is None or not isinstance(url, str):
+        return out  # a problem is reported, or the model says the keys need a camera's url
+    if in_file and not from_env and urlsplit(url).password is not None:
+        problems.add(f"{path}.url", "holds a password, and password or password_file gives one too: keep one")
+        return out
+    try:
+        out["url"] = with_password(without_password(url) if from_env else url, resolved)
+    except ValueError as e:
+        problems.add(f"{path}.url", f"cannot take the password: {e}")
+    return out
+
+
+def resolve_password(
+    out: dict[str, Any],
+    path: str,
+    from_env: str | None,
+    creds: str | None,
+    base_dir: Path | None,
+    problems: Problems,
+) -> str | None:
+    """Read the password of the table ``out`` (in place: ``password`` becomes the secret, ``password_file``
+    the file it came from) by the module's precedence; returns it, or None when there is none or a problem."""
+    if "password" in out and "password_file" in out:
+        problems.add(f"{path}.password_file", "give either password or password_file, not both")
+    pointer = out.get("password_file")
+    literal = out.get("password")
+    if from_env:
+        out["password"] = from_env
+        return from_env
+    if isinstance(pointer, str) and pointer:
+        key, source = f"{path}.password_file", pointer
+    elif isinstance(literal, str) and literal.startswith(CREDENTIAL_PREFIX):
+        key, source = f"{path}.password", literal
+    else:
+        return literal if isinstance(literal, str) else None
+    file = locate(source, creds, base_dir, key, problems)
+    if file is None:
+        return None
+    out["password_file"] = str(file)
+    secret = read_secret(file, key, problems)
+    if secret is not None:
+        out["password"] = secret
+    return secret
 
 
 def locate(value: str, creds: str | None, base_dir: Path | None, key: str, problems: Problems) -> Path | None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import cv2
 import numpy as np
@@ -23,11 +23,14 @@ import pytest
 from agent.capture import ffmpeg
 from agent.capture.base import Frame
 from agent.capture.factory import open_source
-from agent.capture.stream import StreamSource, redact
+from agent.capture.stream import StreamSource
 from agent.codec import yuv
+from agent.config import parse_agent_config
 from agent.errors import CaptureError, ConfigError
+from agent.runtime.wiring import make_source
 from agent.simulate.scene import Scene, SceneSettings
 from agent.simulate.serve import ServerProcess, free_port, run_mjpeg_server
+from agent.urls import redact, without_password
 from tests.fixtures.rtsp import CAMERA_CREDENTIALS, CLIP_SETTINGS
 
 needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
@@ -346,6 +349,30 @@ def test_a_cameras_password_is_on_no_command_line(rtsp_server_with_password: Ser
             assert "127.0.0.1" not in command_line  # not the URL at all
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_config_with_a_password_file_opens_the_camera_that_asks_for_it(
+    rtsp_server_with_password: ServerProcess, tmp_path: Path, decoder: str
+) -> None:
+    """The whole way: the password in a file, the URL naming only the user, the source built from the
+    config as the agent builds it; by the ffmpeg child and by OpenCV alike."""
+    (tmp_path / "camera-password").write_text(CAMERA_CREDENTIALS[1] + "\n", encoding="utf-8")
+    url = without_password(rtsp_server_with_password.url)
+    assert urlsplit(url).username == CAMERA_CREDENTIALS[0]
+    capture = {"kind": "rtsp", "url": url, "password_file": "camera-password", "decoder": decoder}
+    config = parse_agent_config(
+        {"agent": {"camera_id": "c"}, "capture": capture | {"open_timeout_s": 5, "read_timeout_s": 5}},
+        env={},
+        base_dir=tmp_path,
+    )
+    source = make_source(config)
+    assert isinstance(source, StreamSource)
+    with source:
+        frame = source.read(timeout_s=5)
+        assert frame is not None
+        assert frame.image.shape == (360, 640, 3)
+        assert source.decoded_by == decoder
+
+
 @needs_ffmpeg
 def test_a_wrong_password_is_refused_in_the_cameras_words_without_quoting_it(
     rtsp_server_with_password: ServerProcess,
@@ -370,3 +397,6 @@ def test_input_options_reach_the_cameras_demuxer(rtsp_server_with_password: Serv
 def test_passwords_are_redacted() -> None:
     assert redact("rtsp://admin:hunter2@10.0.0.5:554/stream1") == "rtsp://admin:***@10.0.0.5:554/stream1"
     assert redact("rtsp://10.0.0.5/stream1") == "rtsp://10.0.0.5/stream1"
+    # The host as written: an IPv6 address keeps its brackets, a name its case.
+    assert redact("rtsp://u:p@[2001:db8::5]:554/s") == "rtsp://u:***@[2001:db8::5]:554/s"
+    assert redact("rtsp://u:p@Cam-1.Local/s") == "rtsp://u:***@Cam-1.Local/s"

@@ -10,6 +10,7 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -650,6 +651,71 @@ def test_password_needs_username() -> None:
         "mqtt.password: is set but username is not (a password is sent with a username)"
     ]
     assert MqttSection(username="u", password="p").password == "p"
+
+
+def camera(**keys: Any) -> dict[str, Any]:
+    return MINIMAL | {"capture": {"kind": "rtsp", "url": "rtsp://viewer@192.0.2.10:554/s?ch=1", **keys}}
+
+
+def test_the_cameras_password_from_a_file_goes_into_its_url_and_stays_out_of_reprs(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    secret_file(creds, "camera-password", "p@ss w/rd:#1\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    config = parse_agent_config(camera(password_file="camera-password"), env=env)
+    assert config.capture.url == "rtsp://viewer:p%40ss%20w%2Frd%3A%231@192.0.2.10:554/s?ch=1"
+    assert urlsplit(config.capture.url).password == "p%40ss%20w%2Frd%3A%231"
+    assert unquote(urlsplit(config.capture.url).password or "") == "p@ss w/rd:#1"
+    assert config.capture.password_file == creds / "camera-password"
+    assert "p%40ss" not in repr(config)
+    assert "p@ss" not in repr(config)
+    config = parse_agent_config(camera(password="credential:camera-password"), env=env)
+    assert config.capture.url == "rtsp://viewer:p%40ss%20w%2Frd%3A%231@192.0.2.10:554/s?ch=1"
+
+
+def test_the_cameras_password_from_the_environment_wins_even_over_the_url(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "pw", "from-file")
+    env = {"CCTV_CAMERA_PASSWORD": "from-env"}
+    assert parse_agent_config(camera(password_file=str(path)), env=env).capture.url.startswith(
+        "rtsp://viewer:from-env@"
+    )
+    inline = MINIMAL | {"capture": {"kind": "rtsp", "url": "rtsp://viewer:old@[2001:db8::5]:554/s"}}
+    assert parse_agent_config(inline, env=env).capture.url == "rtsp://viewer:from-env@[2001:db8::5]:554/s"
+    assert parse_agent_config(inline, env={}).capture.url == "rtsp://viewer:old@[2001:db8::5]:554/s"
+    # Only a camera with a URL takes it: a simulated one is not concerned.
+    assert parse_agent_config(MINIMAL, env=env).capture.url is None
+
+
+@pytest.mark.parametrize(
+    ("capture", "expected"),
+    [
+        (
+            {"kind": "rtsp", "url": "rtsp://viewer:inline@h/s", "password": "p"},
+            "capture.url: holds a password, and password or password_file gives one too",
+        ),
+        (
+            {"kind": "rtsp", "url": "rtsp://h/s", "password": "p"},
+            "capture.url: cannot take the password: it names no user for the password",
+        ),
+        ({"kind": "simulated", "password": "p"}, "capture.password: only used when kind is 'rtsp' or 'http'"),
+        (
+            {"kind": "rtsp", "url": "rtsp://viewer@h/s", "password": "p", "password_file": "/p"},
+            "capture.password_file: give either password or password_file",
+        ),
+        (
+            {"kind": "rtsp", "url": "rtsp://viewer@h/s", "password_file": "/nonexistent/pw"},
+            "capture.password_file: file not found: /nonexistent/pw",
+        ),
+        (
+            {"kind": "rtsp", "url": "rstp://viewer:hunter2@h/s"},
+            "capture.url: must start with rtsp:// or rtsps:// when kind = 'rtsp', got 'rstp://viewer:***@h/s'",
+        ),
+    ],
+)
+def test_camera_password_mistakes(capture: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_agent_config(MINIMAL | {"capture": capture}, env={})
+    assert any(e.startswith(expected) for e in errors_of(excinfo)), errors_of(excinfo)
+    assert not any("hunter2" in e or "inline" in e for e in errors_of(excinfo))
 
 
 # --- what the config feeds -------------------------------------------------------------------------------
