@@ -9,6 +9,7 @@ import pytest
 from agent.capture import ffmpeg
 from benchmarks import compare
 from benchmarks.seed_method import MethodResult
+from tests.fixtures.calls import record_calls
 
 
 def _result(method: str, encode_s: float | None) -> MethodResult:
@@ -35,17 +36,7 @@ def test_fastest_of_runs_the_methods_in_turn_and_keeps_each_ones_fastest_run() -
 def test_compare_times_ours_and_the_seed_rounds_times(
     pets_cut: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[str] = []
-    for name in ("run_ours", "run_seed"):
-        original = getattr(compare, name)
-
-        def recorded(
-            *args: object, _name: str = name, _original: object = original, **kwargs: object
-        ) -> object:
-            calls.append(_name)
-            return _original(*args, **kwargs)  # type: ignore[operator]
-
-        monkeypatch.setattr(compare, name, recorded)
+    calls = record_calls(monkeypatch, compare, ("run_ours", "run_seed"))
     monkeypatch.setattr(compare, "run_peers", lambda *args, **kwargs: [])
     run = compare.compare(pets_cut, 4, 0, None, rounds=2)
     # ours (lossless, then zstd, then frames), the seed (lossy, then exact), then one more round of the two.

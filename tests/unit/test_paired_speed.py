@@ -9,23 +9,14 @@ import pytest
 
 from agent.capture import ffmpeg
 from benchmarks import paired_speed
+from tests.fixtures.calls import record_calls
 
 
 @pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
 def test_paired_speed_alternates_the_two_methods_and_reports_each_round(
     pets_cut: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    order: list[str] = []
-    for name in ("run_ours", "run_seed"):
-        original = getattr(paired_speed, name)
-
-        def recorded(
-            *args: object, _name: str = name, _original: object = original, **kwargs: object
-        ) -> object:
-            order.append(_name)
-            return _original(*args, **kwargs)  # type: ignore[operator]
-
-        monkeypatch.setattr(paired_speed, name, recorded)
+    order = record_calls(monkeypatch, paired_speed, ("run_ours", "run_seed"))
     assert paired_speed.main([str(pets_cut), "--frames", "6", "--rounds", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert order == ["run_ours", "run_seed", "run_ours", "run_seed"]
