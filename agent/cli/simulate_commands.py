@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from agent.errors import CctvError
 from agent.progress import Progress
+from agent.urls import redact
 
 
 def register(sub: Any) -> None:
@@ -28,7 +29,8 @@ def register(sub: Any) -> None:
         'scene in-process: capture.kind = "simulated" in config.toml.',
         epilog="examples:\n  cctv-agent simulate --out frames/ --frames 100\n"
         "  cctv-agent simulate --serve mjpeg --port 8080\n"
-        "  cctv-agent simulate --serve rtsp --port 8554 --replay clip.avi",
+        "  cctv-agent simulate --serve rtsp --port 8554 --replay clip.avi\n"
+        "  cctv-agent simulate --serve rtsp --user viewer --password-file camera-password",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--seed", type=int, default=1, help="scene seed (default: %(default)s)")
@@ -45,6 +47,10 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8554)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--duration", type=float, default=60.0, help="rtsp: seconds of scene in the served clip")
+    p.add_argument("--user", help="rtsp: ask clients for this user and the password in --password-file")
+    p.add_argument(
+        "--password-file", type=Path, help="rtsp: a file holding the password (as capture.password_file)"
+    )
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser(
@@ -97,6 +103,8 @@ def _scene_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if (args.user is not None or args.password_file is not None) and args.serve != "rtsp":
+        raise CctvError("--user and --password-file are for --serve rtsp")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         with Progress(args.frames, "simulating") as bar:
@@ -121,12 +129,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     count = max(1, round(args.duration * args.fps))
     with serve_rtsp(
-        itertools.islice(_frames(args), count), args.port, fps=args.fps, host=args.host
+        itertools.islice(_frames(args), count),
+        args.port,
+        fps=args.fps,
+        host=args.host,
+        credentials=_credentials(args),
     ) as server:
-        print(f"serving RTSP at {server.url} (Ctrl-C stops)")
+        print(f"serving RTSP at {redact(server.url)} (Ctrl-C stops)", flush=True)
         while not stop.wait(1.0):
             pass
     return 0
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``--user`` and the password in ``--password-file``, or None when neither is given."""
+    if args.user is None and args.password_file is None:
+        return None
+    if args.user is None or args.password_file is None:
+        raise CctvError("--user and --password-file go together")
+    try:
+        password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CctvError(f"{args.password_file}: cannot read the password: {e}") from e
+    if not password:
+        raise CctvError(f"{args.password_file}: the file is empty")
+    return args.user, password
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from agent.simulate.scene import Scene
 
 from agent.errors import CaptureError
+from agent.urls import redact, with_password
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ def encode_h264(frames: Iterable[Image], path: Path, fps: float, *, keyint_s: fl
             message = errors.read().decode(errors="replace").strip()
             raise CaptureError(f"ffmpeg failed to encode {path}: {message}")
     return count
+
+
+RTSP_PASSWORD_ENV = "CCTV_RTSP_SERVER_PASSWORD"  # noqa: S105 — the variable's name
+"""The RTSP server child's password (with ``--user``): in its environment, not on its command line."""
 
 
 def run_rtsp_server(
@@ -284,9 +289,18 @@ class ServerProcess:
     """A server in a child process that can be paused, killed and restarted on the same port."""
 
     def __init__(
-        self, argv: Sequence[str], url: str, host: str, port: int, *, ready_timeout_s: float = 15.0
+        self,
+        argv: Sequence[str],
+        url: str,
+        host: str,
+        port: int,
+        *,
+        ready_timeout_s: float = 15.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.env = dict(env or {})
+        """Added to the child's environment (a password: the environment is readable by its owner only)."""
         self.url = url
         self.host = host
         self.port = port
@@ -295,7 +309,7 @@ class ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        env = dict(os.environ)
+        env = dict(os.environ) | self.env
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         with self.log_path.open("ab") as out:
             self._proc = subprocess.Popen(
@@ -305,13 +319,13 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise CaptureError(
-                    f"{self.url}: server exited with {self._proc.returncode}: {self.log_text()}"
+                    f"{redact(self.url)}: server exited with {self._proc.returncode}: {self.log_text()}"
                 )
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
                 return self
             time.sleep(0.05)
         self.kill()
-        raise CaptureError(f"{self.url}: server did not listen within {self.ready_timeout_s} s")
+        raise CaptureError(f"{redact(self.url)}: server did not listen within {self.ready_timeout_s} s")
 
     def log_text(self) -> str:
         """The end of the server's output, for failure messages."""
@@ -377,11 +391,12 @@ def serve_rtsp(
     duration_s: float = 30.0,
     host: str = "127.0.0.1",
     tcp_only: bool = True,
+    credentials: tuple[str, str] | None = None,
 ) -> ServerProcess:
     """Encode ``frames`` (``duration_s`` of a ``Scene``) to ``clip``; serve it over RTSP from a child process.
 
-    ``clip`` defaults to a temporary file next to the server log. Returns the started process;
-    ``close()`` it when done.
+    ``clip`` defaults to a temporary file next to the server log; ``credentials`` (user, password): clients
+    must give them. Returns the started process; ``close()`` it when done.
     """
     from agent.simulate.scene import Scene
 
@@ -391,7 +406,7 @@ def serve_rtsp(
         fps = frames.settings.fps
         frames = (frames.frame(i) for i in range(max(1, round(duration_s * fps))))
     encode_h264(frames, clip, fps)
-    return rtsp_process(clip, port, path, host=host, tcp_only=tcp_only).start()
+    return rtsp_process(clip, port, path, host=host, tcp_only=tcp_only, credentials=credentials).start()
 
 
 def rtsp_process(
@@ -403,16 +418,18 @@ def rtsp_process(
     tcp_only: bool = True,
     credentials: tuple[str, str] | None = None,
 ) -> ServerProcess:
-    """A (not yet started) RTSP server process for an existing H.264 MP4 clip; with ``credentials`` its URL
-    carries them (``rtsp://user:password@host...``). A test server's password is no secret: it goes on the
-    server's command line."""
+    """A (not yet started) RTSP server process for an existing H.264 MP4 clip; with ``credentials`` it asks
+    for them and its URL carries them (``rtsp://user:password@host...``). The password reaches the child in
+    its environment (``RTSP_PASSWORD_ENV``), not on its command line."""
     argv = [SYSTEM_PYTHON, "-m", "agent.simulate.serve", "rtsp", "--clip", str(clip), "--port", str(port)]
     argv += ["--path", path, "--host", host] + ([] if tcp_only else ["--allow-udp"])
-    userinfo = ""
+    url = f"rtsp://{host}:{port}{path}"
+    env = {}
     if credentials is not None:
-        argv += ["--user", credentials[0], "--password", credentials[1]]
-        userinfo = f"{quote(credentials[0], safe='')}:{quote(credentials[1], safe='')}@"
-    return ServerProcess(argv, f"rtsp://{userinfo}{host}:{port}{path}", host, port)
+        argv += ["--user", credentials[0]]
+        env[RTSP_PASSWORD_ENV] = credentials[1]
+        url = with_password(f"rtsp://{quote(credentials[0], safe='')}@{host}:{port}{path}", credentials[1])
+    return ServerProcess(argv, url, host, port, env=env)
 
 
 def mjpeg_process(
@@ -439,8 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rtsp = sub.add_parser("rtsp", help="serve an H.264 MP4 clip over RTSP (system Python with gi)")
     rtsp.add_argument("--clip", type=Path, required=True)
     rtsp.add_argument("--allow-udp", action="store_true", help="also offer UDP transport")
-    rtsp.add_argument("--user", help="ask clients for this user (basic authentication; with --password)")
-    rtsp.add_argument("--password", help="and this password")
+    rtsp.add_argument(
+        "--user",
+        help=f"ask clients for this user (basic authentication) and the password in ${RTSP_PASSWORD_ENV}",
+    )
     mjpeg = sub.add_parser("mjpeg", help="serve a simulated scene as HTTP MJPEG")
     mjpeg.add_argument("--width", type=int, default=640)
     mjpeg.add_argument("--height", type=int, default=360)
@@ -455,9 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.kind == "rtsp":
-        if (args.user is None) != (args.password is None):
-            parser.error("--user and --password go together")
-        credentials = None if args.user is None else (args.user, args.password)
+        password = os.environ.get(RTSP_PASSWORD_ENV)
+        if args.user is not None and not password:
+            parser.error(f"--user needs the password in ${RTSP_PASSWORD_ENV}")
+        credentials = None if args.user is None or password is None else (args.user, password)
         run_rtsp_server(
             args.clip,
             args.port,

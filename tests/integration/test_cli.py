@@ -310,3 +310,51 @@ def test_a_fresh_spool_starts_its_seqs_at_the_clock(mqtt_broker: MqttBroker, tmp
     first = int(log.split("starting at seq=")[1].split(",")[0])
     assert before_us <= first <= time.time_ns() // 1000
     assert json.loads((spool / "state.json").read_text())["next_seq"] > first
+
+
+def _command_lines_holding(text: str) -> list[str]:
+    """Every process's command line on this machine that contains ``text``."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            line = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if text in line:
+                found.append(line)
+    return found
+
+
+def test_simulate_serves_rtsp_that_asks_for_a_password_kept_off_command_lines(tmp_path: Path) -> None:
+    from agent.capture import ffmpeg
+    from agent.errors import CaptureError
+    from agent.simulate.serve import free_port
+    from agent.urls import with_password
+    from tests.fixtures.rtsp import gstreamer_missing
+
+    if (reason := gstreamer_missing()) is not None:
+        pytest.skip(reason)
+    password = "Pw-7e3c9a"
+    (tmp_path / "camera-password").write_text(password + "\n", encoding="utf-8")
+    port = free_port()
+    args = ["simulate", "--serve", "rtsp", "--port", str(port), "--width", "160", "--height", "120"]
+    args += ["--duration", "5", "--user", "viewer", "--password-file", str(tmp_path / "camera-password")]
+    errors = tmp_path / "server.err"
+    with (
+        errors.open("wb") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "agent", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True
+        ) as server,
+    ):
+        try:
+            assert server.stdout is not None
+            said = server.stdout.readline()
+            assert said.startswith(f"serving RTSP at rtsp://viewer:***@127.0.0.1:{port}/cam"), (
+                errors.read_text()
+            )
+            url = with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", password)
+            assert ffmpeg.probe(url, ffmpeg.rtsp_options(5.0), 15).width == 160
+            assert _command_lines_holding(password) == []  # neither the server nor its child show it
+            with pytest.raises(CaptureError, match="401 Unauthorized"):
+                ffmpeg.probe(with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", "wrong"), [], 15)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
