@@ -8,10 +8,13 @@ pixel kept), ``.mp4`` → H.264 (``-crf 23``, yuv420p: a preview, not evidence),
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -83,14 +86,7 @@ def export(
     frames = iter_frames(root, camera, site=site, start=start, end=end)
     if fmt == "png":
         out.mkdir(parents=True, exist_ok=True)
-        n = 0
-        for header, image in frames:
-            path = out / f"{header.seq:08d}.png"
-            if not cv2.imwrite(str(path), image):
-                raise ArchiveError(f"{path}: could not write PNG")
-            n += 1
-            if on_frame is not None:
-                on_frame()
+        n = _write_pngs(frames, out, on_frame)
         return ExportResult(out, fmt, n, None)
     if shutil.which("ffmpeg") is None:
         raise ArchiveError(
@@ -99,6 +95,47 @@ def export(
     rate = fps if fps is not None else estimate_fps(root, camera, site, start, end)
     n = _pipe_to_ffmpeg(frames, out, rate, on_frame)
     return ExportResult(out, fmt, n, rate)
+
+
+def png_writers() -> int:
+    """Threads that compress PNGs while this one decodes: a 1080p frame takes about as long to compress
+    (zlib, in OpenCV, without the GIL) as to decode (measured 55 and 45 ms), and the decoding is a chain."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _write_pngs(
+    frames: Iterator[tuple[RecordHeader, Image]], out: Path, on_frame: Callable[[], None] | None
+) -> int:
+    """Each frame as ``<seq>.png`` in ``out``, written by ``png_writers()`` threads; at most twice that many
+    frames wait in memory. The first failed write stops the export with its path."""
+    workers = png_writers()
+    written = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="png") as pool:
+        pending: deque[Future[None]] = deque()
+
+        def finish_one() -> None:
+            nonlocal written
+            pending.popleft().result()
+            written += 1
+            if on_frame is not None:
+                on_frame()
+
+        try:
+            for header, image in frames:
+                pending.append(pool.submit(_write_png, out / f"{header.seq:08d}.png", image))
+                while len(pending) > 2 * workers:
+                    finish_one()
+            while pending:
+                finish_one()
+        finally:
+            for future in pending:
+                future.cancel()
+    return written
+
+
+def _write_png(path: Path, image: Image) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise ArchiveError(f"{path}: could not write PNG")
 
 
 def _pipe_to_ffmpeg(

@@ -113,6 +113,26 @@ def test_export_png_with_iso_range(
         assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), frames[int(f.stem)])
 
 
+def test_export_png_writes_every_frame_exactly_and_stops_at_a_failed_write(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    """The PNGs are compressed by several threads while the frames decode: every one still exact, and a
+    write that fails (here: a directory where one PNG goes) ends the export with that path, no traceback."""
+    root, frames = pets_archive
+    out = tmp_path / "all"
+    done = cli("export", root, "--camera", "cam1", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert sorted(f.name for f in out.iterdir()) == [f"{s:08d}.png" for s in range(N)]
+    for f in out.iterdir():
+        assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), frames[int(f.stem)])
+    blocked = tmp_path / "blocked"
+    (blocked / "00000004.png").mkdir(parents=True)
+    done = cli("export", root, "--camera", "cam1", "--out", blocked)
+    assert done.returncode == 1
+    assert "00000004.png: could not write PNG" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 def test_export_ffv1_is_exact(pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path) -> None:
     root, frames = pets_archive
