@@ -144,10 +144,11 @@ class CaptureSection(_Validated):
     path: Path | None = None
     """file: a video file; folder: a directory of images replayed in name order."""
     width: int | None = setting(None, lo=16, hi=8192)
-    """Requested size; None = the source's own. Given together with height."""
+    """usb: the frame size asked of the camera; None = its own. Given together with height."""
     height: int | None = setting(None, lo=16, hi=8192)
     fps: float | None = setting(None, check=checks.positive)
-    """Requested (usb) or replay (file/folder) rate; None = the source's own."""
+    """usb: the rate asked of the camera, None = its own; file, folder: the rate the replay is paced to, None =
+    as fast as its frames are coded."""
     fourcc: str | None = None
     """usb only: pixel format to ask the driver for, e.g. ``"MJPG"``."""
     open_timeout_s: float = setting(10.0, check=checks.positive)
@@ -189,6 +190,13 @@ class CaptureSection(_Validated):
             problems.append(("loop", "only used when kind is 'file' or 'folder'"))
         if self.decoder != "auto" and self.kind not in ("file", "rtsp"):
             problems.append(("decoder", "only used when kind is 'file' or 'rtsp'"))
+        problems.extend(
+            (name, "only used when kind is 'usb'")
+            for name in ("width", "height")
+            if self.kind != "usb" and getattr(self, name) is not None
+        )
+        if self.fps is not None and self.kind not in ("usb", "file", "folder"):
+            problems.append(("fps", "only used when kind is 'usb', 'file' or 'folder'"))
         if (self.width is None) != (self.height is None):
             given, missing = ("width", "height") if self.height is None else ("height", "width")
             problems.append((given, f"must be given together with {missing}"))

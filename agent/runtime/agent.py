@@ -54,6 +54,16 @@ def first_seq(state: dict[str, object], last_spooled: int | None) -> int:
     return time.time_ns() // 1000
 
 
+def frame_interval(config: AgentConfig) -> float:
+    """Seconds the loop leaves between frames: ``agent.sample_interval_s`` (a time-lapse), and for a replay
+    (``file``, ``folder``) with ``capture.fps`` one frame every 1/fps, so that the recording plays at that rate,
+    as a camera would film it; without ``fps`` a replay is read as fast as its frames are coded."""
+    interval = config.agent.sample_interval_s
+    if config.capture.kind in ("file", "folder") and config.capture.fps:
+        interval = max(interval, 1.0 / config.capture.fps)
+    return interval
+
+
 @dataclass
 class AgentStats:
     frames: int = 0
@@ -139,7 +149,7 @@ class EdgeAgent:
         self, source: CaptureSource, encoder: FrameEncoder, spool: Spool, sender: Sender, publisher: Publisher
     ) -> None:
         cfg = self.config
-        sample_s = cfg.agent.sample_interval_s
+        sample_s = frame_interval(cfg)
         next_due = 0.0
         next_stats = time.monotonic() + cfg.agent.stats_interval_s
         next_preview = 0.0

@@ -12,6 +12,7 @@ import random
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -73,6 +74,34 @@ def test_every_captured_frame_arrives_bit_exact(
     print(f"\n{len(originals)} frames bit-exact over MQTT, ratio {raw / wire:.2f}")
     assert recorder.status[-1] == b"offline"
     assert not list((tmp_path / "spool").glob("*.rec")), "the spool is empty once everything is acknowledged"
+
+
+def test_a_folder_replay_with_fps_is_paced_to_it(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
+    """capture.fps paces a replay as a camera would film it: the records' capture times are 1/fps apart (the
+    six stills would otherwise be read and coded within milliseconds of each other)."""
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    recorder = Recorder(mqtt_broker.port).start()
+    config = write_config(
+        tmp_path / "agent.toml",
+        port=mqtt_broker.port,
+        spool=tmp_path / "spool",
+        capture=f'kind = "folder"\npath = "{folder}"\nfps = 8.0',
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    try:
+        assert agent.wait(60) == 0, agent.text()[-3000:]
+    finally:
+        agent.close()
+    seqs = recorder.wait_for(lambda s: len(s) >= 6, 20)
+    recorder.stop()
+    assert seqs == set(range(6))
+    times = [recorder.records[seq].header.capture_time_ns for seq in range(6)]
+    gaps_s = np.diff(times) / 1e9
+    assert gaps_s.min() >= 0.120, gaps_s  # 1/8 s, less the clocks' rounding; noise only ever adds time
 
 
 def test_broker_down_mid_stream_loses_nothing(mqtt_broker_factory: BrokerFactory, tmp_path: Path) -> None:

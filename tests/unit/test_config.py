@@ -278,6 +278,15 @@ def test_one_mistake_one_message(dotted: str, value: Any, expected: str) -> None
         ),
         ({"kind": "usb", "loop": True}, "capture.loop: only used when kind is 'file' or 'folder'"),
         ({"kind": "usb", "width": 640}, "capture.width: must be given together with height"),
+        (
+            {"kind": "rtsp", "url": "rtsp://c/", "width": 640, "height": 480},
+            "capture.width: only used when kind is 'usb'",
+        ),
+        ({"kind": "file", "path": "/x", "height": 480}, "capture.height: only used when kind is 'usb'"),
+        (
+            {"kind": "rtsp", "url": "rtsp://c/", "fps": 10},
+            "capture.fps: only used when kind is 'usb', 'file' or 'folder'",
+        ),
         ({"kind": "usb", "height": 480}, "capture.height: must be given together with width"),
         ({"kind": "usb", "fourcc": "MJPEG"}, "capture.fourcc: must be exactly 4 characters, got 'MJPEG'"),
         ({"kind": "simulated", "fourcc": "MJPG"}, "capture.fourcc: only used when kind is 'usb'"),
@@ -319,6 +328,21 @@ def test_capture_kind_needs_its_keys(capture: dict[str, Any], expected: str) -> 
 def test_capture_kinds_accept_their_keys(capture: dict[str, Any]) -> None:
     config = parse_agent_config({"agent": {"camera_id": "c"}, "capture": capture}, env={})
     assert config.capture.kind == capture["kind"]
+
+
+def test_a_replay_with_fps_is_paced_and_a_camera_is_not() -> None:
+    from agent.runtime.agent import frame_interval
+
+    def interval(capture: dict[str, Any], agent: dict[str, Any] | None = None) -> float:
+        return frame_interval(
+            parse_agent_config({"agent": {"camera_id": "c", **(agent or {})}, "capture": capture}, env={})
+        )
+
+    assert interval({"kind": "folder", "path": "frames", "fps": 4}) == 0.25
+    assert interval({"kind": "file", "path": "a.avi", "fps": 4}, {"sample_interval_s": 10}) == 10
+    assert interval({"kind": "file", "path": "a.avi"}) == 0  # as fast as it is coded
+    assert interval({"kind": "usb", "fps": 4}) == 0  # the camera keeps its own pace
+    assert interval({"kind": "usb", "fps": 4}, {"sample_interval_s": 2}) == 2
 
 
 @pytest.mark.parametrize("name", ["a", "cam1", "Cam_1.front-door", "-x", "_", "x" * 64, "0"])
