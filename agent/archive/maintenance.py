@@ -8,9 +8,12 @@ the writer (:meth:`agent.archive.store.Archive.apply_retention`); only the choic
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.archive.paths import check_version, find_cameras, parse_segment
 from agent.archive.reader import CameraReader, Reconstructor
@@ -152,21 +155,77 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(root: Path, on_record: Callable[[], None] | None = None) -> VerifyReport:
-    """Decode every indexed record of every camera and check its frame hash; collect what is wrong."""
+def verify(root: Path, on_record: Callable[[], None] | None = None, jobs: int = 1) -> VerifyReport:
+    """Decode every indexed record of every camera and check its frame hash; collect what is wrong.
+
+    ``jobs`` > 1 verifies that many cameras at once, each in its own process: a camera's records decode as
+    one chain from each key, so a camera is the unit (a 1080p frame takes about 45 ms to decode: one camera
+    filming a frame a second for a day is an hour of one core). The report is the same, in camera order.
+    """
     report = VerifyReport()
     try:
         check_version(root, create=False)
     except CctvError as e:
         report.problems.append(str(e))
         return report
-    for site, camera in find_cameras(root, include_unindexed=True):
-        report.cameras += 1
-        try:
-            _verify_camera(root, site, camera, report, on_record)
-        except CctvError as e:
-            report.problems.append(f"{site}/{camera}: {e}")
+    cameras = find_cameras(root, include_unindexed=True)
+    report.cameras = len(cameras)
+    if jobs <= 1 or len(cameras) <= 1:
+        for site, camera in cameras:
+            _verify_one_into(root, site, camera, report, on_record)
+        return report
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may run threads
+    seen = context.Value("q", 0)
+    with ProcessPoolExecutor(
+        min(jobs, len(cameras)), mp_context=context, initializer=_count_into, initargs=(seen,)
+    ) as pool:
+        futures = [pool.submit(_verify_one, root, site, camera) for site, camera in cameras]
+        shown = 0
+        while True:
+            done, _ = wait(futures, timeout=0.2)
+            if on_record is not None:
+                for _ in range(seen.value - shown):
+                    on_record()
+                shown = seen.value
+            if len(done) == len(futures):
+                break
+        for future in futures:
+            part = future.result()
+            report.records += part.records
+            report.decoded += part.decoded
+            report.problems += part.problems
+            report.notes += part.notes
     return report
+
+
+_seen: Any = None
+"""In a worker process of ``verify``: the shared count of records looked at, for the parent's progress."""
+
+
+def _count_into(seen: Any) -> None:
+    global _seen
+    _seen = seen
+
+
+def _count_one() -> None:
+    with _seen.get_lock():
+        _seen.value += 1
+
+
+def _verify_one(root: Path, site: str, camera: str) -> VerifyReport:
+    """One camera's part of the report (in a worker process)."""
+    part = VerifyReport()
+    _verify_one_into(root, site, camera, part, _count_one if _seen is not None else None)
+    return part
+
+
+def _verify_one_into(
+    root: Path, site: str, camera: str, report: VerifyReport, on_record: Callable[[], None] | None
+) -> None:
+    try:
+        _verify_camera(root, site, camera, report, on_record)
+    except CctvError as e:
+        report.problems.append(f"{site}/{camera}: {e}")
 
 
 def _verify_camera(

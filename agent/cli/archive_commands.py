@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,12 @@ def register(sub: Any) -> None:
         "whose reference never arrived. Exit status 0 only if there is none.",
     )
     p.add_argument("root", type=Path, help="archive root directory")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="cameras verified at once, each in its own process (default: the number of CPUs, %(default)s)",
+    )
     p.set_defaults(handler=cmd_verify)
 
     p = commands.add_parser(
@@ -129,9 +136,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from agent.archive.maintenance import info, verify
 
+    if args.jobs < 1:
+        raise CctvError(f"--jobs must be at least 1, got {args.jobs}")
+
     total = sum(c.frames for c in info(args.root)) if (args.root / "VERSION").exists() else None
     with Progress(total, "verifying") as bar:
-        report = verify(args.root, on_record=bar.advance)
+        report = verify(args.root, on_record=bar.advance, jobs=args.jobs)
     for note in report.notes:
         print(f"note: {note}")
     for problem in report.problems:

@@ -155,6 +155,32 @@ def test_verify_names_the_corrupted_record(archive_root: Path, tmp_path: Path) -
     assert [h.seq for h, _ in iter_frames(copy, "cam1")] == [0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15]
 
 
+def test_verify_in_parallel_gives_the_serial_report(tmp_path: Path, pets: tuple[Frames, list[bytes]]) -> None:
+    """Three cameras, one with a damaged record: verified one camera a process, the report is the serial
+    one (counts, problems in camera order) and the progress callback still sees every record."""
+    frames, _ = pets
+    with Archive(tmp_path) as archive:
+        for camera in ("cam-a", "cam-b", "cam-c"):
+            encoder = FrameEncoder(camera, CodecSettings(max_key_interval_frames=6, max_key_interval_s=0.0))
+            for i, f in enumerate(frames):
+                archive.store(pack_record(encoder.encode(f, i * 40_000_000)), "lab")
+    with CameraReader(tmp_path, "lab", "cam-b") as reader:
+        victim = reader.row(8)
+    assert victim is not None
+    segment = tmp_path / "lab" / "cam-b" / victim.day / f"segment-{victim.segment:06d}.cctv"
+    data = bytearray(segment.read_bytes())
+    data[victim.offset + victim.size // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    serial = verify(tmp_path)
+    seen: list[int] = []
+    parallel = verify(tmp_path, on_record=lambda: seen.append(1), jobs=3)
+    assert (parallel.cameras, parallel.records, parallel.decoded) == (3, 3 * N, 3 * N - 4)
+    assert parallel.problems == serial.problems
+    assert parallel.notes == serial.notes
+    assert all("cam-b seq=" in p for p in parallel.problems)
+    assert len(seen) == 3 * N
+
+
 def test_verify_catches_a_wrong_frame_hash_behind_a_valid_crc(
     tmp_path: Path, pets: tuple[Frames, list[bytes]]
 ) -> None:
