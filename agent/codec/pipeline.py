@@ -316,8 +316,18 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
                 + (" (a YUV420 member needs a YUV420 reference)" if Stage.YUV420 in stages else "")
             )
     data: Planes
+    blocks = Stage.BLOCK_CHROMA in stages
+    # MED straight before CTX, on every plane as it is: undone by the coder's own pass.
+    fused_med = stages[-2:] == (Stage.MED, Stage.CTX) and not blocks and Stage.JPEG_CHROMA not in stages
     if Stage.CTX in stages:
-        data = native.ctx_decode(payload, channels, height, width, group_planes=header.group_planes)
+        data = native.ctx_decode(
+            payload,
+            channels,
+            height,
+            width,
+            group_planes=header.group_planes,
+            unmed=signedness(stages, channels) if fused_med else None,
+        )
     else:
         raw = payload
         packed_bound = frame_bytes + frame_bytes // 128 + channels * height + 16
@@ -330,9 +340,10 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
             raise WireFormatError(f"payload decodes to {len(raw)} bytes, the frame needs {frame_bytes}")
         data = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
         del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
-    blocks = Stage.BLOCK_CHROMA in stages
     for stage in reversed(stages):
-        if stage is Stage.MED and Stage.JPEG_CHROMA in stages:
+        if stage is Stage.MED and fused_med:
+            pass  # undone with CTX
+        elif stage is Stage.MED and Stage.JPEG_CHROMA in stages:
             data = transforms.unmed_jpeg(data)
         elif stage is Stage.JPEG_CHROMA:
             if Stage.QUANTIZE_G in stages:  # plane 0 holds G's codes: the stage's G is their reconstruction

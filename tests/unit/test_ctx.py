@@ -62,6 +62,27 @@ def test_any_planes_round_trip_within_the_size_bound(planes: np.ndarray) -> None
     assert np.array_equal(decoded, planes)
 
 
+@given(planes_strategy, st.lists(st.booleans(), min_size=3, max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_undoing_med_in_the_decode_pass_is_unmed_after_it(planes: np.ndarray, signed: list[bool]) -> None:
+    """``ctx_decode(..., unmed=...)`` (the decoder's path for a record whose last pixel stage is MED) gives
+    what undoing MED after decoding gives, for coded and stored planes, signed or not."""
+    flags = tuple(signed[: planes.shape[0]])
+    payload = native.ctx_encode(T.med(planes, flags))
+    fused = native.ctx_decode(payload, *planes.shape, unmed=flags)
+    assert np.array_equal(fused, planes)
+    assert np.array_equal(fused, T.unmed(native.ctx_decode(payload, *planes.shape), flags))
+
+
+def test_undoing_med_in_the_decode_pass_reads_old_planes_too() -> None:
+    """Run planes and planes without runs (versions 2-3) take MED off row by row after their coder."""
+    for payload, shape in ((V3_RUNS_PAYLOAD, (1, 8, 8)),):
+        values = native.ctx_decode(payload, *shape, group_planes=False)
+        for signed in (False, True):
+            fused = native.ctx_decode(payload, *shape, group_planes=False, unmed=(signed,))
+            assert np.array_equal(fused, T.unmed(values, (signed,)))
+
+
 def test_noise_is_stored_and_residuals_shrink() -> None:
     rng = np.random.default_rng(5)
     noise = rng.integers(0, 256, (3, 64, 80), dtype=np.uint8)
