@@ -69,16 +69,16 @@ def ctx_decode(
     width: int,
     *,
     group_planes: bool = True,
-    unmed: tuple[bool, ...] | None = None,
+    unmed: tuple[bool | None, ...] | None = None,
 ) -> Planes:
     """Inverse of :func:`ctx_encode`; allocates exactly ``C·H·W`` bytes whatever the payload says.
 
     ``group_planes``: the payload may hold group planes (records of wire format version 4 on); in an older
-    record the same byte is a corrupted table count, and is refused as one. ``unmed``: the planes are MED
-    residuals (each signed or not, as for :func:`unmed`), and come back with MED undone too, in the same pass
-    (what ``unmed(ctx_decode(...))`` gives, a third faster at 1080p).
+    record the same byte is a corrupted table count, and is refused as one. ``unmed``: for each plane, whether
+    it holds signed MED residuals (as for :func:`unmed`), or None for a plane MED did not predict; the planes
+    come back with MED undone too, in the same pass (what ``unmed(ctx_decode(...))`` gives, 1.15-1.28x faster).
     """
-    flips = None if unmed is None else bytes(0x80 if signed else 0x01 for signed in unmed)
+    flips = None if unmed is None else bytes(0 if s is None else 0x80 if s else 0x01 for s in unmed)
     try:
         raw: bytes = _module().decode(payload, channels, height, width, group_planes, flips)
     except ValueError as e:

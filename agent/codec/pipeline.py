@@ -317,16 +317,23 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
             )
     data: Planes
     blocks = Stage.BLOCK_CHROMA in stages
-    # MED straight before CTX, on every plane as it is: undone by the coder's own pass.
-    fused_med = stages[-2:] == (Stage.MED, Stage.CTX) and not blocks and Stage.JPEG_CHROMA not in stages
+    # MED (or MED_CHROMA: planes 1 and 2) straight before CTX, on the planes as they are: undone by the coder's
+    # own pass. BLOCK_CHROMA and JPEG_CHROMA lay their planes out first and have MED passes of their own.
+    fused_med = (
+        len(stages) >= 2
+        and stages[-1] is Stage.CTX
+        and stages[-2] in (Stage.MED, Stage.MED_CHROMA)
+        and not blocks
+        and Stage.JPEG_CHROMA not in stages
+    )
     if Stage.CTX in stages:
+        unmed: tuple[bool | None, ...] | None = None
+        if fused_med:
+            unmed = signedness(stages, channels)
+            if stages[-2] is Stage.MED_CHROMA:
+                unmed = (None, *unmed[1:])
         data = native.ctx_decode(
-            payload,
-            channels,
-            height,
-            width,
-            group_planes=header.group_planes,
-            unmed=signedness(stages, channels) if fused_med else None,
+            payload, channels, height, width, group_planes=header.group_planes, unmed=unmed
         )
     else:
         raw = payload
@@ -341,7 +348,7 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
         data = np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)
         del raw  # the array holds the buffer; it is freed as soon as the first pixel stage replaces it
     for stage in reversed(stages):
-        if stage is Stage.MED and fused_med:
+        if stage in (Stage.MED, Stage.MED_CHROMA) and fused_med:
             pass  # undone with CTX
         elif stage is Stage.MED and Stage.JPEG_CHROMA in stages:
             data = transforms.unmed_jpeg(data)

@@ -419,6 +419,29 @@ def test_pipeline_round_trips_real_frames(pets_cut: object, stages: tuple[Stage,
     assert np.array_equal(decode_planes(_header_for(cur, stages), payload, ref), cur)
 
 
+@pytest.mark.parametrize("med", [Stage.MED, Stage.MED_CHROMA])
+@pytest.mark.parametrize(
+    "first", [None, Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG, Stage.QUANTIZE_G]
+)
+def test_med_then_ctx_decodes_in_one_pass_to_the_encoders_reconstruction(
+    pets_cut: object, first: Stage | None, med: Stage
+) -> None:
+    """Records whose stages end MED or MED_CHROMA, CTX take MED off inside CTX's decode pass (the chroma
+    planes alone for MED_CHROMA): real frames, exact and at T=2, back to the encoder's reconstruction."""
+    cap = cv2.VideoCapture(str(pets_cut))
+    frames = [cap.read()[1] for _ in range(3)]
+    cap.release()
+    ref, cur = T.to_planes(frames[0]), T.to_planes(frames[2])
+    makes_own_chroma = first in (Stage.RESIDUAL_QG, Stage.QUANTIZE_G)
+    chosen = (first, None if makes_own_chroma else Stage.RCT, med, Stage.CTX)
+    stages = tuple(s for s in chosen if s is not None)
+    tolerance = 2 if first in (Stage.RESIDUAL_Q, *FOLLOW_G) else 0
+    referenced = first in (Stage.RESIDUAL, Stage.RESIDUAL_Q, Stage.RESIDUAL_QG)
+    payload, recon = encode_planes(cur, stages, reference=ref if referenced else None, tolerance=tolerance)
+    header = replace(_header_for(cur, stages, tolerance), ref_seq=1 if referenced else 2)
+    assert np.array_equal(decode_planes(header, payload, ref if referenced else None), recon)
+
+
 @pytest.mark.parametrize("entropy", [Stage.CTX, Stage.ZSTD])
 @pytest.mark.parametrize("med", [None, Stage.MED, Stage.MED_CHROMA])
 @pytest.mark.parametrize(
