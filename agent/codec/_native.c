@@ -565,19 +565,20 @@ static inline int med_undo(int e, int a, int b, int c) {
     return (e + p) & 0xff;
 }
 
+/* MED undone in place over one row of residuals; up is the row above, reconstructed, or NULL for the first. */
+static void med_undo_row(uint8_t *row, const uint8_t *up, Py_ssize_t w, int flip) {
+    int a = 0, c = 0;
+    for (Py_ssize_t x = 0; x < w; x++) {
+        const int b = up ? up[x] ^ flip : 0;
+        a = med_undo(row[x], a, b, c);
+        c = b;
+        row[x] = (uint8_t)(a ^ flip);
+    }
+}
+
 /* MED undone in place over a whole plane of residuals (a stored plane). */
 static void med_undo_plane(uint8_t *plane, Py_ssize_t h, Py_ssize_t w, int flip) {
-    for (Py_ssize_t y = 0; y < h; y++) {
-        uint8_t *row = plane + y * w;
-        const uint8_t *up = row - w;
-        int a = 0, c = 0;
-        for (Py_ssize_t x = 0; x < w; x++) {
-            const int b = y ? up[x] ^ flip : 0;
-            a = med_undo(row[x], a, b, c);
-            c = b;
-            row[x] = (uint8_t)(a ^ flip);
-        }
-    }
+    for (Py_ssize_t y = 0; y < h; y++) med_undo_row(plane + y * w, y ? plane + (y - 1) * w : NULL, w, flip);
 }
 
 /* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. With med
@@ -682,8 +683,8 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
         uint32_t left2 = 0; /* 2 × the left neighbour's magnitude */
         int after_run = !runs; /* without runs every event is a sample event */
         Py_ssize_t x = 0;
-        if (fused) {
-            int left_flag = 0, a = 0, c = 0; /* MED's left and above-left neighbours, XOR flip */
+        if (grouped) {
+            int left_flag = 0, a = 0, c = 0; /* fused: MED's left and above-left neighbours, XOR flip */
             for (Py_ssize_t g = 0; x < w; g++) {
                 const Py_ssize_t stop = x + GROUP < w ? x + GROUP : w;
                 const uint32_t t = ntables + (uint32_t)(left_flag + 2 * up_flags[g]);
@@ -691,13 +692,18 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
                 if (flag < 0) break;
                 up_flags[g] = (uint8_t)flag;
                 left_flag = flag;
-                if (!flag) { /* every residual of the group is the centre */
-                    for (; x < stop; x++) {
-                        const int b = y ? prow[x] ^ flip : 0;
-                        a = med_undo((int)centre, a, b, c);
-                        c = b;
-                        orow[x] = (uint8_t)(a ^ flip);
-                        upper[x + 1] = 0;
+                if (!flag) { /* every symbol of the group is 0: every residual the centre */
+                    if (fused) {
+                        for (; x < stop; x++) {
+                            const int b = y ? prow[x] ^ flip : 0;
+                            a = med_undo((int)centre, a, b, c);
+                            c = b;
+                            orow[x] = (uint8_t)(a ^ flip);
+                            upper[x + 1] = 0;
+                        }
+                    } else {
+                        memset(orow + x, 0, (size_t)(stop - x));
+                        x = stop;
                     }
                     left2 = 0;
                     continue;
@@ -707,41 +713,15 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
                     const int s = dec_get(&st[event++ % NSTATES], &ptr, end, lut[tab_of[act]], fstart[tab_of[act]]);
                     if (s < 0) break;
                     left2 = MAG2[s];
-                    upper[x + 1] = MAG[s];
-                    const int b = y ? prow[x] ^ flip : 0;
-                    a = med_undo((int)((s + centre) & 0xff), a, b, c);
-                    c = b;
-                    orow[x] = (uint8_t)(a ^ flip);
-                }
-                if (x < stop) break;
-            }
-            if (x < w) {
-                err = "CTX stage runs out of coded bytes";
-                goto done;
-            }
-            continue; /* the row is reconstructed, its magnitudes are the next row's context */
-        }
-        if (grouped) {
-            int left_flag = 0;
-            for (Py_ssize_t g = 0; x < w; g++) {
-                const Py_ssize_t stop = x + GROUP < w ? x + GROUP : w;
-                const uint32_t t = ntables + (uint32_t)(left_flag + 2 * up_flags[g]);
-                const int flag = dec_get(&st[event++ % NSTATES], &ptr, end, lut[t], fstart[t]); /* 0 or 1 */
-                if (flag < 0) break;
-                up_flags[g] = (uint8_t)flag;
-                left_flag = flag;
-                if (!flag) {
-                    memset(orow + x, 0, (size_t)(stop - x));
-                    x = stop;
-                    left2 = 0;
-                    continue;
-                }
-                for (; x < stop; x++) {
-                    const uint32_t act = part[x] + left2;
-                    const int s = dec_get(&st[event++ % NSTATES], &ptr, end, lut[tab_of[act]], fstart[tab_of[act]]);
-                    if (s < 0) break;
-                    orow[x] = (uint8_t)s;
-                    left2 = MAG2[s];
+                    if (fused) { /* loop-invariant: the compiler keeps two copies of the loop */
+                        upper[x + 1] = MAG[s];
+                        const int b = y ? prow[x] ^ flip : 0;
+                        a = med_undo((int)((s + centre) & 0xff), a, b, c);
+                        c = b;
+                        orow[x] = (uint8_t)(a ^ flip);
+                    } else {
+                        orow[x] = (uint8_t)s;
+                    }
                 }
                 if (x < stop) break;
             }
@@ -776,19 +756,12 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
             err = "CTX stage runs out of coded bytes";
             goto done;
         }
+        if (fused) continue; /* the row is reconstructed, its magnitudes are the next row's context */
         for (Py_ssize_t i = 0; i < w; i++) {
             orow[i] = (uint8_t)(orow[i] + centre);
             upper[i + 1] = MAG[(uint8_t)(orow[i] - centre)];
         }
-        if (med) { /* a plane without groups (versions 2-3): MED undone row by row, after the coder */
-            int a = 0, c = 0;
-            for (Py_ssize_t i = 0; i < w; i++) {
-                const int b = y ? prow[i] ^ flip : 0;
-                a = med_undo(orow[i], a, b, c);
-                c = b;
-                orow[i] = (uint8_t)(a ^ flip);
-            }
-        }
+        if (med) med_undo_row(orow, y ? prow : NULL, w, flip); /* a plane without groups (versions 2-3) */
     }
     if (ptr != end || st[0] != RANS_L || st[1] != RANS_L || st[2] != RANS_L || st[3] != RANS_L)
         err = "CTX stage does not end where its coder does";
