@@ -49,6 +49,7 @@ def open_source(
     reconnect_max_s: float = 60.0,
     loop: bool = False,
     decoder: str = "auto",
+    ca_file: Path | None = None,
     sim: SceneSettings | None = None,
 ) -> CaptureSource:
     """Build the source for ``kind``; it is *not* opened yet: use ``with`` or call ``open()``.
@@ -81,6 +82,7 @@ def open_source(
         return StreamSource(
             url,
             decoder=decoder,
+            ca_file=ca_file,
             open_timeout_s=open_timeout_s,
             read_timeout_s=read_timeout_s,
             stall_timeout_s=stall_timeout_s,

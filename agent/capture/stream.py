@@ -16,6 +16,13 @@ FFmpeg backend scales every decoded picture to the size it probed when opening. 
 stream is therefore opened in raw mode and each JPEG decoded here, at its own size. For H.264/H.265
 over RTSP the new size shows after the next reconnect -- cameras end the RTSP session when their
 resolution is changed, so in practice that is at once.
+
+RTSPS and the camera's certificate: the ffmpeg child encrypts but does not verify it (Debian 12's ffmpeg 5.1
+has no option to: ``-tls_verify`` and ``-ca_file`` are unknown to its RTSP client). With ``ca_file`` the
+certificate must verify against that file, the camera's own self-signed certificate or the CA that signed it,
+and name the host in the URL; OpenCV's FFmpeg takes both options, so such a camera is decoded by OpenCV.
+Without ``ca_file`` OpenCV does what its build does: PyPI's OpenCV 5 checks against the system's CAs, 4.x
+does not check.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,10 +74,12 @@ class _JpegCapture:
         self._cap.release()
 
 
-def ffmpeg_options(url: str) -> str:
-    """The FFmpeg options string for ``url`` (``key;value|key;value``, OpenCV's syntax)."""
+def ffmpeg_options(url: str, ca_file: Path | None = None) -> str:
+    """The FFmpeg options string for ``url`` (``key;value|key;value``, OpenCV's syntax); with ``ca_file`` the
+    camera's certificate must verify against it."""
     if urlsplit(url).scheme.lower() in ("rtsp", "rtsps"):
-        return "rtsp_transport;tcp"
+        verify = "" if ca_file is None else f"|ca_file;{ca_file}|tls_verify;1"
+        return "rtsp_transport;tcp" + verify
     return ""
 
 
@@ -86,6 +96,7 @@ class StreamSource(LiveSource):
         reconnect_max_s: float = 60.0,
         name: str | None = None,
         decoder: str = "auto",
+        ca_file: Path | None = None,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in SCHEMES:
@@ -104,13 +115,17 @@ class StreamSource(LiveSource):
             raise CaptureError(
                 f"{self.name}: decoder = 'ffmpeg' is for RTSP; HTTP MJPEG is decoded by OpenCV"
             )
+        if ca_file is not None:
+            _check_ca_file(ca_file, scheme, decoder, self.name)
         self.url = url
         self.decoder = decoder
+        self.ca_file = ca_file
+        """RTSPS: the certificate (or CA) the camera's certificate must verify against; None = not checked."""
         self.decoded_by = ""
         """``"ffmpeg"`` or ``"opencv"``: who decodes the current connection."""
 
     def _open_capture(self) -> Capture:
-        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps"):
+        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps") and self.ca_file is None:
             child = self._open_child()
             if child is not None:
                 return child
@@ -122,7 +137,7 @@ class StreamSource(LiveSource):
                 return _JpegCapture(raw, self.name)
             raw.release()
         cap = self._open_ffmpeg([])
-        self._log_opened(cap, f"FFmpeg options {ffmpeg_options(self.url)!r}")
+        self._log_opened(cap, f"FFmpeg options {ffmpeg_options(self.url, self.ca_file)!r}")
         opened: Capture = cap
         return opened
 
@@ -147,7 +162,7 @@ class StreamSource(LiveSource):
             round(self.read_timeout_s * 1000),
             *extra,
         ]
-        options = ffmpeg_options(self.url)
+        options = ffmpeg_options(self.url, self.ca_file)
         with _env_lock:
             before = os.environ.get(_OPTIONS_ENV)
             if options:
@@ -163,9 +178,14 @@ class StreamSource(LiveSource):
                     os.environ[_OPTIONS_ENV] = before
         if not cap.isOpened():
             cap.release()
+            certificate = (
+                f"; that its certificate verifies against {self.ca_file} and names the host"
+                if self.ca_file is not None
+                else ""
+            )
             raise CaptureError(
                 f"{self.name}: could not open within {self.open_timeout_s:.0f} s "
-                "(check the address, credentials and that the camera is reachable)"
+                f"(check the address, credentials and that the camera is reachable{certificate})"
             )
         return cap
 
@@ -178,3 +198,16 @@ class StreamSource(LiveSource):
             cap.get(cv2.CAP_PROP_FPS),
             how,
         )
+
+
+def _check_ca_file(ca_file: Path, scheme: str, decoder: str, name: str) -> None:
+    """Refuse a ``ca_file`` that would not be used, or could not be said to OpenCV (see the module note)."""
+    if scheme != "rtsps":
+        raise CaptureError(f"{name}: a CA file is for rtsps:// cameras only")
+    if decoder == "ffmpeg":
+        raise CaptureError(
+            f"{name}: decoder = 'ffmpeg' cannot check the camera's certificate (the ffmpeg command's RTSP "
+            "client takes no CA file); with a CA file the camera is decoded by OpenCV: use 'auto' or 'opencv'"
+        )
+    if any(c in str(ca_file) for c in "|;"):
+        raise CaptureError(f"{name}: the CA file's path must not hold '|' or ';' (OpenCV's option syntax)")

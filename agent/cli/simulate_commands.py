@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
         epilog="examples:\n  cctv-agent simulate --out frames/ --frames 100\n"
         "  cctv-agent simulate --serve mjpeg --port 8080\n"
         "  cctv-agent simulate --serve rtsp --port 8554 --replay clip.avi\n"
-        "  cctv-agent simulate --serve rtsp --user viewer --password-file camera-password",
+        "  cctv-agent simulate --serve rtsp --user viewer --password-file camera-password\n"
+        "  cctv-agent simulate --serve rtsp --tls-cert camera.crt --tls-key camera.key   # rtsps://",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--seed", type=int, default=1, help="scene seed (default: %(default)s)")
@@ -51,6 +52,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--password-file", type=Path, help="rtsp: a file holding the password (as capture.password_file)"
     )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="rtsp: serve RTSPS with this certificate (PEM, with --tls-key); the agent checks it when "
+        "capture.ca_file names it or its CA",
+    )
+    p.add_argument("--tls-key", type=Path, help="rtsp: the certificate's private key (PEM)")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser(
@@ -105,6 +113,13 @@ def _scene_settings(args: argparse.Namespace) -> Any:
 def cmd_simulate(args: argparse.Namespace) -> int:
     if (args.user is not None or args.password_file is not None) and args.serve != "rtsp":
         raise CctvError("--user and --password-file are for --serve rtsp")
+    if (args.tls_cert is not None or args.tls_key is not None) and args.serve != "rtsp":
+        raise CctvError("--tls-cert and --tls-key are for --serve rtsp")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CctvError("--tls-cert and --tls-key go together")
+    for pem in (args.tls_cert, args.tls_key):
+        if pem is not None and not pem.is_file():
+            raise CctvError(f"{pem}: no such file")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         with Progress(args.frames, "simulating") as bar:
@@ -134,8 +149,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         fps=args.fps,
         host=args.host,
         credentials=_credentials(args),
+        tls=None if args.tls_cert is None else (args.tls_cert, args.tls_key),
     ) as server:
-        print(f"serving RTSP at {redact(server.url)} (Ctrl-C stops)", flush=True)
+        kind = "RTSP" if args.tls_cert is None else "RTSPS"
+        print(f"serving {kind} at {redact(server.url)} (Ctrl-C stops)", flush=True)
         while not stop.wait(1.0):
             pass
     return 0

@@ -141,6 +141,10 @@ class CaptureSection(_Validated):
     ``credential:NAME`` or literal); ``url`` names its user and, once loaded, carries it."""
     password_file: Path | None = None
     """rtsp, http: where the camera's password was read from (for messages; the secret is in ``url``)."""
+    ca_file: Path | None = None
+    """rtsps only: the camera's certificate must verify against this PEM file (the camera's own self-signed
+    certificate, or the CA that signed it) and name the URL's host; such a camera is decoded by OpenCV. None =
+    not verified by the ffmpeg child (see ``agent.capture.stream``)."""
     path: Path | None = None
     """file: a video file; folder: a directory of images replayed in name order."""
     width: int | None = setting(None, lo=16, hi=8192)
@@ -181,6 +185,8 @@ class CaptureSection(_Validated):
             for name in ("password", "password_file")
             if not streams and getattr(self, name) is not None
         )
+        if self.ca_file is not None:
+            problems.extend(self._ca_file_problems())
         replays = self.kind in ("file", "folder")
         if replays and self.path is None:
             problems.append(("path", f"required when kind = {self.kind!r}"))
@@ -209,6 +215,21 @@ class CaptureSection(_Validated):
         if self.kind == "usb" and isinstance(self.device, str) and not self.device:
             problems.append(("device", "must not be empty"))
         return problems
+
+    def _ca_file_problems(self) -> list[Problem]:
+        if self.kind != "rtsp" or self.url is None or not self.url.startswith("rtsps://"):
+            return [("ca_file", "only used with an rtsps:// url (kind = 'rtsp')")]
+        if self.decoder == "ffmpeg":
+            return [
+                (
+                    "ca_file",
+                    "the ffmpeg child cannot check a camera's certificate (its RTSP client takes no CA file): "
+                    "set decoder = 'auto' or 'opencv', which decode such a camera with OpenCV",
+                )
+            ]
+        if any(c in str(self.ca_file) for c in "|;"):
+            return [("ca_file", "must not hold '|' or ';' (OpenCV's option syntax)")]
+        return []
 
 
 # --- [codec] ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ the capture code sees one URL as before; the ffmpeg child reads that URL from it
 command line (``agent.capture.ffmpeg``).
 
 TLS files (``ca_file``, ``cert_file``, ``key_file``) follow the same lookup (``credential:NAME``, relative
-names) and must exist and be readable when TLS is enabled. Paths are resolved here, on the raw table, so that
-the models only ever see final values and error messages never show a secret.
+names) and must exist and be readable when TLS is enabled; so does the camera's ``capture.ca_file``. Paths are
+resolved here, on the raw table, so that the models only ever see final values and error messages never show
+a secret.
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def resolve_capture_secrets(
     table: Any, path: str, env: Mapping[str, str], base_dir: Path | None, problems: Problems
 ) -> Any:
     """A copy of the raw ``[capture]`` table whose ``url`` carries the camera's password, when one is given
-    apart from it (``CCTV_CAMERA_PASSWORD``, ``password_file``, ``password``); the table unchanged otherwise.
-    The environment variable only counts for a camera, a table with a ``url``."""
+    apart from it (``CCTV_CAMERA_PASSWORD``, ``password_file``, ``password``), and whose ``ca_file`` is found
+    as the TLS files are. The environment variable only counts for a camera, a table with a ``url``."""
     if not isinstance(table, Mapping):
         return table  # the schema reports the wrong type
     out = dict(table)
+    ca_file = out.get("ca_file")
+    if isinstance(ca_file, str) and ca_file:
+        file = locate(ca_file, env.get(CREDENTIALS_ENV) or None, base_dir, f"{path}.ca_file", problems)
+        out["ca_file"] = str(file) if file is not None else ca_file
     url = out.get("url")
     in_file = "password" in out or "password_file" in out
     from_env = env.get(CAMERA_PASSWORD_ENV) if isinstance(url, str) else None

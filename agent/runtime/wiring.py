@@ -28,6 +28,7 @@ def make_source(config: AgentConfig) -> CaptureSource:
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
         decoder=c.decoder,
+        ca_file=c.ca_file,
         sim=SceneSettings(
             seed=sim.seed,
             width=sim.width,

@@ -104,19 +104,21 @@ def run_rtsp_server(
     tcp_only: bool = True,
     stop: threading.Event | None = None,
     credentials: tuple[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serve the H.264 MP4 ``clip`` at ``rtsp://host:port/path`` until ``stop`` is set or SIGTERM.
 
     Needs GStreamer's Python bindings (system Python). ``tcp_only`` refuses UDP transport, so a
     client that does not ask for TCP fails instead of silently using UDP. ``credentials`` (user,
-    password): the stream asks for them with basic authentication, as most cameras do.
+    password): the stream asks for them with basic authentication, as most cameras do. ``tls``
+    (certificate, key; PEM files): RTSPS, at ``rtsps://``, as some cameras offer (UniFi's, say).
     """
     import gi  # type: ignore[import-not-found]  # only the system Python has it
 
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtsp", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # type: ignore[import-not-found]
+    from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # type: ignore[import-not-found]
 
     if not clip.is_file():
         raise FileNotFoundError(f"RTSP clip {clip} does not exist")
@@ -132,11 +134,16 @@ def run_rtsp_server(
     factory.set_shared(False)
     if tcp_only:
         factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
-    if credentials is not None:
+    if credentials is not None or tls is not None:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", "viewer")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(*credentials), token)
+        if credentials is not None:
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(*credentials), token)
+        else:
+            auth.set_default_token(token)  # anyone may watch; the auth object only carries the certificate
+        if tls is not None:
+            auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(str(tls[0]), str(tls[1])))
         server.set_auth(auth)
         permissions = GstRtspServer.RTSPPermissions()
         for permission in ("media.factory.access", "media.factory.construct"):
@@ -156,7 +163,7 @@ def run_rtsp_server(
     GLib.timeout_add(500, poll_stop)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, lambda: loop.quit() or False)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, lambda: loop.quit() or False)
-    log.info("serving %s at rtsp://%s:%d%s", clip, host, port, path)
+    log.info("serving %s at %s://%s:%d%s", clip, "rtsp" if tls is None else "rtsps", host, port, path)
     loop.run()
 
 
@@ -392,11 +399,13 @@ def serve_rtsp(
     host: str = "127.0.0.1",
     tcp_only: bool = True,
     credentials: tuple[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> ServerProcess:
     """Encode ``frames`` (``duration_s`` of a ``Scene``) to ``clip``; serve it over RTSP from a child process.
 
     ``clip`` defaults to a temporary file next to the server log; ``credentials`` (user, password): clients
-    must give them. Returns the started process; ``close()`` it when done.
+    must give them; ``tls`` (certificate, key): serve RTSPS. Returns the started process; ``close()`` it when
+    done.
     """
     from agent.simulate.scene import Scene
 
@@ -406,7 +415,9 @@ def serve_rtsp(
         fps = frames.settings.fps
         frames = (frames.frame(i) for i in range(max(1, round(duration_s * fps))))
     encode_h264(frames, clip, fps)
-    return rtsp_process(clip, port, path, host=host, tcp_only=tcp_only, credentials=credentials).start()
+    return rtsp_process(
+        clip, port, path, host=host, tcp_only=tcp_only, credentials=credentials, tls=tls
+    ).start()
 
 
 def rtsp_process(
@@ -417,18 +428,25 @@ def rtsp_process(
     host: str = "127.0.0.1",
     tcp_only: bool = True,
     credentials: tuple[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> ServerProcess:
     """A (not yet started) RTSP server process for an existing H.264 MP4 clip; with ``credentials`` it asks
     for them and its URL carries them (``rtsp://user:password@host...``). The password reaches the child in
-    its environment (``RTSP_PASSWORD_ENV``), not on its command line."""
+    its environment (``RTSP_PASSWORD_ENV``), not on its command line. With ``tls`` (certificate and key PEM
+    files) it serves RTSPS and its URL starts ``rtsps://``."""
     argv = [SYSTEM_PYTHON, "-m", "agent.simulate.serve", "rtsp", "--clip", str(clip), "--port", str(port)]
     argv += ["--path", path, "--host", host] + ([] if tcp_only else ["--allow-udp"])
-    url = f"rtsp://{host}:{port}{path}"
+    scheme = "rtsp" if tls is None else "rtsps"
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    url = f"{scheme}://{host}:{port}{path}"
     env = {}
     if credentials is not None:
         argv += ["--user", credentials[0]]
         env[RTSP_PASSWORD_ENV] = credentials[1]
-        url = with_password(f"rtsp://{quote(credentials[0], safe='')}@{host}:{port}{path}", credentials[1])
+        url = with_password(
+            f"{scheme}://{quote(credentials[0], safe='')}@{host}:{port}{path}", credentials[1]
+        )
     return ServerProcess(argv, url, host, port, env=env)
 
 
@@ -460,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--user",
         help=f"ask clients for this user (basic authentication) and the password in ${RTSP_PASSWORD_ENV}",
     )
+    rtsp.add_argument("--tls-cert", type=Path, help="serve RTSPS with this certificate (PEM; with --tls-key)")
+    rtsp.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     mjpeg = sub.add_parser("mjpeg", help="serve a simulated scene as HTTP MJPEG")
     mjpeg.add_argument("--width", type=int, default=640)
     mjpeg.add_argument("--height", type=int, default=360)
@@ -478,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.user is not None and not password:
             parser.error(f"--user needs the password in ${RTSP_PASSWORD_ENV}")
         credentials = None if args.user is None or password is None else (args.user, password)
+        if (args.tls_cert is None) != (args.tls_key is None):
+            parser.error("--tls-cert and --tls-key come together")
         run_rtsp_server(
             args.clip,
             args.port,
@@ -485,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             tcp_only=not args.allow_udp,
             credentials=credentials,
+            tls=None if args.tls_cert is None else (args.tls_cert, args.tls_key),
         )
         return 0
     from agent.simulate.scene import Scene, SceneSettings

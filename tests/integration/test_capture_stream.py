@@ -7,7 +7,6 @@ the server is killed and restarted on the same port, and a prompt stop.
 from __future__ import annotations
 
 import itertools
-import os
 import platform
 import socket
 import threading
@@ -31,7 +30,7 @@ from agent.runtime.wiring import make_source
 from agent.simulate.scene import Scene, SceneSettings
 from agent.simulate.serve import ServerProcess, free_port, run_mjpeg_server
 from agent.urls import redact, without_password
-from tests.fixtures.rtsp import CAMERA_CREDENTIALS, CLIP_SETTINGS
+from tests.fixtures.rtsp import CAMERA_CREDENTIALS, CLIP_SETTINGS, ffmpeg_children
 
 needs_ffmpeg = pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
 DECODERS = ["opencv", pytest.param("ffmpeg", marks=needs_ffmpeg)]
@@ -150,7 +149,7 @@ def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess, decoder: s
     )
     with source:
         assert source.read(timeout_s=5) is not None
-        first = _ffmpeg_children()
+        first = ffmpeg_children()
         assert len(first) == (1 if decoder == "ffmpeg" else 0)
         rtsp_server.pause()
         try:
@@ -160,28 +159,14 @@ def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess, decoder: s
             if first:
                 # The abandoned connection's child is killed at once, not left to its 30 s socket timeout
                 # (a camera that allows few RTSP sessions would refuse the next one meanwhile).
-                assert _wait_for(lambda: first[0] not in _ffmpeg_children(), 3), "the stalled child lingers"
+                assert _wait_for(lambda: first[0] not in ffmpeg_children(), 3), "the stalled child lingers"
         finally:
             rtsp_server.resume()
         assert _wait_for(lambda: source.reader.stats.opens >= 2, 15), "no new connection after the freeze"
         frame = source.read(timeout_s=10)
         assert frame is not None
         assert (time.monotonic_ns() - frame.monotonic_ns) / 1e9 < 1.0
-    assert _wait_for(lambda: not _ffmpeg_children(), 5), "close() left an ffmpeg child behind"
-
-
-def _ffmpeg_children() -> list[int]:
-    """The pids of this process's ffmpeg children that are still running (not zombies)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
-        if name == "ffmpeg" and rest[0] != "Z" and int(rest[1]) == os.getpid():
-            found.append(int(stat.parent.name))
-    return found
+    assert _wait_for(lambda: not ffmpeg_children(), 5), "close() left an ffmpeg child behind"
 
 
 @pytest.mark.slow
@@ -330,10 +315,12 @@ def test_factory_builds_a_simulated_camera_with_overrides() -> None:
 
 
 @needs_ffmpeg
-def test_a_cameras_password_is_on_no_command_line(rtsp_server_with_password: ServerProcess) -> None:
+@pytest.mark.parametrize("server", ["rtsp_server_with_password", "rtsps_server"])
+def test_a_cameras_password_is_on_no_command_line(server: str, request: pytest.FixtureRequest) -> None:
     """Every local user can read a process's command line in /proc: the ffmpeg child reads the camera's URL
-    from its stdin instead, and still opens the camera with it."""
-    url = rtsp_server_with_password.url
+    from its stdin instead, and still opens the camera with it; over RTSPS too, which the script's protocol
+    whitelist must let through."""
+    url = request.getfixturevalue(server).url
     assert quote(CAMERA_CREDENTIALS[1], safe="") in url
     source = StreamSource(url, open_timeout_s=5, read_timeout_s=5, decoder="ffmpeg")
     with source:
@@ -341,7 +328,8 @@ def test_a_cameras_password_is_on_no_command_line(rtsp_server_with_password: Ser
         frame = source.read(timeout_s=5)
         assert frame is not None
         assert frame.image.shape == (360, 640, 3)
-        children = _ffmpeg_children()
+        assert frame.picture is not None  # decoded by the child, which hands out the pictures
+        children = ffmpeg_children()
         assert children, "no ffmpeg child is decoding"
         for pid in children:
             command_line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ import pytest
 
 from agent.capture.files import iter_images
 from agent.cli.codec_commands import BENCH_KEYS
-from tests.fixtures.broker import MqttBroker
+from tests.fixtures.broker import Certs, MqttBroker
 from tests.integration.agent_harness import REPO, write_collector_config, write_config
 
 COMMANDS = ["encode", "decode", "bench", "run", "check-config", "collect", "archive", "simulate", "demo"]
@@ -323,6 +324,29 @@ def _command_lines_holding(text: str) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def _simulate_serving(args: list[str], tmp_path: Path) -> Iterator[str]:
+    """``cctv-agent simulate --serve ...`` running; yields the line it prints when it serves (or the server's
+    stderr, when it printed nothing), and stops it at the end."""
+    errors = tmp_path / "server.err"
+    with (
+        errors.open("wb") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "agent", "simulate", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as server,
+    ):
+        try:
+            assert server.stdout is not None
+            yield server.stdout.readline() or errors.read_text()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def test_simulate_serves_rtsp_that_asks_for_a_password_kept_off_command_lines(tmp_path: Path) -> None:
     from agent.capture import ffmpeg
     from agent.errors import CaptureError
@@ -335,26 +359,40 @@ def test_simulate_serves_rtsp_that_asks_for_a_password_kept_off_command_lines(tm
     password = "Pw-7e3c9a"
     (tmp_path / "camera-password").write_text(password + "\n", encoding="utf-8")
     port = free_port()
-    args = ["simulate", "--serve", "rtsp", "--port", str(port), "--width", "160", "--height", "120"]
+    args = ["--serve", "rtsp", "--port", str(port), "--width", "160", "--height", "120"]
     args += ["--duration", "5", "--user", "viewer", "--password-file", str(tmp_path / "camera-password")]
-    errors = tmp_path / "server.err"
-    with (
-        errors.open("wb") as err,
-        subprocess.Popen(
-            [sys.executable, "-m", "agent", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True
-        ) as server,
-    ):
-        try:
-            assert server.stdout is not None
-            said = server.stdout.readline()
-            assert said.startswith(f"serving RTSP at rtsp://viewer:***@127.0.0.1:{port}/cam"), (
-                errors.read_text()
-            )
-            url = with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", password)
-            assert ffmpeg.probe(url, ffmpeg.rtsp_options(5.0), 15).width == 160
-            assert _command_lines_holding(password) == []  # neither the server nor its child show it
-            with pytest.raises(CaptureError, match="401 Unauthorized"):
-                ffmpeg.probe(with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", "wrong"), [], 15)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with _simulate_serving(args, tmp_path) as said:
+        assert said.startswith(f"serving RTSP at rtsp://viewer:***@127.0.0.1:{port}/cam"), said
+        url = with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", password)
+        assert ffmpeg.probe(url, ffmpeg.rtsp_options(5.0), 15).width == 160
+        assert _command_lines_holding(password) == []  # neither the server nor its child show it
+        with pytest.raises(CaptureError, match="401 Unauthorized"):
+            ffmpeg.probe(with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", "wrong"), [], 15)
+
+
+def test_simulate_serves_rtsps_with_the_certificate_it_is_given(tmp_path: Path, mqtt_certs: Certs) -> None:
+    """A camera behind TLS to try ``capture.ca_file`` against: the stream opens over rtsps:// for a client
+    that checks the certificate against the CA that signed it."""
+    from agent.capture.stream import StreamSource
+    from agent.simulate.serve import free_port
+    from tests.fixtures.rtsp import gstreamer_missing
+
+    if (reason := gstreamer_missing()) is not None:
+        pytest.skip(reason)
+    port = free_port()
+    args = ["--serve", "rtsp", "--port", str(port), "--width", "160", "--height", "120", "--duration", "5"]
+    args += ["--tls-cert", str(mqtt_certs.server_cert), "--tls-key", str(mqtt_certs.server_key)]
+    with _simulate_serving(args, tmp_path) as said:
+        assert said.startswith(f"serving RTSPS at rtsps://127.0.0.1:{port}/cam"), said
+        url = f"rtsps://127.0.0.1:{port}/cam"
+        with StreamSource(url, open_timeout_s=10, ca_file=mqtt_certs.ca_file) as source:
+            frame = source.read(timeout_s=10)
+            assert frame is not None
+            assert frame.image.shape == (120, 160, 3)
+
+
+def test_simulate_wants_the_certificate_and_its_key_together(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("PEM\n", encoding="utf-8")
+    result = cli("simulate", "--serve", "rtsp", "--tls-cert", str(tmp_path / "c.pem"))
+    assert result.returncode != 0
+    assert "--tls-cert and --tls-key go together" in result.stderr

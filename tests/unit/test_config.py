@@ -330,6 +330,62 @@ def test_capture_kinds_accept_their_keys(capture: dict[str, Any]) -> None:
     assert config.capture.kind == capture["kind"]
 
 
+@pytest.mark.parametrize(
+    ("capture", "expected"),
+    [
+        (
+            {"kind": "rtsp", "url": "rtsp://cam/live"},
+            "capture.ca_file: only used with an rtsps:// url (kind = 'rtsp')",
+        ),
+        (
+            {"kind": "http", "url": "https://cam/mjpeg"},
+            "capture.ca_file: only used with an rtsps:// url (kind = 'rtsp')",
+        ),
+        (
+            {"kind": "rtsp", "url": "rtsps://cam/live", "decoder": "ffmpeg"},
+            "capture.ca_file: the ffmpeg child cannot check a camera's certificate (its RTSP client takes no "
+            "CA file): set decoder = 'auto' or 'opencv', which decode such a camera with OpenCV",
+        ),
+    ],
+)
+def test_a_camera_ca_file_only_where_it_is_used(
+    tmp_path: Path, capture: dict[str, Any], expected: str
+) -> None:
+    (tmp_path / "camera-ca.pem").write_text("PEM\n")
+    table = capture | {"ca_file": "camera-ca.pem"}
+    with pytest.raises(ConfigError) as excinfo:
+        parse_agent_config({"agent": {"camera_id": "c"}, "capture": table}, env={}, base_dir=tmp_path)
+    assert expected in errors_of(excinfo)
+
+
+def test_a_camera_ca_file_is_found_as_the_tls_files_are(tmp_path: Path) -> None:
+    """Relative to the config (or ``$CREDENTIALS_DIRECTORY``), or ``credential:NAME``; missing: an error."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "camera-ca.pem").write_text("PEM\n")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "cam-ca").write_text("PEM\n")
+
+    def capture(ca_file: str) -> dict[str, Any]:
+        return {
+            "agent": {"camera_id": "c"},
+            "capture": {"kind": "rtsp", "url": "rtsps://c/", "ca_file": ca_file},
+        }
+
+    config = parse_agent_config(capture("camera-ca.pem"), env={}, base_dir=tmp_path / "conf")
+    assert config.capture.ca_file == tmp_path / "conf" / "camera-ca.pem"
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    config = parse_agent_config(capture("credential:cam-ca"), env=env, base_dir=tmp_path / "conf")
+    assert config.capture.ca_file == tmp_path / "creds" / "cam-ca"
+    with pytest.raises(ConfigError) as excinfo:
+        parse_agent_config(capture("missing.pem"), env={}, base_dir=tmp_path / "conf")
+    assert f"capture.ca_file: file not found: {tmp_path / 'conf' / 'missing.pem'}" in errors_of(excinfo)
+    odd = tmp_path / "conf" / "a;b.pem"
+    odd.write_text("PEM\n")
+    with pytest.raises(ConfigError) as excinfo:
+        parse_agent_config(capture(str(odd)), env={})
+    assert "capture.ca_file: must not hold '|' or ';' (OpenCV's option syntax)" in errors_of(excinfo)
+
+
 def test_a_replay_with_fps_is_paced_and_a_camera_is_not() -> None:
     from agent.runtime.agent import frame_interval
 
@@ -507,6 +563,21 @@ def test_check_config_says_who_decodes_video(
         encoding="utf-8",
     )
     assert check_config_main(path, "agent", env={}) == 0
+    assert says in capsys.readouterr().out
+
+
+def test_check_config_says_an_rtsps_camera_with_a_ca_file_is_decoded_by_opencv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Even with ffmpeg installed (it is on CI's PATH): the child cannot check the certificate."""
+    (tmp_path / "camera-ca.pem").write_text("PEM\n", encoding="utf-8")
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[agent]\ncamera_id = "cam1"\n[capture]\nkind = "rtsp"\nurl = "rtsps://cam/live"\nca_file = "camera-ca.pem"\n',
+        encoding="utf-8",
+    )
+    assert check_config_main(path, "agent", env={}) == 0
+    says = f"capture rtsp (decoded by OpenCV, its certificate checked against {tmp_path / 'camera-ca.pem'}), "
     assert says in capsys.readouterr().out
 
 
