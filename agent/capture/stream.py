@@ -178,11 +178,15 @@ class StreamSource(LiveSource):
                     os.environ[_OPTIONS_ENV] = before
         if not cap.isOpened():
             cap.release()
-            certificate = (
-                f"; that its certificate verifies against {self.ca_file} and names the host"
-                if self.ca_file is not None
-                else ""
-            )
+            if self.ca_file is not None:
+                certificate = f"; that its certificate verifies against {self.ca_file} and names the host"
+            elif urlsplit(self.url).scheme.lower() == "rtsps":
+                certificate = (
+                    "; OpenCV may refuse a certificate the system's CAs do not sign: capture.ca_file names the "
+                    "camera's own certificate or its CA to check it against"
+                )
+            else:
+                certificate = ""
             raise CaptureError(
                 f"{self.name}: could not open within {self.open_timeout_s:.0f} s "
                 f"(check the address, credentials and that the camera is reachable{certificate})"

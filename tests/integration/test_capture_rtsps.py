@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import pytest
 
 from agent.capture.stream import StreamSource
@@ -68,3 +69,18 @@ def test_a_camera_whose_certificate_does_not_verify_is_refused_saying_so(
 def test_a_ca_file_that_would_not_be_used_is_refused(url: str, decoder: str, problem: str) -> None:
     with pytest.raises(CaptureError, match=problem):
         StreamSource(url, decoder=decoder, ca_file=Path("/etc/ssl/certs/ca-certificates.crt"))
+
+
+def test_opencv_without_a_ca_file_opens_the_camera_or_says_what_to_set(rtsps_server: ServerProcess) -> None:
+    """Without ``ca_file`` OpenCV does what its build does: PyPI's OpenCV 4 does not check the certificate
+    and opens the camera; OpenCV 5 checks it against the system's CAs, which do not sign the test PKI, and
+    the message then says which key makes the camera provable."""
+    source = StreamSource(
+        rtsps_server.url, open_timeout_s=5, read_timeout_s=5, reconnect_max_s=1, decoder="opencv"
+    )
+    if cv2.__version__.split(".")[0] == "4":
+        with source:
+            assert source.read(timeout_s=5) is not None
+    else:
+        with pytest.raises(CaptureError, match=r"capture\.ca_file names the camera's own certificate"):
+            source.open()
