@@ -77,8 +77,10 @@ def test_every_captured_frame_arrives_bit_exact(
 
 
 def test_a_folder_replay_with_fps_is_paced_to_it(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
-    """capture.fps paces a replay as a camera would film it: the records' capture times are 1/fps apart (the
-    six stills would otherwise be read and coded within milliseconds of each other)."""
+    """capture.fps paces a replay as a camera would film it: frame k is read no sooner than k/fps after the
+    first, so the six stills span 5/8 s (unpaced they are read and coded within milliseconds of each other).
+    One gap may be shorter than 1/8 s: the schedule keeps the rate, so a frame read late (a loaded machine)
+    is followed by one read on time."""
     folder = tmp_path / "stills"
     folder.mkdir()
     rng = np.random.default_rng(3)
@@ -100,8 +102,11 @@ def test_a_folder_replay_with_fps_is_paced_to_it(mqtt_broker: MqttBroker, tmp_pa
     recorder.stop()
     assert seqs == set(range(6))
     times = [recorder.records[seq].header.capture_time_ns for seq in range(6)]
-    gaps_s = np.diff(times) / 1e9
-    assert gaps_s.min() >= 0.120, gaps_s  # 1/8 s, less the clocks' rounding; noise only ever adds time
+    span_s = (times[-1] - times[0]) / 1e9
+    # 5/8 s, less what reading the first still took beyond reading the last (its stamp is taken once the
+    # image is read, the schedule starts before: 6 ms more on a loaded CI run); half a frame is ample for that,
+    # and unpaced the six are stamped within a few ms.
+    assert span_s >= 0.625 - 0.0625, np.diff(times) / 1e9
 
 
 def test_broker_down_mid_stream_loses_nothing(mqtt_broker_factory: BrokerFactory, tmp_path: Path) -> None:
