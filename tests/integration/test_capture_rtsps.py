@@ -19,6 +19,9 @@ from agent.simulate.serve import ServerProcess
 from tests.fixtures.broker import Certs
 from tests.fixtures.rtsp import CAMERA_CREDENTIALS, ffmpeg_children
 
+REFUSED = {"open_timeout_s": 2.0, "read_timeout_s": 1.0, "reconnect_max_s": 1.0}
+"""Timeouts for a camera that is to be refused: ``open()`` waits for a frame for the sum of the first two."""
+
 
 def _source_from_config(url: str, tmp_path: Path, **capture: object) -> StreamSource:
     """The source as the agent builds it from its config."""
@@ -52,7 +55,7 @@ def test_a_camera_whose_certificate_does_not_verify_is_refused_saying_so(
 ) -> None:
     """Another CA's file: the same server, the right password, and no frame, with a message that names the
     certificate as a cause and does not quote the password."""
-    source = _source_from_config(rtsps_server.url, tmp_path, ca_file=str(mqtt_certs.rogue_ca_file))
+    source = _source_from_config(rtsps_server.url, tmp_path, ca_file=str(mqtt_certs.rogue_ca_file), **REFUSED)
     with pytest.raises(CaptureError, match=r"its certificate verifies against .*rogue-ca\.crt") as err:
         source.open()
     assert CAMERA_CREDENTIALS[1] not in str(err.value)
@@ -75,12 +78,10 @@ def test_opencv_without_a_ca_file_opens_the_camera_or_says_what_to_set(rtsps_ser
     """Without ``ca_file`` OpenCV does what its build does: PyPI's OpenCV 4 does not check the certificate
     and opens the camera; OpenCV 5 checks it against the system's CAs, which do not sign the test PKI, and
     the message then says which key makes the camera provable."""
-    source = StreamSource(
-        rtsps_server.url, open_timeout_s=5, read_timeout_s=5, reconnect_max_s=1, decoder="opencv"
-    )
     if cv2.__version__.split(".")[0] == "4":
-        with source:
+        with StreamSource(rtsps_server.url, open_timeout_s=5, read_timeout_s=5, decoder="opencv") as source:
             assert source.read(timeout_s=5) is not None
     else:
+        source = StreamSource(rtsps_server.url, decoder="opencv", **REFUSED)
         with pytest.raises(CaptureError, match=r"capture\.ca_file names the camera's own certificate"):
             source.open()

@@ -366,7 +366,8 @@ def test_a_wrong_password_is_refused_in_the_cameras_words_without_quoting_it(
     rtsp_server_with_password: ServerProcess,
 ) -> None:
     url = rtsp_server_with_password.url.replace(quote(CAMERA_CREDENTIALS[1], safe=""), "wrong%20guess")
-    source = StreamSource(url, open_timeout_s=5, read_timeout_s=5, reconnect_max_s=1, decoder="ffmpeg")
+    # open() waits open + read timeout for a frame that cannot come: short ones, the 401 comes at once.
+    source = StreamSource(url, open_timeout_s=2, read_timeout_s=1, reconnect_max_s=1, decoder="ffmpeg")
     with pytest.raises(CaptureError, match="401 Unauthorized") as err:
         source.open()
     assert "wrong" not in str(err.value)
