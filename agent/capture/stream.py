@@ -123,6 +123,7 @@ class StreamSource(LiveSource):
         """RTSPS: the certificate (or CA) the camera's certificate must verify against; None = not checked."""
         self.decoded_by = ""
         """``"ffmpeg"`` or ``"opencv"``: who decodes the current connection."""
+        self._said_unchecked = False  # whether the log said that the child does not check the certificate
 
     def _open_capture(self) -> Capture:
         if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps") and self.ca_file is None:
@@ -152,6 +153,13 @@ class StreamSource(LiveSource):
         capture.prime()
         self.decoded_by = "ffmpeg"
         log.info("%s: opened %s", self.name, capture.describe())
+        if urlsplit(self.url).scheme.lower() == "rtsps" and not self._said_unchecked:
+            self._said_unchecked = True  # once a source, not at every reconnect
+            log.warning(
+                "%s: the stream is encrypted, but the ffmpeg child does not check the camera's certificate; "
+                "capture.ca_file names one to check it against (the camera is then decoded by OpenCV)",
+                self.name,
+            )
         return capture
 
     def _open_ffmpeg(self, extra: list[int]) -> Any:
