@@ -17,12 +17,12 @@ stream is therefore opened in raw mode and each JPEG decoded here, at its own si
 over RTSP the new size shows after the next reconnect -- cameras end the RTSP session when their
 resolution is changed, so in practice that is at once.
 
-RTSPS and the camera's certificate: the ffmpeg child encrypts but does not verify it (Debian 12's ffmpeg 5.1
-has no option to: ``-tls_verify`` and ``-ca_file`` are unknown to its RTSP client). With ``ca_file`` the
-certificate must verify against that file, the camera's own self-signed certificate or the CA that signed it,
-and name the host in the URL; OpenCV's FFmpeg takes both options, so such a camera is decoded by OpenCV.
-Without ``ca_file`` OpenCV does what its build does: PyPI's OpenCV 5 checks against the system's CAs, 4.x
-does not check.
+RTSPS, HTTPS and the camera's certificate: the ffmpeg child encrypts but does not verify it (Debian 12's
+ffmpeg 5.1 has no option to: ``-tls_verify`` and ``-ca_file`` are unknown to its RTSP client). With
+``ca_file`` the certificate must verify against that file, the camera's own self-signed certificate or the CA
+that signed it, and name the host in the URL; OpenCV's FFmpeg takes both options, for RTSP and HTTP alike, so
+such a camera is decoded by OpenCV. Without ``ca_file`` OpenCV does what its build does: PyPI's OpenCV 5
+checks against the system's CAs, 4.x does not check.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from agent.urls import redact
 log = logging.getLogger(__name__)
 
 SCHEMES = ("rtsp", "rtsps", "http", "https")
+TLS_SCHEMES = ("rtsps", "https")
+"""The schemes whose camera can prove its certificate against ``ca_file``."""
 _OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _env_lock = threading.Lock()
 _MJPG = cv2.VideoWriter.fourcc(*"MJPG")
@@ -77,10 +79,10 @@ class _JpegCapture:
 def ffmpeg_options(url: str, ca_file: Path | None = None) -> str:
     """The FFmpeg options string for ``url`` (``key;value|key;value``, OpenCV's syntax); with ``ca_file`` the
     camera's certificate must verify against it."""
-    if urlsplit(url).scheme.lower() in ("rtsp", "rtsps"):
-        verify = "" if ca_file is None else f"|ca_file;{ca_file}|tls_verify;1"
-        return "rtsp_transport;tcp" + verify
-    return ""
+    options = ["rtsp_transport;tcp"] if urlsplit(url).scheme.lower() in ("rtsp", "rtsps") else []
+    if ca_file is not None:
+        options += [f"ca_file;{ca_file}", "tls_verify;1"]
+    return "|".join(options)
 
 
 class StreamSource(LiveSource):
@@ -120,7 +122,7 @@ class StreamSource(LiveSource):
         self.url = url
         self.decoder = decoder
         self.ca_file = ca_file
-        """RTSPS: the certificate (or CA) the camera's certificate must verify against; None = not checked."""
+        """RTSPS, HTTPS: the certificate (or CA) the camera's must verify against; None = not checked here."""
         self.decoded_by = ""
         """``"ffmpeg"`` or ``"opencv"``: who decodes the current connection."""
         self._said_unchecked = False  # whether the log said that the child does not check the certificate
@@ -188,7 +190,7 @@ class StreamSource(LiveSource):
             cap.release()
             if self.ca_file is not None:
                 certificate = f"; that its certificate verifies against {self.ca_file} and names the host"
-            elif urlsplit(self.url).scheme.lower() == "rtsps":
+            elif urlsplit(self.url).scheme.lower() in TLS_SCHEMES:
                 certificate = (
                     "; OpenCV may refuse a certificate the system's CAs do not sign: capture.ca_file names the "
                     "camera's own certificate or its CA to check it against"
@@ -214,8 +216,8 @@ class StreamSource(LiveSource):
 
 def _check_ca_file(ca_file: Path, scheme: str, decoder: str, name: str) -> None:
     """Refuse a ``ca_file`` that would not be used, or could not be said to OpenCV (see the module note)."""
-    if scheme != "rtsps":
-        raise CaptureError(f"{name}: a CA file is for rtsps:// cameras only")
+    if scheme not in TLS_SCHEMES:
+        raise CaptureError(f"{name}: a CA file is for rtsps:// and https:// cameras only")
     if decoder == "ffmpeg":
         raise CaptureError(
             f"{name}: decoder = 'ffmpeg' cannot check the camera's certificate (the ffmpeg command's RTSP "

@@ -55,10 +55,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--tls-cert",
         type=Path,
-        help="rtsp: serve RTSPS with this certificate (PEM, with --tls-key); the agent checks it when "
+        help="serve RTSPS or HTTPS with this certificate (PEM, with --tls-key); the agent checks it when "
         "capture.ca_file names it or its CA",
     )
-    p.add_argument("--tls-key", type=Path, help="rtsp: the certificate's private key (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser(
@@ -113,8 +113,8 @@ def _scene_settings(args: argparse.Namespace) -> Any:
 def cmd_simulate(args: argparse.Namespace) -> int:
     if (args.user is not None or args.password_file is not None) and args.serve != "rtsp":
         raise CctvError("--user and --password-file are for --serve rtsp")
-    if (args.tls_cert is not None or args.tls_key is not None) and args.serve != "rtsp":
-        raise CctvError("--tls-cert and --tls-key are for --serve rtsp")
+    if (args.tls_cert is not None or args.tls_key is not None) and args.serve is None:
+        raise CctvError("--tls-cert and --tls-key are for --serve")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CctvError("--tls-cert and --tls-key go together")
     for pem in (args.tls_cert, args.tls_key):
@@ -129,6 +129,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 bar.advance()
         print(f"{args.out}: {args.frames} frames")
         return 0
+    tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -137,8 +138,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from agent.simulate.serve import run_mjpeg_server
 
         frames = _frames(args) if args.replay else Scene(_scene_settings(args))
-        print(f"serving MJPEG at http://{args.host}:{args.port}/stream.mjpg (Ctrl-C stops)")
-        run_mjpeg_server(frames, args.port, fps=args.fps, host=args.host, stop=stop)
+        scheme = "http" if tls is None else "https"
+        print(f"serving MJPEG at {scheme}://{args.host}:{args.port}/stream.mjpg (Ctrl-C stops)", flush=True)
+        run_mjpeg_server(frames, args.port, fps=args.fps, host=args.host, stop=stop, tls=tls)
         return 0
     from agent.simulate.serve import serve_rtsp
 
@@ -149,7 +151,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         fps=args.fps,
         host=args.host,
         credentials=_credentials(args),
-        tls=None if args.tls_cert is None else (args.tls_cert, args.tls_key),
+        tls=tls,
     ) as server:
         kind = "RTSP" if args.tls_cert is None else "RTSPS"
         print(f"serving {kind} at {redact(server.url)} (Ctrl-C stops)", flush=True)

@@ -142,9 +142,9 @@ class CaptureSection(_Validated):
     password_file: Path | None = None
     """rtsp, http: where the camera's password was read from (for messages; the secret is in ``url``)."""
     ca_file: Path | None = None
-    """rtsps only: the camera's certificate must verify against this PEM file (the camera's own self-signed
-    certificate, or the CA that signed it) and name the URL's host; such a camera is decoded by OpenCV. None =
-    not verified by the ffmpeg child (see ``agent.capture.stream``)."""
+    """rtsps and https only: the camera's certificate must verify against this PEM file (the camera's own
+    self-signed certificate, or the CA that signed it) and name the URL's host; such a camera is decoded by
+    OpenCV. None = not verified by the ffmpeg child (see ``agent.capture.stream``)."""
     path: Path | None = None
     """file: a video file; folder: a directory of images replayed in name order."""
     width: int | None = setting(None, lo=16, hi=8192)
@@ -217,8 +217,12 @@ class CaptureSection(_Validated):
         return problems
 
     def _ca_file_problems(self) -> list[Problem]:
-        if self.kind != "rtsp" or self.url is None or not self.url.startswith("rtsps://"):
-            return [("ca_file", "only used with an rtsps:// url (kind = 'rtsp')")]
+        if (
+            self.kind not in _URL_SCHEMES
+            or self.url is None
+            or not self.url.startswith(("rtsps://", "https://"))
+        ):
+            return [("ca_file", "only used with an rtsps:// or https:// url")]
         if self.decoder == "ffmpeg":
             return [
                 (

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -232,8 +233,10 @@ def run_mjpeg_server(
     path: str = "/stream.mjpg",
     quality: int = 85,
     stop: threading.Event | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
-    """Serve frames as MJPEG at ``http://host:port/path`` until ``stop`` is set.
+    """Serve frames as MJPEG at ``http://host:port/path`` until ``stop`` is set; with ``tls`` (certificate,
+    key: PEM files) at ``https://``.
 
     A ``Scene`` is played in real time from frame 0; other iterables are sent at ``fps`` and the
     stream ends with them. Blocks; run it on a thread of its own when embedding it.
@@ -267,6 +270,13 @@ def run_mjpeg_server(
     ThreadingHTTPServer.allow_reuse_address = True
     httpd = ThreadingHTTPServer((host, port), Handler)
     httpd.daemon_threads = True
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        # The handshake runs in the handler's thread, so a client that stalls in it holds up no other.
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        scheme = "https"
     producer = threading.Thread(target=hub.produce, name="mjpeg-producer", daemon=True)
     producer.start()
 
@@ -276,7 +286,7 @@ def run_mjpeg_server(
 
     watcher = threading.Thread(target=shut_down_on_stop, name="mjpeg-stop", daemon=True)
     watcher.start()
-    log.info("serving MJPEG at http://%s:%d%s", host, port, path)
+    log.info("serving MJPEG at %s://%s:%d%s", scheme, host, port, path)
     try:
         httpd.serve_forever(poll_interval=0.5)
     finally:
@@ -458,11 +468,16 @@ def mjpeg_process(
     fps: float = 10.0,
     seed: int = 1,
     host: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
 ) -> ServerProcess:
-    """A (not yet started) MJPEG server process playing a simulated scene in real time."""
+    """A (not yet started) MJPEG server process playing a simulated scene in real time; with ``tls``
+    (certificate and key PEM files) over HTTPS."""
     argv = [sys.executable, "-m", "agent.simulate.serve", "mjpeg", "--port", str(port), "--host", host]
     argv += ["--width", str(width), "--height", str(height), "--fps", str(fps), "--seed", str(seed)]
-    return ServerProcess(argv, f"http://{host}:{port}/stream.mjpg", host, port)
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    scheme = "http" if tls is None else "https"
+    return ServerProcess(argv, f"{scheme}://{host}:{port}/stream.mjpg", host, port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -478,8 +493,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--user",
         help=f"ask clients for this user (basic authentication) and the password in ${RTSP_PASSWORD_ENV}",
     )
-    rtsp.add_argument("--tls-cert", type=Path, help="serve RTSPS with this certificate (PEM; with --tls-key)")
-    rtsp.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     mjpeg = sub.add_parser("mjpeg", help="serve a simulated scene as HTTP MJPEG")
     mjpeg.add_argument("--width", type=int, default=640)
     mjpeg.add_argument("--height", type=int, default=360)
@@ -489,17 +502,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (rtsp, mjpeg):
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--host", default="127.0.0.1")
+        p.add_argument(
+            "--tls-cert", type=Path, help="serve over TLS with this certificate (PEM; with --tls-key)"
+        )
+        p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     rtsp.add_argument("--path", default="/cam")
     mjpeg.add_argument("--path", default="/stream.mjpg")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key come together")
+    tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.kind == "rtsp":
         password = os.environ.get(RTSP_PASSWORD_ENV)
         if args.user is not None and not password:
             parser.error(f"--user needs the password in ${RTSP_PASSWORD_ENV}")
         credentials = None if args.user is None or password is None else (args.user, password)
-        if (args.tls_cert is None) != (args.tls_key is None):
-            parser.error("--tls-cert and --tls-key come together")
         run_rtsp_server(
             args.clip,
             args.port,
@@ -507,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             tcp_only=not args.allow_udp,
             credentials=credentials,
-            tls=None if args.tls_cert is None else (args.tls_cert, args.tls_key),
+            tls=tls,
         )
         return 0
     from agent.simulate.scene import Scene, SceneSettings
@@ -523,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path=args.path,
         quality=args.quality,
         stop=stop,
+        tls=tls,
     )
     return 0
 

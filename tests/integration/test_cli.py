@@ -370,21 +370,27 @@ def test_simulate_serves_rtsp_that_asks_for_a_password_kept_off_command_lines(tm
             ffmpeg.probe(with_password(f"rtsp://viewer@127.0.0.1:{port}/cam", "wrong"), [], 15)
 
 
-def test_simulate_serves_rtsps_with_the_certificate_it_is_given(tmp_path: Path, mqtt_certs: Certs) -> None:
-    """A camera behind TLS to try ``capture.ca_file`` against: the stream opens over rtsps:// for a client
-    that checks the certificate against the CA that signed it."""
+@pytest.mark.parametrize(
+    ("serve", "says", "path"),
+    [("rtsp", "RTSPS at rtsps", "/cam"), ("mjpeg", "MJPEG at https", "/stream.mjpg")],
+)
+def test_simulate_serves_tls_with_the_certificate_it_is_given(
+    tmp_path: Path, mqtt_certs: Certs, serve: str, says: str, path: str
+) -> None:
+    """A camera behind TLS to try ``capture.ca_file`` against: the stream opens over rtsps:// or https:// for
+    a client that checks the certificate against the CA that signed it."""
     from agent.capture.stream import StreamSource
     from agent.simulate.serve import free_port
     from tests.fixtures.rtsp import gstreamer_missing
 
-    if (reason := gstreamer_missing()) is not None:
+    if serve == "rtsp" and (reason := gstreamer_missing()) is not None:
         pytest.skip(reason)
     port = free_port()
-    args = ["--serve", "rtsp", "--port", str(port), "--width", "160", "--height", "120", "--duration", "5"]
+    args = ["--serve", serve, "--port", str(port), "--width", "160", "--height", "120", "--duration", "5"]
     args += ["--tls-cert", str(mqtt_certs.server_cert), "--tls-key", str(mqtt_certs.server_key)]
     with _simulate_serving(args, tmp_path) as said:
-        assert said.startswith(f"serving RTSPS at rtsps://127.0.0.1:{port}/cam"), said
-        url = f"rtsps://127.0.0.1:{port}/cam"
+        url = f"{says.rsplit(' ', 1)[1]}://127.0.0.1:{port}{path}"
+        assert said.startswith(f"serving {says}://127.0.0.1:{port}{path}"), said
         with StreamSource(url, open_timeout_s=10, ca_file=mqtt_certs.ca_file) as source:
             frame = source.read(timeout_s=10)
             assert frame is not None

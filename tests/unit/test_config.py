@@ -335,11 +335,15 @@ def test_capture_kinds_accept_their_keys(capture: dict[str, Any]) -> None:
     [
         (
             {"kind": "rtsp", "url": "rtsp://cam/live"},
-            "capture.ca_file: only used with an rtsps:// url (kind = 'rtsp')",
+            "capture.ca_file: only used with an rtsps:// or https:// url",
         ),
         (
-            {"kind": "http", "url": "https://cam/mjpeg"},
-            "capture.ca_file: only used with an rtsps:// url (kind = 'rtsp')",
+            {"kind": "http", "url": "http://cam/mjpeg"},
+            "capture.ca_file: only used with an rtsps:// or https:// url",
+        ),
+        (
+            {"kind": "file", "path": "/x"},
+            "capture.ca_file: only used with an rtsps:// or https:// url",
         ),
         (
             {"kind": "rtsp", "url": "rtsps://cam/live", "decoder": "ffmpeg"},

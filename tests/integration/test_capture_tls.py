@@ -1,7 +1,7 @@
-"""``capture.ca_file``: an RTSPS camera proves its certificate, against a real GStreamer RTSPS server that also
-asks for a password. The server's certificate is the test PKI's (``mqtt_certs``): signed by its CA, for
-127.0.0.1. (The ffmpeg child reading such a camera is tested with the password tests in
-``test_capture_stream.py``.)
+"""``capture.ca_file``: a camera behind TLS proves its certificate, against a real GStreamer RTSPS server that
+also asks for a password, and an HTTPS MJPEG server. The servers' certificate is the test PKI's
+(``mqtt_certs``): signed by its CA, for 127.0.0.1. (The ffmpeg child reading an RTSPS camera is tested with
+the password tests in ``test_capture_stream.py``.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ REFUSED = {"open_timeout_s": 2.0, "read_timeout_s": 1.0, "reconnect_max_s": 1.0}
 
 def _source_from_config(url: str, tmp_path: Path, **capture: object) -> StreamSource:
     """The source as the agent builds it from its config."""
-    table = {"kind": "rtsp", "url": url, "open_timeout_s": 5, "read_timeout_s": 5, "reconnect_max_s": 1}
+    kind = "rtsp" if url.startswith("rtsp") else "http"
+    table = {"kind": kind, "url": url, "open_timeout_s": 5, "read_timeout_s": 5, "reconnect_max_s": 1}
     config = parse_agent_config(
         {"agent": {"camera_id": "c"}, "capture": table | capture}, env={}, base_dir=tmp_path
     )
@@ -62,10 +63,26 @@ def test_a_camera_whose_certificate_does_not_verify_is_refused_saying_so(
     assert "s3cret" not in str(err.value)
 
 
+def test_an_https_camera_proves_its_certificate_or_is_refused(
+    https_mjpeg_server: ServerProcess, mqtt_certs: Certs, tmp_path: Path
+) -> None:
+    """The same ``ca_file`` for an HTTPS MJPEG camera, which OpenCV decodes anyway."""
+    url = https_mjpeg_server.url
+    assert url.startswith("https://")
+    with _source_from_config(url, tmp_path, ca_file=str(mqtt_certs.ca_file)) as source:
+        frame = source.read(timeout_s=5)
+        assert frame is not None
+        assert frame.image.shape == (360, 640, 3)
+    refused = _source_from_config(url, tmp_path, ca_file=str(mqtt_certs.rogue_ca_file), **REFUSED)
+    with pytest.raises(CaptureError, match=r"its certificate verifies against .*rogue-ca\.crt"):
+        refused.open()
+
+
 @pytest.mark.parametrize(
     ("url", "decoder", "problem"),
     [
-        ("rtsp://127.0.0.1:1/cam", "auto", "for rtsps:// cameras only"),
+        ("rtsp://127.0.0.1:1/cam", "auto", "for rtsps:// and https:// cameras only"),
+        ("http://127.0.0.1:1/cam", "auto", "for rtsps:// and https:// cameras only"),
         ("rtsps://127.0.0.1:1/cam", "ffmpeg", "decoder = 'ffmpeg' cannot check the camera's certificate"),
     ],
 )
