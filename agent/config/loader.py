@@ -130,6 +130,8 @@ def summarize_collector(config: CollectorConfig) -> str:
 def _decoder(config: AgentConfig) -> str:
     """Who will decode a video or RTSP source on this machine (``capture.decoder``; ffmpeg is looked up on PATH)."""
     c = config.capture
+    if c.kind == "http" and c.ca_file is not None:
+        return f" (its certificate checked against {c.ca_file})"
     if c.kind not in ("file", "rtsp"):
         return ""
     found = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None

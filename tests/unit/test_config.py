@@ -570,19 +570,29 @@ def test_check_config_says_who_decodes_video(
     assert says in capsys.readouterr().out
 
 
-def test_check_config_says_an_rtsps_camera_with_a_ca_file_is_decoded_by_opencv(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("kind", "url", "says"),
+    [
+        (
+            "rtsp",
+            "rtsps://cam/live",
+            "capture rtsp (decoded by OpenCV, its certificate checked against {}), ",
+        ),
+        ("http", "https://cam/mjpeg", "capture http (its certificate checked against {}), "),
+    ],
+)
+def test_check_config_says_a_camera_with_a_ca_file_is_checked_and_decoded_by_opencv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, url: str, says: str
 ) -> None:
     """Even with ffmpeg installed (it is on CI's PATH): the child cannot check the certificate."""
     (tmp_path / "camera-ca.pem").write_text("PEM\n", encoding="utf-8")
     path = tmp_path / "site.toml"
     path.write_text(
-        '[agent]\ncamera_id = "cam1"\n[capture]\nkind = "rtsp"\nurl = "rtsps://cam/live"\nca_file = "camera-ca.pem"\n',
+        f'[agent]\ncamera_id = "cam1"\n[capture]\nkind = "{kind}"\nurl = "{url}"\nca_file = "camera-ca.pem"\n',
         encoding="utf-8",
     )
     assert check_config_main(path, "agent", env={}) == 0
-    says = f"capture rtsp (decoded by OpenCV, its certificate checked against {tmp_path / 'camera-ca.pem'}), "
-    assert says in capsys.readouterr().out
+    assert says.format(tmp_path / "camera-ca.pem") in capsys.readouterr().out
 
 
 def test_check_config_lists_errors_with_their_lines(
