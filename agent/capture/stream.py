@@ -120,6 +120,7 @@ class StreamSource(LiveSource):
         if ca_file is not None:
             _check_ca_file(ca_file, scheme, decoder, self.name)
         self.url = url
+        self._scheme = scheme
         self.decoder = decoder
         self.ca_file = ca_file
         """RTSPS, HTTPS: the certificate (or CA) the camera's must verify against; None = not checked here."""
@@ -128,12 +129,12 @@ class StreamSource(LiveSource):
         self._said_unchecked = False  # whether the log said that the child does not check the certificate
 
     def _open_capture(self) -> Capture:
-        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps") and self.ca_file is None:
+        if self._scheme in ("rtsp", "rtsps") and self.ca_file is None:
             child = self._open_child()
             if child is not None:
                 return child
         self.decoded_by = "opencv"
-        if urlsplit(self.url).scheme.lower() in ("http", "https"):
+        if self._scheme in ("http", "https"):
             raw = self._open_ffmpeg([cv2.CAP_PROP_FORMAT, -1])
             if int(raw.get(cv2.CAP_PROP_FOURCC)) == _MJPG:
                 self._log_opened(raw, "MJPEG, decoded per frame")
@@ -155,7 +156,7 @@ class StreamSource(LiveSource):
         capture.prime()
         self.decoded_by = "ffmpeg"
         log.info("%s: opened %s", self.name, capture.describe())
-        if urlsplit(self.url).scheme.lower() == "rtsps" and not self._said_unchecked:
+        if self._scheme == "rtsps" and not self._said_unchecked:
             self._said_unchecked = True  # once a source, not at every reconnect
             log.warning(
                 "%s: the stream is encrypted, but the ffmpeg child does not check the camera's certificate; "
@@ -190,7 +191,7 @@ class StreamSource(LiveSource):
             cap.release()
             if self.ca_file is not None:
                 certificate = f"; that its certificate verifies against {self.ca_file} and names the host"
-            elif urlsplit(self.url).scheme.lower() in TLS_SCHEMES:
+            elif self._scheme in TLS_SCHEMES:
                 certificate = (
                     "; OpenCV may refuse a certificate the system's CAs do not sign: capture.ca_file names the "
                     "camera's own certificate or its CA to check it against"

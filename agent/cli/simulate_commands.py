@@ -153,7 +153,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         credentials=_credentials(args),
         tls=tls,
     ) as server:
-        kind = "RTSP" if args.tls_cert is None else "RTSPS"
+        kind = "RTSP" if tls is None else "RTSPS"
         print(f"serving {kind} at {redact(server.url)} (Ctrl-C stops)", flush=True)
         while not stop.wait(1.0):
             pass

@@ -134,9 +134,9 @@ def _decoder(config: AgentConfig) -> str:
         return f" (its certificate checked against {c.ca_file})"
     if c.kind not in ("file", "rtsp"):
         return ""
-    found = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
     if c.ca_file is not None:
         return f" (decoded by OpenCV, its certificate checked against {c.ca_file})"
+    found = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
     if c.decoder == "opencv":
         return " (decoded by OpenCV)"
     codec = config.codec

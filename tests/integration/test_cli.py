@@ -371,11 +371,11 @@ def test_simulate_serves_rtsp_that_asks_for_a_password_kept_off_command_lines(tm
 
 
 @pytest.mark.parametrize(
-    ("serve", "says", "path"),
-    [("rtsp", "RTSPS at rtsps", "/cam"), ("mjpeg", "MJPEG at https", "/stream.mjpg")],
+    ("serve", "says", "scheme", "path"),
+    [("rtsp", "RTSPS", "rtsps", "/cam"), ("mjpeg", "MJPEG", "https", "/stream.mjpg")],
 )
 def test_simulate_serves_tls_with_the_certificate_it_is_given(
-    tmp_path: Path, mqtt_certs: Certs, serve: str, says: str, path: str
+    tmp_path: Path, mqtt_certs: Certs, serve: str, says: str, scheme: str, path: str
 ) -> None:
     """A camera behind TLS to try ``capture.ca_file`` against: the stream opens over rtsps:// or https:// for
     a client that checks the certificate against the CA that signed it."""
@@ -389,8 +389,8 @@ def test_simulate_serves_tls_with_the_certificate_it_is_given(
     args = ["--serve", serve, "--port", str(port), "--width", "160", "--height", "120", "--duration", "5"]
     args += ["--tls-cert", str(mqtt_certs.server_cert), "--tls-key", str(mqtt_certs.server_key)]
     with _simulate_serving(args, tmp_path) as said:
-        url = f"{says.rsplit(' ', 1)[1]}://127.0.0.1:{port}{path}"
-        assert said.startswith(f"serving {says}://127.0.0.1:{port}{path}"), said
+        url = f"{scheme}://127.0.0.1:{port}{path}"
+        assert said.startswith(f"serving {says} at {url}"), said
         with StreamSource(url, open_timeout_s=10, ca_file=mqtt_certs.ca_file) as source:
             frame = source.read(timeout_s=10)
             assert frame is not None
