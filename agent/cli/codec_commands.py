@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import mmap
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,8 @@ from agent.capture.files import open_path
 from agent.codec.decoder import FrameDecoder
 from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
-from agent.codec.wire import Kind, iter_records, pack_record, unpack_record
-from agent.errors import CctvError, WireFormatError
+from agent.codec.wire import Damage, Kind, pack_record, scan_records, unpack_record
+from agent.errors import CctvError, MissingReferenceError, WireFormatError
 from agent.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -144,10 +146,18 @@ def register(sub: Any) -> None:
         "decode",
         help="decode a .cctv file into lossless PNG frames",
         description="Decode every record of FILE.cctv, verify each frame's hash, and write it as "
-        "OUT/<seq>.png (8-digit, zero-padded).",
+        "OUT/<seq>.png (8-digit, zero-padded). A damaged file is decoded as far as it can be: each bad "
+        "stretch of bytes, each record whose frame fails its hash and each frame whose reference was lost "
+        "is logged with its byte offset and skipped, every other frame is written, and the exit status is "
+        "1. Frames after a damaged record decode again from the next key.",
     )
     p.add_argument("file", type=Path, help="a .cctv file written by 'encode'")
     p.add_argument("--out", type=Path, required=True, help="directory for the PNG frames (created)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first damaged record or lost reference instead of skipping it (exit status 1)",
+    )
     p.set_defaults(handler=cmd_decode)
 
     p = sub.add_parser(
@@ -208,25 +218,95 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class DecodeTally:
+    """What ``decode`` got out of a file, and what it could not."""
+
+    frames: int = 0
+    damaged: int = 0
+    damaged_bytes: int = 0
+    unverified: int = 0
+    orphans: int = 0
+    lost_groups: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.damaged or self.unverified or self.orphans)
+
+    def summary(self, out: Path) -> str:
+        if self.clean:
+            return f"{out}: {self.frames} frames decoded, every frame hash verified"
+        lost = []
+        if self.damaged:
+            stretches = "stretch" if self.damaged == 1 else "stretches"
+            lost.append(f"{self.damaged} damaged {stretches} of {self.damaged_bytes} bytes in all")
+        if self.unverified:
+            lost.append(f"{self.unverified} record{_s(self.unverified)} that failed verification")
+        if self.orphans:
+            lost.append(f"{self.orphans} frame{_s(self.orphans)} whose reference was lost")
+        return f"{out}: {self.frames} frames decoded and verified; NOT decoded: " + ", ".join(lost)
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
-    decoder = FrameDecoder()
+    tally = DecodeTally()
     args.out.mkdir(parents=True, exist_ok=True)
+    with args.file.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CctvError(f"{args.file}: empty file, no records")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            _decode_all(args, data, size, tally)
+    print(tally.summary(args.out))
+    return 0 if tally.clean else 1
+
+
+def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: DecodeTally) -> None:
+    """Decode every record that can be, each problem logged where it is (``--strict``: raised instead)."""
+    decoder = FrameDecoder()
     camera: str | None = None
-    n = 0
-    with args.file.open("rb") as f, Progress(None, "decoding") as bar:
-        for record in iter_records(f):
+
+    def problem(message: str) -> None:
+        if args.strict:
+            raise CctvError(message)
+        log.error("%s", message)
+
+    with Progress(None, "decoding") as bar:
+        for item in scan_records(data):
+            if isinstance(item, Damage):
+                tally.damaged += 1
+                tally.damaged_bytes += item.length
+                problem(
+                    f"{args.file}: bytes {item.offset}..{item.offset + item.length - 1} hold no valid record "
+                    f"({item.length} bytes skipped): {item.reason}"
+                )
+                continue
+            offset, record = item
             h = record.header
             if camera is not None and h.camera_id != camera:
                 raise WireFormatError(f"{args.file}: holds several cameras ({camera!r}, {h.camera_id!r})")
             camera = h.camera_id
-            image = decoder.decode(record)
+            where = f"{args.file}: the record at byte {offset} (seq {h.seq})"
+            try:
+                image = decoder.decode(record)
+            except MissingReferenceError as e:
+                tally.orphans += 1
+                if (h.camera_id, h.key_seq) not in tally.lost_groups:  # once for each key group hit
+                    tally.lost_groups.add((h.camera_id, h.key_seq))
+                    problem(f"{where}: {e}; skipping it and every later frame that needs it")
+                continue
+            except WireFormatError as e:
+                tally.unverified += 1
+                problem(f"{where}: {e}")
+                continue
             path = args.out / f"{h.seq:08d}.png"
             if not cv2.imwrite(str(path), image):
                 raise CctvError(f"{path}: could not write PNG")
-            n += 1
-            bar.advance()
-    print(f"{args.out}: {n} frames decoded, every frame hash verified")
-    return 0
+            tally.frames += 1
+            bar.advance(note=f"{offset * 100 // size}% of the file")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import pytest
 
 from agent.capture.files import iter_images
 from agent.cli.codec_commands import BENCH_KEYS
+from agent.codec.wire import Damage, Kind, scan_records
 from tests.fixtures.broker import Certs, MqttBroker
 from tests.integration.agent_harness import REPO, write_collector_config, write_config
 
@@ -92,6 +93,49 @@ def test_decode_reports_a_corrupt_file_clearly(pets_cut: Path, tmp_path: Path) -
     assert result.returncode == 1
     assert "checksum mismatch" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_decode_skips_only_what_a_damaged_record_costs(pets_cut: Path, tmp_path: Path) -> None:
+    """A flipped bit in a member costs the rest of its key group, a smashed length field only the bytes it
+    hides; every other frame is written bit for bit, each loss is logged at its byte offset, and the exit
+    status says the file was damaged. ``--strict`` stops at the first damage instead."""
+    out = tmp_path / "clip.cctv"
+    encoded = cli("encode", str(pets_cut), "--out", str(out), "--frames", "40", "--max-key-interval", "10")
+    assert encoded.returncode == 0, encoded.stderr
+    data = bytearray(out.read_bytes())
+    offsets = {}
+    for item in scan_records(bytes(data)):
+        assert not isinstance(item, Damage)
+        offsets[item[1].header.seq] = (item[0], item[1])
+    assert [seq for seq, (_, r) in offsets.items() if r.header.kind is Kind.KEY] == [0, 10, 20, 30]
+    flipped = offsets[15][0]
+    data[offsets[16][0] - 10] ^= 0x10  # near the end of seq 15's payload
+    smashed = offsets[33][0]
+    data[smashed + 16 : smashed + 20] = b"\xff\xff\xff\x7f"  # seq 33's payload_length
+    out.write_bytes(bytes(data))
+
+    result = cli("decode", str(out), "--out", str(tmp_path / "png"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"bytes {flipped}..{offsets[16][0] - 1} hold no valid record" in result.stderr
+    assert "checksum mismatch" in result.stderr
+    assert f"the record at byte {offsets[16][0]} (seq 16)" in result.stderr
+    assert f"bytes {smashed}..{offsets[34][0] - 1} hold no valid record" in result.stderr
+    assert "record too big" in result.stderr
+    lost = {15, 16, 17, 18, 19, 33, 34, 35, 36, 37, 38, 39}
+    assert "NOT decoded: 2 damaged stretches" in result.stdout
+    assert f"{40 - len(lost)} frames decoded and verified" in result.stdout
+    assert f"{len(lost) - 2} frames whose reference was lost" in result.stdout
+    written = {int(p.stem) for p in (tmp_path / "png").glob("*.png")}
+    assert written == set(range(40)) - lost
+    for seq, image in enumerate(iter_images(pets_cut, limit=40)):
+        if seq in written:
+            assert np.array_equal(cv2.imread(str(tmp_path / "png" / f"{seq:08d}.png")), image), seq
+
+    strict = cli("decode", "--strict", str(out), "--out", str(tmp_path / "strict"))
+    assert strict.returncode == 1
+    assert f"bytes {flipped}..{offsets[16][0] - 1} hold no valid record" in strict.stderr
+    assert {int(p.stem) for p in (tmp_path / "strict").glob("*.png")} == set(range(15))
 
 
 def test_bench_json_has_exactly_the_documented_keys(pets_cut: Path) -> None:
