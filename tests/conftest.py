@@ -6,7 +6,12 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.data", "tests.fixtures.broker", "tests.fixtures.rtsp"]
+pytest_plugins = [
+    "tests.fixtures.data",
+    "tests.fixtures.broker",
+    "tests.fixtures.rtsp",
+    "tests.fixtures.disk",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

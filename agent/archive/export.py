@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import cv2
-
 from agent.archive.reader import CameraReader, Image, TimeBound, iter_frames, resolve_site, to_ns
 from agent.codec.wire import RecordHeader
 from agent.errors import ArchiveError
+from agent.png import write_png
 
 VIDEO_CODECS = {
     ".mkv": ("matroska", ["-c:v", "ffv1", "-level", "3"]),
@@ -122,7 +121,7 @@ def _write_pngs(
 
         try:
             for header, image in frames:
-                pending.append(pool.submit(_write_png, out / f"{header.seq:08d}.png", image))
+                pending.append(pool.submit(write_png, out / f"{header.seq:08d}.png", image))
                 while len(pending) > 2 * workers:
                     finish_one()
             while pending:
@@ -131,11 +130,6 @@ def _write_pngs(
             for future in pending:
                 future.cancel()
     return written
-
-
-def _write_png(path: Path, image: Image) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise ArchiveError(f"{path}: could not write PNG")
 
 
 def _pipe_to_ffmpeg(

@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CctvError as e:
         log.error("%s", e)
         return 1
+    except OSError as e:  # a full disk, a read-only or missing folder: say which file and why, no traceback
+        log.error("%s", f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+        return 1
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130

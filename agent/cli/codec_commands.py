@@ -22,6 +22,7 @@ from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
 from agent.codec.wire import Damage, Kind, pack_record, scan_records, unpack_record
 from agent.errors import CctvError, MissingReferenceError, WireFormatError
+from agent.png import write_png
 from agent.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -192,27 +193,33 @@ def cmd_encode(args: argparse.Namespace) -> int:
     n = keys = written = 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".part")
-    with (
-        open_path(args.source, decoder=args.decoder) as source,
-        tmp.open("wb") as out,
-        Progress(_frames_total(args.source, args.frames), "encoding") as bar,
-    ):
-        while args.frames is None or n < args.frames:
-            frame = source.read()
-            if frame is None:
-                break
-            record = encoder.encode(
-                frame.image, frame.wall_time_ns, clock_synced=frame.clock_synced, picture=frame.picture
-            )
-            data = pack_record(record)
-            out.write(data)
-            n += 1
-            written += len(data)
-            keys += record.header.kind is Kind.KEY
-            bar.advance(note=f"{written / 1e6:.1f} MB")
-    if n == 0:
-        tmp.unlink()
-        raise CctvError(f"{args.source}: no frames to encode")
+    try:
+        with (
+            open_path(args.source, decoder=args.decoder) as source,
+            tmp.open("wb") as out,
+            Progress(_frames_total(args.source, args.frames), "encoding") as bar,
+        ):
+            while args.frames is None or n < args.frames:
+                frame = source.read()
+                if frame is None:
+                    break
+                record = encoder.encode(
+                    frame.image, frame.wall_time_ns, clock_synced=frame.clock_synced, picture=frame.picture
+                )
+                data = pack_record(record)
+                out.write(data)
+                n += 1
+                written += len(data)
+                keys += record.header.kind is Kind.KEY
+                bar.advance(note=f"{written / 1e6:.1f} MB")
+        if n == 0:
+            raise CctvError(f"{args.source}: no frames to encode")
+    except OSError as e:  # a full disk: say so of the file the user named; nothing half-written is left
+        tmp.unlink(missing_ok=True)
+        raise CctvError(f"{args.out}: {e.strerror or e}") from e
+    except BaseException:  # a bad source, ^C: likewise
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(args.out)
     print(f"{args.out}: {n} frames, {keys} keys, {written} bytes")
     return 0
@@ -302,9 +309,7 @@ def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: Dec
                 tally.unverified += 1
                 problem(f"{where}: {e}")
                 continue
-            path = args.out / f"{h.seq:08d}.png"
-            if not cv2.imwrite(str(path), image):
-                raise CctvError(f"{path}: could not write PNG")
+            write_png(args.out / f"{h.seq:08d}.png", image)
             tally.frames += 1
             bar.advance(note=f"{offset * 100 // size}% of the file")
 

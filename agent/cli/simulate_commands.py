@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from agent.errors import CctvError
+from agent.png import write_png
 from agent.progress import Progress
 from agent.urls import redact
 
@@ -124,8 +124,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         with Progress(args.frames, "simulating") as bar:
             for index, image in zip(range(args.frames), _frames(args), strict=False):
-                if not cv2.imwrite(str(args.out / f"{index:08d}.png"), image):
-                    raise CctvError(f"{args.out}: cannot write PNG")
+                write_png(args.out / f"{index:08d}.png", image)
                 bar.advance()
         print(f"{args.out}: {args.frames} frames")
         return 0

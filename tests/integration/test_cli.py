@@ -138,6 +138,31 @@ def test_decode_skips_only_what_a_damaged_record_costs(pets_cut: Path, tmp_path:
     assert {int(p.stem) for p in (tmp_path / "strict").glob("*.png")} == set(range(15))
 
 
+def test_a_full_disk_stops_encode_and_decode_clearly_leaving_no_torn_file(
+    pets_cut: Path, tmp_path: Path, tiny_disk: Path
+) -> None:
+    """ENOSPC from a real (1 MiB) filesystem: the message names the file and the cause, and what is left on
+    the disk is whole: no half-written .cctv (or .part), no PNG cut short."""
+    encoded = cli("encode", str(pets_cut), "--out", str(tiny_disk / "clip.cctv"), "--frames", "30")
+    assert encoded.returncode == 1
+    assert f"{tiny_disk / 'clip.cctv'}: No space left on device" in encoded.stderr
+    assert "Traceback" not in encoded.stderr
+    assert list(tiny_disk.iterdir()) == []
+
+    out = tmp_path / "clip.cctv"
+    assert cli("encode", str(pets_cut), "--out", str(out), "--frames", "30").returncode == 0
+    decoded = cli("decode", str(out), "--out", str(tiny_disk / "png"))
+    assert decoded.returncode == 1
+    assert "Traceback" not in decoded.stderr
+    written = sorted((tiny_disk / "png").iterdir())
+    assert 0 < len(written) < 30
+    assert f"{tiny_disk / 'png' / f'{len(written):08d}.png'}: No space left on device" in decoded.stderr
+    frames = iter_images(pets_cut)
+    for index, png in enumerate(written):
+        assert png.name == f"{index:08d}.png"
+        assert np.array_equal(cv2.imread(str(png)), next(frames)), png.name
+
+
 def test_bench_json_has_exactly_the_documented_keys(pets_cut: Path) -> None:
     result = cli("bench", str(pets_cut), "--frames", "20", "--json")
     assert result.returncode == 0, result.stderr

@@ -9,9 +9,7 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,23 +129,6 @@ def test_every_returned_put_survives_sigkill(tmp_path: Path) -> None:
         assert not bad, f"records damaged: {bad}"
         assert spool.counters()["dropped_records"] == 0, "a kill must never leave a torn record file"
         assert not list(tmp_path.glob("*.tmp"))
-
-
-@pytest.fixture
-def tiny_disk() -> Iterator[Path]:
-    """A 1 MiB tmpfs, so that a real ENOSPC comes from the kernel."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    with tempfile.TemporaryDirectory() as tmp:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", tmp], capture_output=True, text=True
-        )
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-        try:
-            yield Path(tmp)
-        finally:
-            subprocess.run(["umount", tmp], check=True)
 
 
 def entry(seq: int, key_seq: int, size: int) -> SpoolEntry:
