@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.args import COUNT, POSITIVE
 from agent.errors import CctvError
 from agent.progress import Progress
 
@@ -52,7 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument("root", type=Path, help="archive root directory")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=COUNT,
         default=min(8, os.cpu_count() or 1),
         help="cameras verified at once, each in its own process (about 100 MB at 1080p) "
         "(default: the number of CPUs up to 8, here %(default)s)",
@@ -73,7 +74,9 @@ def register(sub: Any) -> None:
         "--from", dest="start", type=parse_time, default=None, metavar="T", help="first capture time"
     )
     p.add_argument("--to", dest="end", type=parse_time, default=None, metavar="T", help="end (exclusive)")
-    p.add_argument("--fps", type=float, default=None, help="video frame rate (default: from capture times)")
+    p.add_argument(
+        "--fps", type=POSITIVE, default=None, help="video frame rate (default: from capture times)"
+    )
     p.add_argument("--out", type=Path, required=True, help="directory for PNG, or FILE.mkv / FILE.mp4")
     p.set_defaults(handler=cmd_export)
 
@@ -136,9 +139,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from agent.archive.maintenance import info, verify
-
-    if args.jobs < 1:
-        raise CctvError(f"--jobs must be at least 1, got {args.jobs}")
 
     total = sum(c.frames for c in info(args.root)) if (args.root / "VERSION").exists() else None
     with Progress(total, "verifying") as bar:

@@ -17,6 +17,7 @@ import cv2
 
 from agent.capture.ffmpeg import DECODERS
 from agent.capture.files import open_path
+from agent.cli.args import COUNT
 from agent.codec.decoder import FrameDecoder
 from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
@@ -96,7 +97,7 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         "converted from (by default those pictures are coded: the same frames, 1.26-1.38x smaller on the "
         "public videos)",
     )
-    p.add_argument("--frames", type=int, default=None, metavar="N", help="only the first N frames")
+    p.add_argument("--frames", type=COUNT, default=None, metavar="N", help="only the first N frames")
     p.add_argument(
         "--camera-id", default="cam1", help="camera id written in the records (default: %(default)s)"
     )

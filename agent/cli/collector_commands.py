@@ -10,6 +10,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.cli.args import POSITIVE
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def register(sub: Any) -> None:
         "(docs/collector.md).",
     )
     p.add_argument("--config", type=Path, required=True, help="the collector's TOML file")
-    p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
+    p.add_argument("--stats-interval", type=POSITIVE, default=60.0, metavar="S",
                    help="log the counters every S seconds (default: %(default)s)")  # fmt: skip
     p.set_defaults(handler=cmd_collect)
 

@@ -13,10 +13,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.cli.args import COUNT, PORT, POSITIVE, float_in, int_in
 from agent.errors import CctvError
 from agent.png import write_png
 from agent.progress import Progress
+from agent.simulate.scene import MAX_NOISE, SIDE_RANGE
 from agent.urls import redact
+
+SIDE = int_in(*SIDE_RANGE)
+NOISE = float_in(0, MAX_NOISE)
+SIDES = f"pixels, {SIDE_RANGE[0]}..{SIDE_RANGE[1]}"
+NOISES = f"0..{MAX_NOISE:g}"
 
 
 def register(sub: Any) -> None:
@@ -35,19 +42,26 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--seed", type=int, default=1, help="scene seed (default: %(default)s)")
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=720)
-    p.add_argument("--fps", type=float, default=10.0)
-    p.add_argument("--noise", type=float, default=2.0, help="sensor noise sigma (default: %(default)s)")
+    p.add_argument("--width", type=SIDE, default=1280, help=f"{SIDES} (default: %(default)s)")
+    p.add_argument("--height", type=SIDE, default=720, help=f"{SIDES} (default: %(default)s)")
+    p.add_argument("--fps", type=POSITIVE, default=10.0, help="frames a second (default: %(default)s)")
+    p.add_argument(
+        "--noise", type=NOISE, default=2.0, help=f"sensor noise sigma, {NOISES} (default: %(default)s)"
+    )
     p.add_argument("--no-clock", action="store_true", help="no burned-in clock")
     p.add_argument("--replay", type=Path, help="loop this video file or image folder instead of the scene")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", type=Path, help="write --frames frames as PNG into this directory")
     out.add_argument("--serve", choices=["rtsp", "mjpeg"], help="serve a live stream on --port")
-    p.add_argument("--frames", type=int, default=100, help="with --out: how many (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8554)
+    p.add_argument("--frames", type=COUNT, default=100, help="with --out: how many (default: %(default)s)")
+    p.add_argument("--port", type=PORT, default=8554, help="with --serve (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=60.0, help="rtsp: seconds of scene in the served clip")
+    p.add_argument(
+        "--duration",
+        type=POSITIVE,
+        default=60.0,
+        help="rtsp: seconds of scene in the served clip (default: 60)",
+    )
     p.add_argument("--user", help="rtsp: ask clients for this user and the password in --password-file")
     p.add_argument(
         "--password-file", type=Path, help="rtsp: a file holding the password (as capture.password_file)"
@@ -70,14 +84,19 @@ def register(sub: Any) -> None:
         "writes WORKDIR/report.png: bytes per frame with key frames marked, and a contact sheet.",
     )
     p.add_argument("--workdir", type=Path, default=Path("out/demo"), help="(default: %(default)s)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of filming (default: %(default)s)")
-    p.add_argument("--width", type=int, default=960)
-    p.add_argument("--height", type=int, default=540)
-    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument(
+        "--duration", type=POSITIVE, default=30.0, help="seconds of filming (default: %(default)s)"
+    )
+    p.add_argument("--width", type=SIDE, default=960, help=f"{SIDES} (default: %(default)s)")
+    p.add_argument("--height", type=SIDE, default=540, help=f"{SIDES} (default: %(default)s)")
+    p.add_argument("--fps", type=POSITIVE, default=10.0, help="frames a second (default: %(default)s)")
     p.add_argument("--tolerance", type=int, default=0, help="0 = exact (default)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
-        "--noise", type=float, default=2.0, help="sensor noise sigma of the scene (default: %(default)s)"
+        "--noise",
+        type=NOISE,
+        default=2.0,
+        help=f"sensor noise sigma of the scene, {NOISES} (default: %(default)s)",
     )
     p.set_defaults(handler=cmd_demo)
 

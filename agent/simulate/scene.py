@@ -29,6 +29,12 @@ _NIGHT_GAIN = 0.25
 """Global gain at midnight (1.0 at noon)."""
 
 
+SIDE_RANGE = (16, 8192)
+"""Width and height the scene can be drawn at, in pixels."""
+MAX_NOISE = 64.0
+"""The largest sensor noise sigma, in grey levels."""
+
+
 @dataclass(frozen=True, slots=True)
 class SceneSettings:
     """How the simulated camera looks; ``seed`` alone decides every pixel."""
@@ -45,12 +51,13 @@ class SceneSettings:
     """Scene seconds from noon to noon (0 keeps it noon)."""
 
     def __post_init__(self) -> None:
-        if not (16 <= self.width <= 8192 and 16 <= self.height <= 8192):
-            raise ValueError(f"scene size {self.width}x{self.height} is outside 16..8192")
+        lo, hi = SIDE_RANGE
+        if not (lo <= self.width <= hi and lo <= self.height <= hi):
+            raise ValueError(f"scene size {self.width}x{self.height} is outside {lo}..{hi}")
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise ValueError(f"scene fps must be positive, got {self.fps}")
-        if not (0 <= self.noise <= 64):
-            raise ValueError(f"scene noise must be within 0..64, got {self.noise}")
+        if not (0 <= self.noise <= MAX_NOISE):
+            raise ValueError(f"scene noise must be within 0..{MAX_NOISE:g}, got {self.noise}")
         if not (self.day_length_s >= 0 and math.isfinite(self.day_length_s)):
             raise ValueError(f"scene day_length_s must be >= 0, got {self.day_length_s}")
 
