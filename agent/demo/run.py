@@ -29,6 +29,7 @@ from agent.config import parse_agent_config
 from agent.demo.broker import Mosquitto
 from agent.demo.report import bytes_chart, compose, contact_sheet
 from agent.errors import CctvError
+from agent.png import write_png
 from agent.runtime.agent import EdgeAgent
 from agent.simulate.scene import Scene, SceneSettings
 
@@ -177,7 +178,7 @@ def _report(
     exact_hashes = opts.tolerance == 0 and archived_hashes == [digest for _i, digest in captured]
     every_frame = len(archived_hashes) == len(captured)
     picture = opts.workdir / "report.png"
-    cv2.imwrite(str(picture), compose(bytes_chart(sizes, keys, raw_frame), contact_sheet(sheet)))
+    write_png(picture, compose(bytes_chart(sizes, keys, raw_frame), contact_sheet(sheet)))
     stats = agent.stats
     shape = f"{opts.width}x{opts.height}, {opts.fps:g} fps, {opts.duration_s:g} s"
     if opts.tolerance:
