@@ -113,7 +113,7 @@ def summarize_agent(config: AgentConfig) -> str:
     """One line a person can check against what they meant to configure (no secrets)."""
     a, m, s = config.agent, config.mqtt, config.spool
     return (
-        f"agent {a.site}/{a.camera_id}: capture {config.capture.kind}{_decoder(config)}, "
+        f"agent {a.site}/{a.camera_id}: capture {config.capture.kind}{_replayed(config)}{_decoder(config)}, "
         f"mqtt {m.host}:{m.port} ({_transport(config.mqtt.tls.enabled, m.protocol)}), "
         f"spool {s.directory} (max {s.max_bytes} bytes)"
     )
@@ -125,6 +125,16 @@ def summarize_collector(config: CollectorConfig) -> str:
         f"collector {m.client_id}: archive {c.archive_root}, "
         f"mqtt {m.host}:{m.port} ({_transport(m.tls.enabled, m.protocol)}), subscribe {c.subscription!r}"
     )
+
+
+def _replayed(config: AgentConfig) -> str:
+    """A replayed file or folder, and whether it is there: the agent would stop at its start without it (a
+    hint, not an error: the config may be checked where the footage is not, as Ansible does before copying)."""
+    c = config.capture
+    if c.kind not in ("file", "folder") or c.path is None:
+        return ""
+    there = c.path.is_file() if c.kind == "file" else c.path.is_dir()
+    return f" {c.path}" if there else f" {c.path} (NOT FOUND here: the agent would stop at its start)"
 
 
 def _decoder(config: AgentConfig) -> str:

@@ -595,6 +595,31 @@ def test_check_config_says_a_camera_with_a_ca_file_is_checked_and_decoded_by_ope
     assert says.format(tmp_path / "camera-ca.pem") in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_check_config_names_a_replay_and_says_when_it_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Not an error (the config may be checked where the footage is not), but the summary says so."""
+    replay = tmp_path / ("clip.avi" if kind == "file" else "frames")
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[agent]\ncamera_id = "cam1"\n[capture]\nkind = "{kind}"\npath = "{replay}"\n', encoding="utf-8"
+    )
+    assert check_config_main(path, "agent", env={}) == 0
+    assert (
+        f"capture {kind} {replay} (NOT FOUND here: the agent would stop at its start)"
+        in capsys.readouterr().out
+    )
+    if kind == "file":
+        replay.write_bytes(b"")
+    else:
+        replay.mkdir()
+    assert check_config_main(path, "agent", env={}) == 0
+    out = capsys.readouterr().out
+    assert f"capture {kind} {replay}" in out
+    assert "NOT FOUND" not in out
+
+
 def test_check_config_lists_errors_with_their_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
