@@ -43,8 +43,31 @@ class ExportResult:
     fps: float | None
 
 
+OTHER_MEDIA = frozenset(
+    (".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".y4m", ".gif", ".png", ".jpg")
+)
+"""Suffixes of a file someone may well ask for that export does not write: refused rather than taken as the
+name of a PNG directory, which is what any other --out is."""
+
+
 def export_format(out: Path) -> str:
-    return {".mkv": "ffv1", ".mp4": "h264"}.get(out.suffix.lower(), "png")
+    """ "ffv1" (OUT.mkv), "h264" (OUT.mp4) or "png" (a directory); a media file of any other kind is refused."""
+    suffix = out.suffix.lower()
+    if suffix in OTHER_MEDIA:
+        raise ArchiveError(
+            f"{out}: export writes OUT.mkv (FFV1, lossless), OUT.mp4 (H.264, a preview) or a directory of PNG "
+            f"frames, not {suffix}"
+        )
+    return {".mkv": "ffv1", ".mp4": "h264"}.get(suffix, "png")
+
+
+def camera_span(root: Path, camera: str, site: str | None) -> tuple[int, int] | None:
+    """The first and last indexed capture times of a camera (ns), None when it holds no record."""
+    with CameraReader(root, resolve_site(root, camera, site), camera) as reader:
+        first, last = reader.conn.execute(
+            "SELECT MIN(capture_time_ns), MAX(capture_time_ns) FROM records"
+        ).fetchone()
+    return None if first is None else (int(first), int(last))
 
 
 def count_frames(root: Path, camera: str, site: str | None, start: TimeBound, end: TimeBound) -> int:

@@ -98,6 +98,7 @@ def to_ns(bound: TimeBound) -> int | None:
 
 def resolve_site(root: Path, camera: str, site: str | None) -> str:
     """The site of ``camera``: the given one, or the only one holding it."""
+    check_version(root, create=False)  # "not an archive" says more than "no camera" about a wrong root
     validate_id("camera", camera)
     if site is not None:
         return validate_id("site", site)

@@ -155,10 +155,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from agent.archive.export import count_frames, export, export_format
+    from agent.archive.export import camera_span, count_frames, export, export_format
 
     fmt = export_format(args.out)
+    if args.start is not None and args.end is not None and args.start >= args.end:
+        raise CctvError(
+            f"--from {args.start.isoformat()} is not before --to {args.end.isoformat()}: nothing to export"
+        )
     total = count_frames(args.root, args.camera, args.site, args.start, args.end)
+    if total == 0:
+        span = camera_span(args.root, args.camera, args.site)
+        holds = "no records" if span is None else f"records from {_when(span[0])} to {_when(span[1])}"
+        raise CctvError(f"camera {args.camera!r}: no records in that range; it holds {holds}")
     with Progress(total, f"exporting {fmt}") as bar:
         result = export(
             args.root,

@@ -113,6 +113,35 @@ def test_export_png_with_iso_range(
         assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), frames[int(f.stem)])
 
 
+def test_export_refuses_what_it_cannot_do_before_writing_anything(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    """A video kind it does not write (not a PNG folder named clip.avi), an empty or reversed range (saying
+    what the camera holds), a root that is not an archive: each a clear error, and nothing on disk."""
+    root, _ = pets_archive
+    cases = [
+        (["--out", tmp_path / "clip.avi"], "clip.avi: export writes OUT.mkv (FFV1, lossless), OUT.mp4"),
+        (
+            ["--out", tmp_path / "r", "--from", "2024-03-01T12:00:01", "--to", "2024-03-01T12:00:00"],
+            "--from 2024-03-01T12:00:01+00:00 is not before --to 2024-03-01T12:00:00+00:00",
+        ),
+        (
+            ["--out", tmp_path / "late", "--from", "2024-03-02"],
+            "camera 'cam1': no records in that range; it holds records from 2024-03-01T12:00:00.000Z to "
+            "2024-03-01T12:00:00.900Z",
+        ),
+    ]
+    for args, message in cases:
+        done = cli("export", root, "--camera", "cam1", *args)
+        assert done.returncode == 1, args
+        assert message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    done = cli("export", tmp_path, "--camera", "cam1", "--out", tmp_path / "x")
+    assert done.returncode == 1
+    assert f"archive {tmp_path}: no VERSION file, not an archive" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_png_writes_every_frame_exactly_and_stops_at_a_failed_write(
     pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
 ) -> None:
