@@ -7,6 +7,7 @@ a corrupted reference can never pass silently as a good frame.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -48,32 +49,54 @@ def _verify(record: Record, image: npt.NDArray[np.uint8]) -> None:
         )
 
 
+@dataclass
+class _Key:
+    """A group's key: its record always, its planes while members may still be coded against it."""
+
+    seq: int
+    record: Record
+    planes: Planes | None
+
+    def reference(self) -> Planes:
+        if self.planes is None:  # dropped after a member coded against another frame: decode it again
+            self.planes = reconstruct(self.record)[1]
+        return self.planes
+
+
 class FrameDecoder:
-    """Decodes each camera's records as they arrive in sequence order."""
+    """Decodes each camera's records as they arrive in sequence order.
+
+    A record does not say whether later members of its group will reference the key, so the key's record is
+    kept for the whole group; its decoded planes (6 MB a 1080p frame) only until a member is coded against
+    another frame, which with chained references (the default) is the group's second member. A later member
+    that references the key after all (``reference = "auto"``) has it decoded again from the record.
+    """
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[int, Planes]] = {}
+        self._keys: dict[str, _Key] = {}
         self._recent: dict[str, OrderedDict[int, Planes]] = {}
 
     def holds(self, camera_id: str, seq: int) -> bool:
         key = self._keys.get(camera_id)
-        return (key is not None and key[0] == seq) or seq in self._recent.get(camera_id, {})
+        return (key is not None and key.seq == seq) or seq in self._recent.get(camera_id, {})
 
     def decode(self, record: Record) -> npt.NDArray[np.uint8]:
         h = record.header
         recent = self._recent.setdefault(h.camera_id, OrderedDict())
+        key = self._keys.get(h.camera_id)
         reference: Planes | None = None
         if h.needs_reference:
-            key = self._keys.get(h.camera_id)
-            if key is not None and key[0] == h.ref_seq:
-                reference = key[1]
-            elif h.ref_seq in recent:
+            if h.ref_seq in recent:
                 reference = recent[h.ref_seq]
+            elif key is not None and key.seq == h.ref_seq:
+                reference = key.reference()
             else:
                 raise MissingReferenceError(h.camera_id, h.seq, h.ref_seq)
         image, planes = reconstruct(record, reference)
         if h.kind is Kind.KEY:
-            self._keys[h.camera_id] = (h.seq, planes)
+            self._keys[h.camera_id] = _Key(h.seq, record, planes)
+        elif key is not None and key.seq == h.key_seq and h.ref_seq != key.seq:
+            key.planes = None
         recent[h.seq] = planes
         while len(recent) > HELD_PER_CAMERA:
             recent.popitem(last=False)

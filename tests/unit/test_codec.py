@@ -300,6 +300,28 @@ def test_a_missing_reference_is_named(pets_cut: Path) -> None:
         FrameDecoder().decode(records[2])
 
 
+def test_the_decoder_drops_a_keys_pixels_once_the_chain_leaves_it_and_rebuilds_them_if_needed(
+    pets_cut: Path,
+) -> None:
+    """With chained references the key's planes (6 MB at 1080p) are dead weight from the group's second
+    member on; a member that references the key later on (``reference = "auto"`` may) still decodes, from the
+    key's record. The groups here: key 0, 1 → 0, 2 → 1 (chained), then 3 → 0 (from an encoder coding
+    against the key, which saw the same frames and so wrote the same key)."""
+    frames = list(_frames(pets_cut, 4))
+    chained_encoder = FrameEncoder("cam", CodecSettings(reference="previous"))
+    keyed_encoder = FrameEncoder("cam", CodecSettings(reference="key"))
+    chained = [chained_encoder.encode(f, i) for i, f in enumerate(frames)]
+    keyed = [keyed_encoder.encode(f, i) for i, f in enumerate(frames)]
+    assert pack_record(chained[0]) == pack_record(keyed[0])
+    assert [r.header.ref_seq for r in chained[:3]] + [keyed[3].header.ref_seq] == [0, 0, 1, 0]
+    decoder = FrameDecoder()
+    for record, frame, key_planes_held in zip(
+        [*chained[:3], keyed[3]], frames, [True, True, False, True], strict=True
+    ):
+        assert np.array_equal(decoder.decode(record), frame)
+        assert (decoder._keys["cam"].planes is not None) is key_planes_held, record.header.seq
+
+
 def test_a_frame_that_does_not_match_its_hash_is_refused(pets_cut: Path) -> None:
     frames = list(_frames(pets_cut, 2))
     encoder = FrameEncoder("cam")
