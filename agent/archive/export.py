@@ -8,13 +8,10 @@ pixel kept), ``.mp4`` → H.264 (``-crf 23``, yuv420p: a preview, not evidence),
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -22,7 +19,7 @@ from typing import IO
 from agent.archive.reader import CameraReader, Image, TimeBound, iter_frames, resolve_site, to_ns
 from agent.codec.wire import RecordHeader
 from agent.errors import ArchiveError
-from agent.png import write_png
+from agent.png import PngWriter
 
 VIDEO_CODECS = {
     ".mkv": ("matroska", ["-c:v", "ffv1", "-level", "3"]),
@@ -119,40 +116,15 @@ def export(
     return ExportResult(out, fmt, n, rate)
 
 
-def png_writers() -> int:
-    """Threads that compress PNGs while this one decodes: a 1080p frame takes about as long to compress
-    (zlib, in OpenCV, without the GIL) as to decode (measured 55 and 45 ms), and the decoding is a chain."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
 def _write_pngs(
     frames: Iterator[tuple[RecordHeader, Image]], out: Path, on_frame: Callable[[], None] | None
 ) -> int:
-    """Each frame as ``<seq>.png`` in ``out``, written by ``png_writers()`` threads; at most twice that many
-    frames wait in memory. The first failed write stops the export with its path."""
-    workers = png_writers()
-    written = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="png") as pool:
-        pending: deque[Future[None]] = deque()
-
-        def finish_one() -> None:
-            nonlocal written
-            pending.popleft().result()
-            written += 1
-            if on_frame is not None:
-                on_frame()
-
-        try:
-            for header, image in frames:
-                pending.append(pool.submit(write_png, out / f"{header.seq:08d}.png", image))
-                while len(pending) > 2 * workers:
-                    finish_one()
-            while pending:
-                finish_one()
-        finally:
-            for future in pending:
-                future.cancel()
-    return written
+    """Each frame as ``<seq>.png`` in ``out``, compressed on worker threads while the next frames decode. The
+    first failed write stops the export with its path."""
+    with PngWriter(on_frame) as writer:
+        for header, image in frames:
+            writer.write(out / f"{header.seq:08d}.png", image)
+    return writer.written
 
 
 def _pipe_to_ffmpeg(

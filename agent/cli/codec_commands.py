@@ -23,7 +23,7 @@ from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
 from agent.codec.wire import Damage, Kind, pack_record, scan_records, unpack_record
 from agent.errors import CctvError, MissingReferenceError, WireFormatError
-from agent.png import write_png
+from agent.png import PngWriter
 from agent.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -273,46 +273,57 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: DecodeTally) -> None:
-    """Decode every record that can be, each problem logged where it is (``--strict``: raised instead)."""
+    """Decode every record that can be, each problem logged where it is. What stops the decode (``--strict``'s
+    first problem, a second camera) is raised once the frames decoded before it are written."""
     decoder = FrameDecoder()
     camera: str | None = None
+    stop: CctvError | None = None
 
-    def problem(message: str) -> None:
+    def problem(message: str) -> bool:
+        """Log it, or with --strict keep it to raise; True when the decode stops here."""
+        nonlocal stop
         if args.strict:
-            raise CctvError(message)
+            stop = CctvError(message)
+            return True
         log.error("%s", message)
+        return False
 
-    with Progress(None, "decoding") as bar:
+    with Progress(None, "decoding") as bar, PngWriter() as writer:
         for item in scan_records(data):
             if isinstance(item, Damage):
                 tally.damaged += 1
                 tally.damaged_bytes += item.length
-                problem(
-                    f"{args.file}: bytes {item.offset}..{item.offset + item.length - 1} hold no valid record "
-                    f"({item.length} bytes skipped): {item.reason}"
-                )
+                where = f"{args.file}: bytes {item.offset}..{item.offset + item.length - 1}"
+                if problem(f"{where} hold no valid record ({item.length} bytes skipped): {item.reason}"):
+                    break
                 continue
             offset, record = item
             h = record.header
             if camera is not None and h.camera_id != camera:
-                raise WireFormatError(f"{args.file}: holds several cameras ({camera!r}, {h.camera_id!r})")
+                stop = WireFormatError(f"{args.file}: holds several cameras ({camera!r}, {h.camera_id!r})")
+                break
             camera = h.camera_id
             where = f"{args.file}: the record at byte {offset} (seq {h.seq})"
             try:
                 image = decoder.decode(record)
             except MissingReferenceError as e:
                 tally.orphans += 1
-                if (h.camera_id, h.key_seq) not in tally.lost_groups:  # once for each key group hit
-                    tally.lost_groups.add((h.camera_id, h.key_seq))
-                    problem(f"{where}: {e}; skipping it and every later frame that needs it")
+                if (h.camera_id, h.key_seq) in tally.lost_groups:  # logged once for each key group hit
+                    continue
+                tally.lost_groups.add((h.camera_id, h.key_seq))
+                if problem(f"{where}: {e}; skipping it and every later frame that needs it"):
+                    break
                 continue
             except WireFormatError as e:
                 tally.unverified += 1
-                problem(f"{where}: {e}")
+                if problem(f"{where}: {e}"):
+                    break
                 continue
-            write_png(args.out / f"{h.seq:08d}.png", image)
+            writer.write(args.out / f"{h.seq:08d}.png", image)
             tally.frames += 1
             bar.advance(note=f"{offset * 100 // size}% of the file")
+    if stop is not None:
+        raise stop
 
 
 @dataclass
