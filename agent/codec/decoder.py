@@ -76,10 +76,6 @@ class FrameDecoder:
         self._keys: dict[str, _Key] = {}
         self._recent: dict[str, OrderedDict[int, Planes]] = {}
 
-    def holds(self, camera_id: str, seq: int) -> bool:
-        key = self._keys.get(camera_id)
-        return (key is not None and key.seq == seq) or seq in self._recent.get(camera_id, {})
-
     def decode(self, record: Record) -> npt.NDArray[np.uint8]:
         h = record.header
         recent = self._recent.setdefault(h.camera_id, OrderedDict())
