@@ -12,6 +12,8 @@ from agent.errors import CctvError
 
 log = logging.getLogger("agent")
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 DESCRIPTION = """\
 Turn a fixed camera into a compact, exact (or bounded-error) frame stream.
 
@@ -41,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity on stderr (default: %(default)s)",
+        default=None,
+        choices=LOG_LEVELS,
+        help="log verbosity on stderr (default: INFO, or for run and collect the config file's log_level)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     codec_commands.register(sub)
@@ -55,14 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _log_level_after_the_command(parser)
     return parser
+
+
+def _log_level_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """Let ``--log-level`` follow the command too (``cctv-agent decode f.cctv --out d --log-level DEBUG``),
+    where people type it; given there, it overrides one given before the command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in {id(p): p for p in action.choices.values()}.values():
+                command.add_argument(
+                    "--log-level",
+                    default=argparse.SUPPRESS,
+                    choices=LOG_LEVELS,
+                    help="log verbosity on stderr",
+                )
+                _log_level_after_the_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level),
+        level=getattr(logging, args.log_level or "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

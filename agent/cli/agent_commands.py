@@ -51,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.runtime.agent import EdgeAgent
 
     config = load_agent_config(args.config)
-    logging.getLogger().setLevel(config.agent.log_level)
+    if args.log_level is None:  # --log-level, when given, wins over the file
+        logging.getLogger().setLevel(config.agent.log_level)
     agent = EdgeAgent(config)
     agent.install_signal_handlers()
     return agent.run()

@@ -35,7 +35,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from agent.config import load_collector_config
 
     config = load_collector_config(args.config)
-    logging.getLogger().setLevel(config.collector.log_level)
+    if args.log_level is None:  # --log-level, when given, wins over the file
+        logging.getLogger().setLevel(config.collector.log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

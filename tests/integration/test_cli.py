@@ -166,6 +166,26 @@ def test_a_full_disk_stops_encode_and_decode_clearly_leaving_no_torn_file(
             assert np.array_equal(cv2.imread(str(tiny_disk / "png" / f"{seq:08d}.png")), frame), seq
 
 
+def test_log_level_on_the_command_line_wins_over_the_config_file(tmp_path: Path) -> None:
+    """The agent run on a video that is not there stops at once; its INFO lines show only when asked for."""
+    config = write_config(
+        tmp_path / "agent.toml",
+        port=1,
+        spool=tmp_path / "spool",
+        capture=f'kind = "file"\npath = "{tmp_path / "gone.avi"}"',
+        extra_agent='log_level = "ERROR"',
+    )
+    quiet = cli("run", "--config", str(config))
+    assert quiet.returncode == 1
+    assert "gone.avi: no such file" in quiet.stderr
+    assert " INFO " not in quiet.stderr
+    run = ["run", "--config", str(config)]
+    for argv in (["--log-level", "INFO", *run], [*run, "--log-level", "INFO"]):
+        loud = cli(*argv)
+        assert loud.returncode == 1
+        assert " INFO agent.runtime.agent: camera lab/cam1: starting" in loud.stderr, argv
+
+
 def test_bench_json_has_exactly_the_documented_keys(pets_cut: Path) -> None:
     result = cli("bench", str(pets_cut), "--frames", "20", "--json")
     assert result.returncode == 0, result.stderr

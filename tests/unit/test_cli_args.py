@@ -50,3 +50,14 @@ def test_the_edges_of_each_range_are_taken() -> None:
     assert (args.port, args.frames, args.noise, args.fps) == (1, 1, 0.0, 0.5)
     assert parse(["simulate", "--out", "f", "--noise", "64"]).noise == 64.0
     assert parse(["archive", "verify", "r", "--jobs", "1"]).jobs == 1
+
+
+def test_log_level_goes_before_or_after_the_command() -> None:
+    parse = build_parser().parse_args
+    assert parse(["decode", "f.cctv", "--out", "d"]).log_level is None  # INFO, or run's config file's
+    assert parse(["--log-level", "ERROR", "decode", "f.cctv", "--out", "d"]).log_level == "ERROR"
+    assert parse(["decode", "f.cctv", "--out", "d", "--log-level", "WARNING"]).log_level == "WARNING"
+    assert (
+        parse(["--log-level", "ERROR", "archive", "info", "root", "--log-level", "DEBUG"]).log_level
+        == "DEBUG"
+    )
