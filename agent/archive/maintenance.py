@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.archive.paths import check_version, find_cameras, parse_segment
 from agent.archive.reader import CameraReader, Reconstructor
-from agent.errors import CctvError
+from agent.errors import ArchiveError, CctvError
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,25 @@ def camera_info(root: Path, site: str, camera: str) -> CameraInfo:
     )
 
 
-def info(root: Path) -> list[CameraInfo]:
+def select(
+    root: Path, found: Sequence[tuple[str, str]], cameras: Collection[str] = (), sites: Collection[str] = ()
+) -> list[tuple[str, str]]:
+    """The (site, camera) pairs of ``found`` that are asked for (empty: no filter). A camera or site asked for
+    that is not there is an error listing what is, rather than a report on nothing that reads as all well."""
+    chosen = [(s, c) for s, c in found if (not cameras or c in cameras) and (not sites or s in sites)]
+    missing = [f"site {s!r}" for s in sites if all(s != ss for ss, _c in found)]
+    missing += [f"camera {c!r}" for c in cameras if all(c != cc for _s, cc in chosen)]
+    if missing:
+        held = ", ".join(f"{s}/{c}" for s, c in found) or "no cameras"
+        raise ArchiveError(f"archive {root}: no {' and no '.join(missing)} there; it holds {held}")
+    return chosen
+
+
+def info(root: Path, cameras: Collection[str] = (), sites: Collection[str] = ()) -> list[CameraInfo]:
     check_version(root, create=False)
-    return [camera_info(root, site, camera) for site, camera in find_cameras(root)]
+    return [
+        camera_info(root, site, camera) for site, camera in select(root, find_cameras(root), cameras, sites)
+    ]
 
 
 @dataclass(slots=True)
@@ -155,12 +171,19 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(root: Path, on_record: Callable[[], None] | None = None, jobs: int = 1) -> VerifyReport:
+def verify(
+    root: Path,
+    on_record: Callable[[], None] | None = None,
+    jobs: int = 1,
+    cameras: Collection[str] = (),
+    sites: Collection[str] = (),
+) -> VerifyReport:
     """Decode every indexed record of every camera and check its frame hash; collect what is wrong.
 
     ``jobs`` > 1 verifies that many cameras at once, each in its own process: a camera's records decode as
     one chain from each key, so a camera is the unit (a 1080p frame takes about 45 ms to decode: one camera
     filming a frame a second for a day is an hour of one core). The report is the same, in camera order.
+    ``cameras`` and ``sites``: only those (:func:`select`).
     """
     report = VerifyReport()
     try:
@@ -168,18 +191,18 @@ def verify(root: Path, on_record: Callable[[], None] | None = None, jobs: int = 
     except CctvError as e:
         report.problems.append(str(e))
         return report
-    cameras = find_cameras(root, include_unindexed=True)
-    report.cameras = len(cameras)
-    if jobs <= 1 or len(cameras) <= 1:
-        for site, camera in cameras:
+    chosen = select(root, find_cameras(root, include_unindexed=True), cameras, sites)
+    report.cameras = len(chosen)
+    if jobs <= 1 or len(chosen) <= 1:
+        for site, camera in chosen:
             _verify_one_into(root, site, camera, report, on_record)
         return report
     context = multiprocessing.get_context("spawn")  # no fork of a process that may run threads
     seen = context.Value("q", 0)
     with ProcessPoolExecutor(
-        min(jobs, len(cameras)), mp_context=context, initializer=_count_into, initargs=(seen,)
+        min(jobs, len(chosen)), mp_context=context, initializer=_count_into, initargs=(seen,)
     ) as pool:
-        futures = [pool.submit(_verify_one, root, site, camera) for site, camera in cameras]
+        futures = [pool.submit(_verify_one, root, site, camera) for site, camera in chosen]
         shown = 0
         while True:
             done, _ = wait(futures, timeout=0.2)

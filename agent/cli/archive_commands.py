@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
     p = commands.add_parser("info", help="per camera: time span, frames, keys, bytes, ratio, gaps, orphans")
     p.add_argument("root", type=Path, help="archive root directory")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    _add_selection(p)
     p.set_defaults(handler=cmd_info)
 
     p = commands.add_parser(
@@ -58,6 +59,7 @@ def register(sub: Any) -> None:
         help="cameras verified at once, each in its own process (about 100 MB at 1080p) "
         "(default: the number of CPUs up to 8, here %(default)s)",
     )
+    _add_selection(p)
     p.set_defaults(handler=cmd_verify)
 
     p = commands.add_parser(
@@ -124,10 +126,29 @@ def _table(cameras: list[CameraInfo]) -> None:
             print(f"  {name:<13} {value}")
 
 
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--camera",
+        dest="cameras",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this camera (repeat for several; default: every camera)",
+    )
+    p.add_argument(
+        "--site",
+        dest="sites",
+        action="append",
+        default=[],
+        metavar="S",
+        help="only cameras of this site (repeatable)",
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from agent.archive.maintenance import info
 
-    cameras = info(args.root)
+    cameras = info(args.root, args.cameras, args.sites)
     if args.json:
         print(json.dumps([c.as_dict() for c in cameras]))
     elif not cameras:
@@ -140,9 +161,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from agent.archive.maintenance import info, verify
 
-    total = sum(c.frames for c in info(args.root)) if (args.root / "VERSION").exists() else None
+    exists = (args.root / "VERSION").exists()
+    total = sum(c.frames for c in info(args.root, args.cameras, args.sites)) if exists else None
     with Progress(total, "verifying") as bar:
-        report = verify(args.root, on_record=bar.advance, jobs=args.jobs)
+        report = verify(
+            args.root, on_record=bar.advance, jobs=args.jobs, cameras=args.cameras, sites=args.sites
+        )
     for note in report.notes:
         print(f"note: {note}")
     for problem in report.problems:

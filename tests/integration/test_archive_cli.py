@@ -97,6 +97,39 @@ def test_verify_exit_status_follows_the_data(
     assert cli("verify", tmp_path / "nothing").returncode == 1
 
 
+def test_info_and_verify_take_only_the_cameras_asked_for(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    """A fleet's archive holds many cameras; one can be looked at or verified alone (by camera, by site), and
+    one that is not there is an error naming what is, not an empty report that reads as all well."""
+    root, frames = pets_archive
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    encoder = FrameEncoder("cam2", CodecSettings())
+    with Archive(copy) as archive:
+        for i, f in enumerate(frames[:3]):
+            archive.store(pack_record(encoder.encode(f, T0 + i * 100_000_000)), "yard")
+    every = json.loads(cli("info", copy, "--json").stdout)
+    assert [(c["site"], c["camera"], c["frames"]) for c in every] == [("lab", "cam1", N), ("yard", "cam2", 3)]
+    for args, expected in (
+        (["--camera", "cam2"], [("yard", "cam2")]),
+        (["--site", "lab"], [("lab", "cam1")]),
+    ):
+        done = cli("info", copy, "--json", *args)
+        assert done.returncode == 0, done.stderr
+        assert [(c["site"], c["camera"]) for c in json.loads(done.stdout)] == expected
+    done = cli("verify", copy, "--camera", "cam2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{copy}: 1 cameras, 3 records, 3 decoded: OK" in done.stdout
+    done = cli("verify", copy, "--camera", "cam1", "--camera", "cam2", "--jobs", "2")
+    assert f"{copy}: 2 cameras, {N + 3} records, {N + 3} decoded: OK" in done.stdout
+    for command in ("info", "verify"):
+        done = cli(command, copy, "--camera", "cam3", "--site", "lab")
+        assert done.returncode == 1
+        assert f"archive {copy}: no camera 'cam3' there; it holds lab/cam1, yard/cam2" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_export_png_with_iso_range(
     pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
 ) -> None:
