@@ -261,11 +261,11 @@ def _s(n: int) -> str:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     tally = DecodeTally()
-    args.out.mkdir(parents=True, exist_ok=True)
     with args.file.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CctvError(f"{args.file}: empty file, no records")
+        args.out.mkdir(parents=True, exist_ok=True)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             _decode_all(args, data, size, tally)
     print(tally.summary(args.out))

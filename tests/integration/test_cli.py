@@ -96,6 +96,16 @@ def test_decode_reports_a_corrupt_file_clearly(pets_cut: Path, tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
+def test_decode_of_an_empty_or_missing_file_says_so_and_makes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty.cctv").touch()
+    for name, message in (("empty.cctv", "empty.cctv: empty file, no records"), ("gone.cctv", "gone.cctv: No such file")):
+        result = cli("decode", str(tmp_path / name), "--out", str(tmp_path / "png"))
+        assert result.returncode == 1
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "png").exists()
+
+
 def test_decode_skips_only_what_a_damaged_record_costs(pets_cut: Path, tmp_path: Path) -> None:
     """A flipped bit in a member costs the rest of its key group, a smashed length field only the bytes it
     hides; every other frame is written bit for bit, each loss is logged at its byte offset, and the exit
