@@ -98,7 +98,8 @@ def test_decode_reports_a_corrupt_file_clearly(pets_cut: Path, tmp_path: Path) -
 
 def test_decode_of_an_empty_or_missing_file_says_so_and_makes_nothing(tmp_path: Path) -> None:
     (tmp_path / "empty.cctv").touch()
-    for name, message in (("empty.cctv", "empty.cctv: empty file, no records"), ("gone.cctv", "gone.cctv: No such file")):
+    cases = (("empty.cctv", "empty.cctv: empty file, no records"), ("gone.cctv", "gone.cctv: No such file"))
+    for name, message in cases:
         result = cli("decode", str(tmp_path / name), "--out", str(tmp_path / "png"))
         assert result.returncode == 1
         assert message in result.stderr
