@@ -177,13 +177,15 @@ def verify(
     jobs: int = 1,
     cameras: Collection[str] = (),
     sites: Collection[str] = (),
+    span: tuple[int | None, int | None] = (None, None),
 ) -> VerifyReport:
     """Decode every indexed record of every camera and check its frame hash; collect what is wrong.
 
     ``jobs`` > 1 verifies that many cameras at once, each in its own process: a camera's records decode as
     one chain from each key, so a camera is the unit (a 1080p frame takes about 45 ms to decode: one camera
     filming a frame a second for a day is an hour of one core). The report is the same, in camera order.
-    ``cameras`` and ``sites``: only those (:func:`select`).
+    ``cameras`` and ``sites``: only those (:func:`select`). ``span``: only the records captured in
+    [start, end) ns (None: unbounded), each still decoded from its key, however long before the span that is.
     """
     report = VerifyReport()
     try:
@@ -195,14 +197,14 @@ def verify(
     report.cameras = len(chosen)
     if jobs <= 1 or len(chosen) <= 1:
         for site, camera in chosen:
-            _verify_one_into(root, site, camera, report, on_record)
+            _verify_one_into(root, site, camera, report, on_record, span)
         return report
     context = multiprocessing.get_context("spawn")  # no fork of a process that may run threads
     seen = context.Value("q", 0)
     with ProcessPoolExecutor(
         min(jobs, len(chosen)), mp_context=context, initializer=_count_into, initargs=(seen,)
     ) as pool:
-        futures = [pool.submit(_verify_one, root, site, camera) for site, camera in chosen]
+        futures = [pool.submit(_verify_one, root, site, camera, span) for site, camera in chosen]
         shown = 0
         while True:
             done, _ = wait(futures, timeout=0.2)
@@ -235,24 +237,34 @@ def _count_one() -> None:
         _seen.value += 1
 
 
-def _verify_one(root: Path, site: str, camera: str) -> VerifyReport:
+def _verify_one(root: Path, site: str, camera: str, span: tuple[int | None, int | None]) -> VerifyReport:
     """One camera's part of the report (in a worker process)."""
     part = VerifyReport()
-    _verify_one_into(root, site, camera, part, _count_one if _seen is not None else None)
+    _verify_one_into(root, site, camera, part, _count_one if _seen is not None else None, span)
     return part
 
 
 def _verify_one_into(
-    root: Path, site: str, camera: str, report: VerifyReport, on_record: Callable[[], None] | None
+    root: Path,
+    site: str,
+    camera: str,
+    report: VerifyReport,
+    on_record: Callable[[], None] | None,
+    span: tuple[int | None, int | None],
 ) -> None:
     try:
-        _verify_camera(root, site, camera, report, on_record)
+        _verify_camera(root, site, camera, report, on_record, span)
     except CctvError as e:
         report.problems.append(f"{site}/{camera}: {e}")
 
 
 def _verify_camera(
-    root: Path, site: str, camera: str, report: VerifyReport, on_record: Callable[[], None] | None
+    root: Path,
+    site: str,
+    camera: str,
+    report: VerifyReport,
+    on_record: Callable[[], None] | None,
+    span: tuple[int | None, int | None],
 ) -> None:
     where = f"{site}/{camera}"
     with CameraReader(root, site, camera) as reader:
@@ -271,7 +283,7 @@ def _verify_camera(
                     "(an interrupted write; the next writer re-indexes or truncates them)"
                 )
         reconstructor = Reconstructor(reader)
-        for row in reader.rows():
+        for row in reader.rows(*span):
             report.records += 1
             if on_record is not None:
                 on_record()

@@ -60,6 +60,7 @@ def register(sub: Any) -> None:
         "(default: the number of CPUs up to 8, here %(default)s)",
     )
     _add_selection(p)
+    _add_range(p, "only the records captured from T (each still decoded from its key)")
     p.set_defaults(handler=cmd_verify)
 
     p = commands.add_parser(
@@ -72,10 +73,7 @@ def register(sub: Any) -> None:
     p.add_argument("root", type=Path, help="archive root directory")
     p.add_argument("--camera", required=True, help="camera id")
     p.add_argument("--site", default=None, help="site id (needed only if the camera exists at several)")
-    p.add_argument(
-        "--from", dest="start", type=parse_time, default=None, metavar="T", help="first capture time"
-    )
-    p.add_argument("--to", dest="end", type=parse_time, default=None, metavar="T", help="end (exclusive)")
+    _add_range(p, "first capture time")
     p.add_argument(
         "--fps", type=POSITIVE, default=None, help="video frame rate (default: from capture times)"
     )
@@ -145,6 +143,18 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_range(p: argparse.ArgumentParser, start_help: str) -> None:
+    p.add_argument("--from", dest="start", type=parse_time, default=None, metavar="T", help=start_help)
+    p.add_argument("--to", dest="end", type=parse_time, default=None, metavar="T", help="end (exclusive)")
+
+
+def _check_range(args: argparse.Namespace) -> None:
+    if args.start is not None and args.end is not None and args.start >= args.end:
+        raise CctvError(
+            f"--from {args.start.isoformat()} is not before --to {args.end.isoformat()}: an empty range"
+        )
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from agent.archive.maintenance import info
 
@@ -159,13 +169,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.archive.export import count_frames
     from agent.archive.maintenance import info, verify
+    from agent.archive.reader import to_ns
 
-    exists = (args.root / "VERSION").exists()
-    total = sum(c.frames for c in info(args.root, args.cameras, args.sites)) if exists else None
+    _check_range(args)
+    total = None
+    if (args.root / "VERSION").exists():
+        cameras = info(args.root, args.cameras, args.sites)
+        total = sum(count_frames(args.root, c.camera, c.site, args.start, args.end) for c in cameras)
+    span = (to_ns(args.start), to_ns(args.end))
     with Progress(total, "verifying") as bar:
         report = verify(
-            args.root, on_record=bar.advance, jobs=args.jobs, cameras=args.cameras, sites=args.sites
+            args.root,
+            on_record=bar.advance,
+            jobs=args.jobs,
+            cameras=args.cameras,
+            sites=args.sites,
+            span=span,
         )
     for note in report.notes:
         print(f"note: {note}")
@@ -182,10 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from agent.archive.export import camera_span, count_frames, export, export_format
 
     fmt = export_format(args.out)
-    if args.start is not None and args.end is not None and args.start >= args.end:
-        raise CctvError(
-            f"--from {args.start.isoformat()} is not before --to {args.end.isoformat()}: nothing to export"
-        )
+    _check_range(args)
     total = count_frames(args.root, args.camera, args.site, args.start, args.end)
     if total == 0:
         span = camera_span(args.root, args.camera, args.site)

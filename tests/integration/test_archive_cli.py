@@ -68,13 +68,8 @@ def test_info_json(pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]]) -> No
     assert "2024-03-01T12:00:00.000Z .. 2024-03-01T12:00:00.900Z" in table.stdout
 
 
-def test_verify_exit_status_follows_the_data(
-    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
-) -> None:
-    root, _ = pets_archive
-    done = cli("verify", root)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{N} records, {N} decoded: OK" in done.stdout
+def _copy_with_seq_5_damaged(root: Path, tmp_path: Path) -> Path:
+    """A copy of the archive with one bit of seq 5's payload flipped (its group: keys 4 and 8)."""
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     with closing(sqlite3.connect(copy / "lab" / "cam1" / "index.sqlite")) as conn:
@@ -87,6 +82,17 @@ def test_verify_exit_status_follows_the_data(
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0x80]))
+    return copy
+
+
+def test_verify_exit_status_follows_the_data(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    root, _ = pets_archive
+    done = cli("verify", root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{N} records, {N} decoded: OK" in done.stdout
+    copy = _copy_with_seq_5_damaged(root, tmp_path)
     done = cli("verify", copy)
     assert done.returncode == 1
     problems = [line for line in done.stdout.splitlines() if line.startswith("PROBLEM")]
@@ -128,6 +134,31 @@ def test_info_and_verify_take_only_the_cameras_asked_for(
         assert done.returncode == 1
         assert f"archive {copy}: no camera 'cam3' there; it holds lab/cam1, yard/cam2" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_verify_takes_a_time_range_and_decodes_its_first_frames_from_their_key(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]], tmp_path: Path
+) -> None:
+    """Frames 0.1 s apart from 12:00:00, keys at seqs 0, 4 and 8, seq 5 damaged: a range that starts at
+    seq 6 still finds 6 and 7 undecodable (their chain runs through 5, before the range); one that ends
+    before 5 is clean."""
+    root, _ = pets_archive
+    copy = _copy_with_seq_5_damaged(root, tmp_path)
+    done = cli("verify", copy, "--from", "2024-03-01T12:00:00.6")
+    assert done.returncode == 1
+    problems = [line.split()[2] for line in done.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert problems == ["seq=6", "seq=7"]
+    assert "4 records, 2 decoded: 2 problem(s)" in done.stdout
+    done = cli("verify", copy, "--to", "2024-03-01T12:00:00.5")
+    assert done.returncode == 0, done.stdout
+    assert "5 records, 5 decoded: OK" in done.stdout
+    done = cli(
+        "verify", copy, "--from", "2024-03-01T12:00:00.85", "--to", "2024-03-01T12:00:01", "--jobs", "2"
+    )
+    assert "1 records, 1 decoded: OK" in done.stdout  # seq 9, from key 8
+    done = cli("verify", copy, "--from", "2024-03-01T12:00:01", "--to", "2024-03-01T12:00:00")
+    assert done.returncode == 1
+    assert "is not before --to" in done.stderr
 
 
 def test_export_png_with_iso_range(
