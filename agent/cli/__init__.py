@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except CctvError as e:
         log.error("%s", e)
+        return 1
+    except BrokenPipeError:  # stdout piped into `head` and closed: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit's flush fails again
         return 1
     except OSError as e:  # a full disk, a read-only or missing folder: say which file and why, no traceback
         log.error("%s", f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)

@@ -278,3 +278,23 @@ def test_prune_deletes_the_oldest_groups(
     (c,) = json.loads(cli("info", copy, "--json").stdout)
     assert (c["frames"], c["segments"]) == (0, 0)
     assert cli("verify", copy).returncode == 0
+
+
+def test_output_into_a_closed_pipe_stops_quietly(
+    pets_archive: tuple[Path, list[npt.NDArray[np.uint8]]],
+) -> None:
+    """`cctv-agent archive info ROOT | head -1` and the like: no traceback, no 'Broken pipe' error line."""
+    root, _ = pets_archive
+    with subprocess.Popen(
+        [sys.executable, "-m", "agent", "archive", "info", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()  # before the child has printed anything: it imports for longer than this takes
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 1
+    assert err == "", err
