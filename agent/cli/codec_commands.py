@@ -192,6 +192,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     settings = _settings(args)
     encoder = FrameEncoder(args.camera_id, settings)
     n = keys = written = 0
+    if args.out.is_dir():  # found before the encode, not after it
+        raise CctvError(f"{args.out}: is a directory; --out names the .cctv file to write")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".part")
     try:
@@ -215,13 +217,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 bar.advance(note=f"{written / 1e6:.1f} MB")
         if n == 0:
             raise CctvError(f"{args.source}: no frames to encode")
+        tmp.replace(args.out)
     except OSError as e:  # a full disk: say so of the file the user named; nothing half-written is left
         tmp.unlink(missing_ok=True)
         raise CctvError(f"{args.out}: {e.strerror or e}") from e
     except BaseException:  # a bad source, ^C: likewise
         tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(args.out)
     print(f"{args.out}: {n} frames, {keys} keys, {written} bytes")
     return 0
 

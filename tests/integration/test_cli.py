@@ -150,7 +150,7 @@ def test_decode_skips_only_what_a_damaged_record_costs(pets_cut: Path, tmp_path:
     assert {int(p.stem) for p in (tmp_path / "strict").glob("*.png")} == set(range(15))
 
 
-def test_a_full_disk_stops_encode_and_decode_clearly_leaving_no_torn_file(
+def test_a_full_disk_or_a_folder_as_out_stops_encode_and_decode_clearly_leaving_no_torn_file(
     pets_cut: Path, tmp_path: Path, tiny_disk: Path
 ) -> None:
     """ENOSPC from a real (1 MiB) filesystem: the message names the file and the cause, and what is left on
@@ -163,6 +163,13 @@ def test_a_full_disk_stops_encode_and_decode_clearly_leaving_no_torn_file(
 
     out = tmp_path / "clip.cctv"
     assert cli("encode", str(pets_cut), "--out", str(out), "--frames", "30").returncode == 0
+    (tmp_path / "folder").mkdir()
+    into_a_folder = cli("encode", str(pets_cut), "--out", str(tmp_path / "folder"), "--frames", "2")
+    assert into_a_folder.returncode == 1
+    assert (
+        f"{tmp_path / 'folder'}: is a directory; --out names the .cctv file to write" in into_a_folder.stderr
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.cctv", "folder"]
     decoded = cli("decode", str(out), "--out", str(tiny_disk / "png"))
     assert decoded.returncode == 1
     assert "Traceback" not in decoded.stderr
