@@ -47,9 +47,13 @@ def register(sub: Any) -> None:
     p = commands.add_parser(
         "verify",
         help="decode every record and check every frame hash (exit 0 only if all is well)",
-        description="Decode every indexed record of every camera from its key, check each frame's hash, "
-        "and list every problem: damaged bytes, hash mismatches, missing or short segments, and records "
-        "whose reference never arrived. Exit status 0 only if there is none.",
+        description="Decode every indexed record of every camera from its key, check each frame's hash,\n"
+        "and list every problem: damaged bytes, hash mismatches, missing or short segments, and\n"
+        "records whose reference never arrived. Exit status 0 only if there is none.\n"
+        "--camera, --site and --from/--to narrow it (times ISO-8601, UTC when they carry no zone).",
+        epilog="examples:\n  cctv-agent archive verify /srv/cctv/archive --jobs 4\n"
+        "  cctv-agent archive verify /srv/cctv/archive --camera cam7 --from 2026-12-06T18:00 --to 2026-12-07T06:00",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("root", type=Path, help="archive root directory")
     p.add_argument(
