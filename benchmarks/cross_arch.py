@@ -43,10 +43,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent.capture.files import iter_images  # noqa: E402
+from agent.codec.cctv_file import iter_records  # noqa: E402
 from agent.codec.decoder import FrameDecoder  # noqa: E402
 from agent.codec.encoder import FrameEncoder  # noqa: E402
 from agent.codec.settings import CodecSettings  # noqa: E402
-from agent.codec.wire import Record, iter_records, pack_record  # noqa: E402
+from agent.codec.wire import Record, pack_record  # noqa: E402
 from agent.errors import CctvError  # noqa: E402
 from benchmarks.compare import run_ours  # noqa: E402
 

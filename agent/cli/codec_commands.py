@@ -18,10 +18,11 @@ import cv2
 from agent.capture.ffmpeg import DECODERS
 from agent.capture.files import open_path
 from agent.cli.args import COUNT
+from agent.codec.cctv_file import Damage, scan_records
 from agent.codec.decoder import FrameDecoder
 from agent.codec.encoder import FrameEncoder
 from agent.codec.settings import CodecSettings
-from agent.codec.wire import Damage, Kind, pack_record, scan_records, unpack_record
+from agent.codec.wire import Kind, pack_record, unpack_record
 from agent.errors import CctvError, MissingReferenceError, WireFormatError
 from agent.png import PngWriter
 from agent.progress import Progress

@@ -20,7 +20,8 @@ import pytest
 
 from agent.capture.files import iter_images
 from agent.cli.codec_commands import BENCH_KEYS
-from agent.codec.wire import Damage, Kind, scan_records
+from agent.codec.cctv_file import Damage, scan_records
+from agent.codec.wire import Kind
 from tests.fixtures.broker import Certs, MqttBroker
 from tests.integration.agent_harness import REPO, write_collector_config, write_config
 

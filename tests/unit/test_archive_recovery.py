@@ -113,7 +113,8 @@ WRITER = textwrap.dedent(
     """
     import sys
     from agent.archive import Archive
-    from agent.codec.wire import iter_records, pack_record
+    from agent.codec.cctv_file import iter_records
+    from agent.codec.wire import pack_record
 
     root, source = sys.argv[1], sys.argv[2]
     with open(source, "rb") as f:
