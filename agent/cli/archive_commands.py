@@ -179,9 +179,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     _check_range(args)
     total = None
-    if (args.root / "VERSION").exists():
+    try:  # only for the progress bar: verify itself reports a camera with segments but no index
         cameras = info(args.root, args.cameras, args.sites)
         total = sum(count_frames(args.root, c.camera, c.site, args.start, args.end) for c in cameras)
+    except CctvError:
+        pass
     span = (to_ns(args.start), to_ns(args.end))
     with Progress(total, "verifying") as bar:
         report = verify(

@@ -134,6 +134,11 @@ def test_info_and_verify_take_only_the_cameras_asked_for(
         assert done.returncode == 1
         assert f"archive {copy}: no camera 'cam3' there; it holds lab/cam1, yard/cam2" in done.stderr
         assert "Traceback" not in done.stderr
+    (copy / "yard" / "cam2" / "index.sqlite").unlink()  # segments without an index: verify's to report
+    done = cli("verify", copy, "--camera", "cam2")
+    assert done.returncode == 1
+    assert "PROBLEM: yard/cam2: " in done.stdout
+    assert "has segments but no index" in done.stdout
 
 
 def test_verify_takes_a_time_range_and_decodes_its_first_frames_from_their_key(
