@@ -176,8 +176,8 @@ def test_a_full_disk_or_a_folder_as_out_stops_encode_and_decode_clearly_leaving_
     assert "Traceback" not in decoded.stderr
     failed = re.search(r"/png/(\d{8})\.png: No space left on device", decoded.stderr)
     assert failed is not None, decoded.stderr
-    written = {int(p.stem) for p in (tiny_disk / "png").iterdir()}  # threads write them: maybe not in order
-    assert 0 in written
+    # Writer threads (one a core but one) fill the disk in no set order: whatever is left must be whole.
+    written = {int(p.stem) for p in (tiny_disk / "png").iterdir()}
     assert int(failed.group(1)) not in written
     assert len(written) < 30
     for seq, frame in enumerate(iter_images(pets_cut, limit=30)):
