@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -62,6 +63,11 @@ def register(sub: Any) -> None:
         default=min(8, os.cpu_count() or 1),
         help="cameras verified at once, each in its own process (about 100 MB at 1080p) "
         "(default: the number of CPUs up to 8, here %(default)s)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (root, ok, cameras, records, decoded, problems, notes) instead of lines",
     )
     _add_selection(p)
     _add_range(p, "only the records captured from T (each still decoded from its key)")
@@ -194,6 +200,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             sites=args.sites,
             span=span,
         )
+    if args.json:  # for monitoring: the same report, and the same exit status
+        print(json.dumps({"root": str(args.root), "ok": report.ok, **dataclasses.asdict(report)}))
+        return 0 if report.ok else 1
     for note in report.notes:
         print(f"note: {note}")
     for problem in report.problems:

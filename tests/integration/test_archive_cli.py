@@ -154,6 +154,10 @@ def test_verify_takes_a_time_range_and_decodes_its_first_frames_from_their_key(
     problems = [line.split()[2] for line in done.stdout.splitlines() if line.startswith("PROBLEM")]
     assert problems == ["seq=6", "seq=7"]
     assert "4 records, 2 decoded: 2 problem(s)" in done.stdout
+    report = json.loads(cli("verify", copy, "--from", "2024-03-01T12:00:00.6", "--json").stdout)
+    assert (report["ok"], report["cameras"], report["records"], report["decoded"]) == (False, 1, 4, 2)
+    assert [p.split()[1] for p in report["problems"]] == ["seq=6", "seq=7"]
+    assert report["root"] == str(copy)
     done = cli("verify", copy, "--to", "2024-03-01T12:00:00.5")
     assert done.returncode == 0, done.stdout
     assert "5 records, 5 decoded: OK" in done.stdout
