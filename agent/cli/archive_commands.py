@@ -180,14 +180,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from agent.archive.export import count_frames
-    from agent.archive.maintenance import info, verify
+    from agent.archive.maintenance import select, verify
+    from agent.archive.paths import find_cameras
     from agent.archive.reader import to_ns
 
     _check_range(args)
     total = None
     try:  # only for the progress bar: verify itself reports a camera with segments but no index
-        cameras = info(args.root, args.cameras, args.sites)
-        total = sum(count_frames(args.root, c.camera, c.site, args.start, args.end) for c in cameras)
+        chosen = select(args.root, find_cameras(args.root), args.cameras, args.sites)
+        total = sum(count_frames(args.root, camera, site, args.start, args.end) for site, camera in chosen)
     except CctvError:
         pass
     span = (to_ns(args.start), to_ns(args.end))

@@ -238,7 +238,8 @@ class DecodeTally:
     damaged_bytes: int = 0
     unverified: int = 0
     orphans: int = 0
-    lost_groups: set[tuple[str, int]] = field(default_factory=set)
+    lost_groups: set[int] = field(default_factory=set)
+    """Key seqs of the groups whose loss was logged (a file holds one camera)."""
 
     @property
     def clean(self) -> bool:
@@ -311,9 +312,9 @@ def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: Dec
                 image = decoder.decode(record)
             except MissingReferenceError as e:
                 tally.orphans += 1
-                if (h.camera_id, h.key_seq) in tally.lost_groups:  # logged once for each key group hit
+                if h.key_seq in tally.lost_groups:  # logged once for each key group hit
                     continue
-                tally.lost_groups.add((h.camera_id, h.key_seq))
+                tally.lost_groups.add(h.key_seq)
                 if problem(f"{where}: {e}; skipping it and every later frame that needs it"):
                     break
                 continue

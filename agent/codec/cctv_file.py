@@ -19,15 +19,11 @@ from agent.codec.wire import (
     MAX_STAGES,
     Limits,
     Record,
+    _check,
     record_length,
     unpack_record,
 )
 from agent.errors import WireFormatError
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise WireFormatError(message)
 
 
 def _check_length(total: int, limits: Limits) -> None:
