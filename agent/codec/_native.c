@@ -1529,16 +1529,57 @@ static inline __attribute__((always_inline)) void blocks_bgr(const uint16_t *res
     }
 }
 
+/* Each block's grey from the column sums of its rows, one channel; inlined with a constant factor too. */
+static inline __attribute__((always_inline)) void blocks_grey(const uint16_t *restrict sums, float *restrict dst,
+                                                              Py_ssize_t ow, Py_ssize_t factor, float scale) {
+    for (Py_ssize_t ox = 0; ox < ow; ox++) {
+        uint32_t v = 0;
+        for (Py_ssize_t dx = 0; dx < factor; dx++) v += sums[ox * factor + dx];
+        dst[ox] = (float)v * scale;
+    }
+}
+
+/* Every output row of grey_shrink: its rows' column sums, each block's grey, then (v - offset) * affine. */
+PIXEL_CLONES static void shrink_rows(const uint8_t *image, Py_ssize_t width, Py_ssize_t channels,
+                                     Py_ssize_t factor, Py_ssize_t oh, Py_ssize_t ow, uint16_t *sums,
+                                     float *out, float offset, float affine) {
+    const Py_ssize_t row_len = ow * factor * channels;
+    const float scale = 1.0f / (float)(factor * factor);
+    const float wb = 0.114f * scale, wg = 0.587f * scale, wr = 0.299f * scale;
+    for (Py_ssize_t oy = 0; oy < oh; oy++) {
+        const uint8_t *top = image + oy * factor * width * channels;
+        add_rows(sums, top, width * channels, factor, row_len);
+        float *restrict dst = out + oy * ow;
+        if (channels == 3 && factor == 4)
+            blocks_bgr(sums, dst, ow, 4, wb, wg, wr);
+        else if (channels == 3 && factor == 2)
+            blocks_bgr(sums, dst, ow, 2, wb, wg, wr);
+        else if (channels == 3)
+            blocks_bgr(sums, dst, ow, factor, wb, wg, wr);
+        else if (factor == 4)
+            blocks_grey(sums, dst, ow, 4, scale);
+        else if (factor == 2)
+            blocks_grey(sums, dst, ow, 2, scale);
+        else
+            blocks_grey(sums, dst, ow, factor, scale);
+        if (offset != 0.0f || affine != 1.0f)
+            for (Py_ssize_t ox = 0; ox < ow; ox++) dst[ox] = (dst[ox] - offset) * affine;
+    }
+}
+
 PyDoc_STRVAR(grey_shrink_doc,
-             "grey_shrink(image, height, width, channels, factor) -> bytes\n\n"
+             "grey_shrink(image, height, width, channels, factor, offset=0, scale=1) -> bytes\n\n"
              "float32 grey of every factor x factor block of a C-contiguous (height, width, channels) uint8\n"
-             "image (channels 1 or 3, BGR), (height // factor) x (width // factor), row-major; factor 1..16.");
+             "image (channels 1 or 3, BGR), (height // factor) x (width // factor), row-major; factor 1..16.\n"
+             "Each value v is given as (v - offset) * scale, in float32 (a picture's Y to grey).");
 
 static PyObject *grey_shrink(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t height, width, channels, factor;
-    if (!PyArg_ParseTuple(args, "y*nnnn", &view, &height, &width, &channels, &factor)) return NULL;
+    float offset = 0.0f, affine = 1.0f;
+    if (!PyArg_ParseTuple(args, "y*nnnn|ff", &view, &height, &width, &channels, &factor, &offset, &affine))
+        return NULL;
     /* Sizes bounded as the planes' are (plane_shape), so the products below fit a 32-bit size_t too. */
     if ((channels != 1 && channels != 3) || factor < 1 || factor > 16 || height < factor || width < factor ||
         height > (1 << 16) || width > (1 << 16) || (int64_t)height * (int64_t)width > ((int64_t)1 << 28) ||
@@ -1547,9 +1588,9 @@ static PyObject *grey_shrink(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "grey_shrink: buffer size, shape and factor do not match");
         return NULL;
     }
-    const Py_ssize_t oh = height / factor, ow = width / factor, row_len = ow * factor * channels;
+    const Py_ssize_t oh = height / factor, ow = width / factor;
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(float) * oh * ow);
-    uint16_t *sums = malloc(sizeof(uint16_t) * (size_t)row_len);
+    uint16_t *sums = malloc(sizeof(uint16_t) * (size_t)(ow * factor * channels));
     if (!result || !sums) {
         Py_XDECREF(result);
         free(sums);
@@ -1558,77 +1599,169 @@ static PyObject *grey_shrink(PyObject *self, PyObject *args) {
     }
     float *out = (float *)PyBytes_AS_STRING(result);
     const uint8_t *image = view.buf;
-    const float scale = 1.0f / (float)(factor * factor);
-    const float wb = 0.114f * scale, wg = 0.587f * scale, wr = 0.299f * scale;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t oy = 0; oy < oh; oy++) {
-        const uint8_t *top = image + oy * factor * width * channels;
-        add_rows(sums, top, width * channels, factor, row_len);
-        float *dst = out + oy * ow;
-        if (channels == 3 && factor == 4)
-            blocks_bgr(sums, dst, ow, 4, wb, wg, wr);
-        else if (channels == 3 && factor == 2)
-            blocks_bgr(sums, dst, ow, 2, wb, wg, wr);
-        else if (channels == 3)
-            blocks_bgr(sums, dst, ow, factor, wb, wg, wr);
-        else
-            for (Py_ssize_t ox = 0; ox < ow; ox++) {
-                uint32_t v = 0;
-                for (Py_ssize_t dx = 0; dx < factor; dx++) v += sums[ox * factor + dx];
-                dst[ox] = (float)v * scale;
-            }
-    }
+    shrink_rows(image, width, channels, factor, oh, ow, sums, out, offset, affine);
     Py_END_ALLOW_THREADS;
     free(sums);
     PyBuffer_Release(&view);
     return result;
 }
 
-/* -------------------------------------------------------------------------------------------- SSIM mean */
+/* ----------------------------------------------------------------------------------------------- SSIM maps */
 
-/* The mean of the SSIM map over the region skimage averages (every pixel at least pad from each edge), from a
-   frame's blurred maps (mu_b, E[b^2], E[ab]) and the key's prepared mu_a, mu_a^2 and sigma_a^2:
-   agent/codec/ssim.py's formula in one pass where numpy took fifteen (18 of the key selector's ~70 us a
-   320x240 frame). Each pixel in float32 as numpy computed it, summed in double. */
-PyDoc_STRVAR(ssim_mean_doc,
-             "ssim_mean(mu_b, e_bb, e_ab, mu_a, mu_a_sq, sigma_a_sq, height, width, pad, c1, c2) -> float\n\n"
-             "Each map a C-contiguous (height, width) float32 buffer.");
+/* The key selector's SSIM (agent/codec/ssim.py) from the shrunk greys a (the key) and b (a frame): the Gaussian
+   blurs of b, b^2 and ab and the formula, in one call. Only the region skimage averages is computed (every pixel
+   whose window lies inside the image: taps / 2 from each edge), so no border rule is needed. Each blur is
+   separable: down the columns for one output row, then along it, each product in float32 as numpy makes it and
+   each sum over the taps in order, in float32 (as OpenCV's blur, up to its order of summation), so the result is
+   the same on every machine (19.5 against 46 us with OpenCV's blurs for a 320x240 frame's 80x60 copy). */
 
-#define SSIM_MAPS 6
-static PyObject *ssim_mean(PyObject *self, PyObject *args) {
+#define SSIM_TERMS 3
+#define SSIM_MAX_TAPS 31
+
+/* Each map (full size, w wide) blurred over one output row of the valid region (the window's top row is top):
+   col holds a map's column sums, out each map's row (nmaps x inner). Each output sums its taps in order; with
+   the window's 11 taps known to the compiler the inner loop unrolls and the loop over columns vectorises. */
+static inline __attribute__((always_inline)) void blur_row_with(const float *const *maps, int nmaps,
+                                                                const float *g, const int taps, Py_ssize_t w,
+                                                                Py_ssize_t top, float *restrict col,
+                                                                float *restrict out) {
+    const Py_ssize_t inner = w - (taps - 1);
+    for (int t = 0; t < nmaps; t++) {
+        const float *restrict m = maps[t] + top * w;
+        float *restrict o = out + t * inner;
+        for (Py_ssize_t i = 0; i < w; i++) {
+            float s = g[0] * m[i];
+            for (int k = 1; k < taps; k++) s += g[k] * m[k * w + i];
+            col[i] = s;
+        }
+        for (Py_ssize_t i = 0; i < inner; i++) {
+            float s = g[0] * col[i];
+            for (int k = 1; k < taps; k++) s += g[k] * col[i + k];
+            o[i] = s;
+        }
+    }
+}
+
+PIXEL_CLONES static void ssim_blur_row(const float *const *maps, int nmaps, const float *g, int taps,
+                                       Py_ssize_t w, Py_ssize_t top, float *col, float *out) {
+    if (taps == 11)
+        blur_row_with(maps, nmaps, g, 11, w, top, col, out);
+    else
+        blur_row_with(maps, nmaps, g, taps, w, top, col, out);
+}
+
+/* out = x * y, element by element (the maps b^2, ab and a^2 are blurred as numpy's products). */
+PIXEL_CLONES static void multiply(const float *restrict x, const float *restrict y, Py_ssize_t n,
+                                  float *restrict out) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = x[i] * y[i];
+}
+
+/* Checks the shared arguments of ssim_key and ssim_score; 0 with an exception set when they do not fit. */
+static int ssim_shape(const Py_buffer *kernel, Py_ssize_t height, Py_ssize_t width, int *taps) {
+    const Py_ssize_t n = kernel->len / (Py_ssize_t)sizeof(float);
+    if (kernel->len % (Py_ssize_t)sizeof(float) || n < 1 || n > SSIM_MAX_TAPS || n % 2 == 0 || height < n ||
+        width < n || height > (1 << 16) || width > (1 << 16)) {
+        PyErr_SetString(PyExc_ValueError, "ssim: kernel, buffer sizes and shape do not match");
+        return 0;
+    }
+    *taps = (int)n;
+    return 1;
+}
+
+PyDoc_STRVAR(ssim_key_doc,
+             "ssim_key(a, kernel, height, width) -> bytes\n\n"
+             "The key's maps mu_a, mu_a^2 and sigma_a^2 = blur(a^2) - mu_a^2 over the valid region, each a\n"
+             "(height - taps + 1, width - taps + 1) float32 map, one after the other; a is a C-contiguous\n"
+             "(height, width) float32 buffer, kernel the taps (odd, at most 31) as float32.");
+
+static PyObject *ssim_key(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer maps[SSIM_MAPS];
-    Py_ssize_t height, width, pad;
-    float c1, c2;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*nnnff", &maps[0], &maps[1], &maps[2], &maps[3], &maps[4], &maps[5],
-                          &height, &width, &pad, &c1, &c2))
-        return NULL;
+    Py_buffer a, kernel;
+    Py_ssize_t height, width;
+    if (!PyArg_ParseTuple(args, "y*y*nn", &a, &kernel, &height, &width)) return NULL;
     PyObject *result = NULL;
-    float *values = NULL;
-    int sizes_match = pad >= 0 && height > 2 * pad && width > 2 * pad && height <= (1 << 16) && width <= (1 << 16);
-    for (int k = 0; k < SSIM_MAPS; k++) sizes_match &= maps[k].len == (Py_ssize_t)sizeof(float) * height * width;
-    if (!sizes_match) {
-        PyErr_SetString(PyExc_ValueError, "ssim_mean: buffer sizes and shape do not match");
+    float *scratch = NULL;
+    int taps;
+    if (!ssim_shape(&kernel, height, width, &taps)) goto done;
+    if (a.len != (Py_ssize_t)sizeof(float) * height * width) {
+        PyErr_SetString(PyExc_ValueError, "ssim: kernel, buffer sizes and shape do not match");
         goto done;
     }
-    values = malloc(sizeof(float) * (size_t)width);
-    if (!values) {
+    const Py_ssize_t inner_h = height - (taps - 1), inner = width - (taps - 1), n = inner_h * inner;
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(float) * 3 * n);
+    scratch = malloc(sizeof(float) * (size_t)(height * width + width + 2 * inner));
+    if (!result || !scratch) {
+        Py_CLEAR(result);
         PyErr_NoMemory();
         goto done;
     }
-    const float *mb = maps[0].buf, *ebb = maps[1].buf, *eab = maps[2].buf, *ma = maps[3].buf, *ma2 = maps[4].buf,
-                *sa2 = maps[5].buf;
-    const Py_ssize_t inner = width - 2 * pad;
+    float *mu = (float *)PyBytes_AS_STRING(result), *mu_sq = mu + n, *sigma_sq = mu + 2 * n;
+    float *squares = scratch, *col = squares + height * width, *row = col + width;
+    const float *maps[2] = {a.buf, squares};
+    Py_BEGIN_ALLOW_THREADS;
+    multiply(a.buf, a.buf, height * width, squares);
+    for (Py_ssize_t y = 0; y < inner_h; y++) {
+        ssim_blur_row(maps, 2, kernel.buf, taps, width, y, col, row);
+        for (Py_ssize_t i = 0; i < inner; i++) {
+            const float m = row[i], m2 = m * m;
+            mu[y * inner + i] = m;
+            mu_sq[y * inner + i] = m2;
+            sigma_sq[y * inner + i] = row[inner + i] - m2;
+        }
+    }
+    Py_END_ALLOW_THREADS;
+done:
+    free(scratch);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&kernel);
+    return result;
+}
+
+PyDoc_STRVAR(ssim_score_doc,
+             "ssim_score(a, b, key_maps, kernel, height, width, c1, c2) -> float\n\n"
+             "The mean SSIM of b to a over the valid region: a and b C-contiguous (height, width) float32\n"
+             "buffers, key_maps what ssim_key made of a.");
+
+static PyObject *ssim_score(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer a, b, maps, kernel;
+    Py_ssize_t height, width;
+    float c1, c2;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnff", &a, &b, &maps, &kernel, &height, &width, &c1, &c2)) return NULL;
+    PyObject *result = NULL;
+    float *scratch = NULL;
+    int taps;
+    if (!ssim_shape(&kernel, height, width, &taps)) goto done;
+    const Py_ssize_t inner_h = height - (taps - 1), inner = width - (taps - 1), n = inner_h * inner;
+    if (a.len != (Py_ssize_t)sizeof(float) * height * width || b.len != a.len ||
+        maps.len != (Py_ssize_t)sizeof(float) * 3 * n) {
+        PyErr_SetString(PyExc_ValueError, "ssim: kernel, buffer sizes and shape do not match");
+        goto done;
+    }
+    scratch = malloc(sizeof(float) * (size_t)(2 * height * width + width + SSIM_TERMS * inner + inner));
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *ma = maps.buf, *ma2 = ma + n, *sa2 = ma + 2 * n;
+    float *squares = scratch, *products = squares + height * width, *col = products + height * width;
+    float *row = col + width, *values = row + SSIM_TERMS * inner;
+    const float *maps_b[SSIM_TERMS] = {b.buf, squares, products};
+    const float *mb = row, *ebb = row + inner, *eab = row + 2 * inner;
     double total = 0.0;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t y = pad; y < height - pad; y++) {
-        /* Each row's values first (a loop the compiler vectorises), then their sum in four doubles. */
-        const Py_ssize_t i0 = y * width + pad;
+    multiply(b.buf, b.buf, height * width, squares);
+    multiply(a.buf, b.buf, height * width, products);
+    for (Py_ssize_t y = 0; y < inner_h; y++) {
+        ssim_blur_row(maps_b, SSIM_TERMS, kernel.buf, taps, width, y, col, row);
+        /* Each pixel's value first (a loop the compiler vectorises), then the row's sum in four doubles. */
+        const Py_ssize_t i0 = y * inner;
         for (Py_ssize_t x = 0; x < inner; x++) {
             const Py_ssize_t i = i0 + x;
-            const float mu_b_sq = mb[i] * mb[i], mu_ab = mb[i] * ma[i];
-            const float numerator = (2.0f * mu_ab + c1) * (2.0f * (eab[i] - mu_ab) + c2);
-            const float denominator = (mu_b_sq + ma2[i] + c1) * (ebb[i] - mu_b_sq + sa2[i] + c2);
+            const float mu_b_sq = mb[x] * mb[x], mu_ab = mb[x] * ma[i];
+            const float numerator = (2.0f * mu_ab + c1) * (2.0f * (eab[x] - mu_ab) + c2);
+            const float denominator = (mu_b_sq + ma2[i] + c1) * (ebb[x] - mu_b_sq + sa2[i] + c2);
             values[x] = numerator / denominator;
         }
         double sums[4] = {0.0, 0.0, 0.0, 0.0};
@@ -1639,13 +1772,17 @@ static PyObject *ssim_mean(PyObject *self, PyObject *args) {
         total += (sums[0] + sums[1]) + (sums[2] + sums[3]);
     }
     Py_END_ALLOW_THREADS;
-    result = PyFloat_FromDouble(total / (double)((height - 2 * pad) * inner));
+    result = PyFloat_FromDouble(total / (double)n);
 done:
-    free(values);
-    for (int k = 0; k < SSIM_MAPS; k++) PyBuffer_Release(&maps[k]);
+    free(scratch);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&maps);
+    PyBuffer_Release(&kernel);
     return result;
 }
-#undef SSIM_MAPS
+#undef SSIM_TERMS
+#undef SSIM_MAX_TAPS
 
 /* ---------------------------------------------------------------------------------------------- PackBits */
 
@@ -2071,7 +2208,8 @@ static PyMethodDef methods[] = {
     {"packbits", packbits_encode, METH_VARARGS, packbits_doc},
     {"pixels", pixels, METH_VARARGS, pixels_doc},
     {"grey_shrink", grey_shrink, METH_VARARGS, grey_shrink_doc},
-    {"ssim_mean", ssim_mean, METH_VARARGS, ssim_mean_doc},
+    {"ssim_key", ssim_key, METH_VARARGS, ssim_key_doc},
+    {"ssim_score", ssim_score, METH_VARARGS, ssim_score_doc},
     {"blocks", blocks, METH_VARARGS, blocks_doc},
     {"jpeg", jpeg_chroma, METH_VARARGS, jpeg_doc},
     {NULL, NULL, 0, NULL},

@@ -173,26 +173,41 @@ def packbits(data: npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     return out
 
 
-def grey_shrink(image: npt.NDArray[np.uint8], factor: int) -> npt.NDArray[np.float32]:
+def grey_shrink(
+    image: npt.NDArray[np.uint8], factor: int, offset: float = 0.0, scale: float = 1.0
+) -> npt.NDArray[np.float32]:
     """The mean grey (0.114 B + 0.587 G + 0.299 R) of every ``factor``² block of an (H, W, 3) BGR or (H, W) grey
-    image, as an (H // factor, W // factor) float32 array: the key selector's SSIM copy in one pass."""
+    image, as an (H // factor, W // factor) float32 array: the key selector's SSIM copy in one pass. Each value v
+    is given as ``(v - offset) * scale`` in float32, as numpy would compute it (a picture's Y to grey)."""
     image = np.ascontiguousarray(image)
     height, width = image.shape[:2]
     channels = 1 if image.ndim == 2 else image.shape[2]
-    out: bytes = _module().grey_shrink(image.data, height, width, channels, factor)
+    out: bytes = _module().grey_shrink(image.data, height, width, channels, factor, offset, scale)
     return np.frombuffer(out, dtype=np.float32).reshape(height // factor, width // factor)
 
 
-def ssim_mean(
-    frame_maps: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]],
-    key_maps: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]],
-    pad: int,
+def ssim_key(grey: npt.NDArray[np.float32], kernel: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The key's SSIM maps (μ_a, μ_a², σ_a²) over the region skimage averages, as one (3, H - taps + 1,
+    W - taps + 1) float32 array: ``agent.codec.ssim``'s blurs, computed where the window lies inside only."""
+    height, width = grey.shape
+    out: bytes = _module().ssim_key(
+        np.ascontiguousarray(grey, dtype=np.float32).data, kernel.data, height, width
+    )
+    taps = len(kernel)
+    return np.frombuffer(out, dtype=np.float32).reshape(3, height - taps + 1, width - taps + 1)
+
+
+def ssim_score(
+    key: npt.NDArray[np.float32],
+    key_maps: npt.NDArray[np.float32],
+    grey: npt.NDArray[np.float32],
+    kernel: npt.NDArray[np.float32],
     c1: float,
     c2: float,
 ) -> float:
-    """The mean SSIM over the region ``pad`` in from every edge, from a frame's blurred (μ_b, E[b²], E[ab]) and
-    the key's prepared (μ_a, μ_a², σ_a²) maps: ``agent.codec.ssim``'s formula in one pass."""
-    height, width = key_maps[0].shape
-    buffers = [np.ascontiguousarray(m, dtype=np.float32).data for m in (*frame_maps, *key_maps)]
-    mean: float = _module().ssim_mean(*buffers, height, width, pad, c1, c2)
+    """The mean SSIM of ``grey`` to ``key`` (whose maps :func:`ssim_key` made): the frame's three blurs and the
+    formula in one pass over the region skimage averages."""
+    height, width = key.shape
+    buffers = [np.ascontiguousarray(m, dtype=np.float32).data for m in (key, grey, key_maps)]
+    mean: float = _module().ssim_score(*buffers, kernel.data, height, width, c1, c2)
     return mean

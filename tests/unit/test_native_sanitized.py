@@ -59,11 +59,15 @@ FUZZ = textwrap.dedent(
         tolerance = rng.choice([0, 0, 1, 2, 255])
         factor = rng.randint(1, min(16, shape[1], shape[2]))
         image = nrng.integers(0, 256, (shape[1], shape[2], shape[0]), dtype=np.uint8)
-        grey = native.grey_shrink(image.tobytes(), shape[1], shape[2], shape[0], factor)
+        affine = rng.choice([(), (16.0, 255 / 219)])  # a frame's grey, or a picture's Y mapped to grey
+        grey = native.grey_shrink(image.tobytes(), shape[1], shape[2], shape[0], factor, *affine)
         assert len(grey) == 4 * (shape[1] // factor) * (shape[2] // factor)
-        pad = rng.randint(0, (min(shape[1], shape[2]) - 1) // 2)
-        maps = [nrng.random(shape[1] * shape[2], dtype=np.float32).tobytes() for _ in range(6)]
-        assert np.isfinite(native.ssim_mean(*maps, shape[1], shape[2], pad, 6.5, 58.5))
+        taps = 2 * rng.randint(0, min(15, (min(shape[1], shape[2]) - 1) // 2)) + 1  # at most 31 taps
+        kernel = nrng.random(taps, dtype=np.float32).tobytes()
+        a, b = (nrng.random(shape[1] * shape[2], dtype=np.float32).tobytes() for _ in range(2))
+        key_maps = native.ssim_key(a, kernel, shape[1], shape[2])
+        assert len(key_maps) == 12 * (shape[1] - taps + 1) * (shape[2] - taps + 1)
+        assert np.isfinite(native.ssim_score(a, b, key_maps, kernel, shape[1], shape[2], 6.5, 58.5))
         with_reference = rng.random() < 0.5
         follow = shape[0] == 3 and tolerance > 0 and not rct and rng.random() < 0.5
         med = bytes(rng.randint(0, 1) for _ in range(shape[0]))

@@ -17,7 +17,7 @@ from agent.capture.files import VideoFileSource
 from agent.codec import native
 from agent.codec.keyselect import KeySelector
 from agent.codec.settings import CodecSettings
-from agent.codec.ssim import SsimReference, luma_grey_small, ssim, to_grey_small
+from agent.codec.ssim import LUMA_TO_GREY, SsimReference, luma_grey_small, ssim, to_grey_small
 from tests.fixtures.data import PETS_CUT, shared_set
 
 Image = npt.NDArray[np.uint8]
@@ -213,8 +213,9 @@ def test_the_compiled_shrink_refuses_what_does_not_fit() -> None:
 @pytest.mark.skipif(not native.AVAILABLE, reason="the compiled module is not built")
 @pytest.mark.parametrize("downscale", [1, 2, 4])
 def test_the_compiled_formula_scores_as_numpy_does(downscale: int) -> None:
-    """``native.ssim_mean`` (the formula in one pass) against the numpy formula it replaces, on frames of the
-    committed PETS clip far apart, near and identical; and it refuses maps of the wrong size."""
+    """``native.ssim_key`` and ``native.ssim_score`` (the blurs and the formula over the averaged region only)
+    against OpenCV's blurs and the numpy formula, on frames of the committed PETS clip far apart, near and
+    identical; and they refuse buffers, kernels and shapes that do not fit."""
     capture = cv2.VideoCapture(str(PETS_CUT))
     frames = []
     try:
@@ -232,11 +233,40 @@ def test_the_compiled_formula_scores_as_numpy_does(downscale: int) -> None:
         assert compiled == pytest.approx(expected, abs=1e-6)
         assert reference.score(b) == compiled
     assert reference.score(frames[5]) == pytest.approx(1.0, abs=1e-6)
-    maps = tuple(np.zeros((30, 40), dtype=np.float32) for _ in range(3))
-    with pytest.raises(ValueError, match="do not match"):
-        native.ssim_mean(maps, (*maps[:2], np.zeros((30, 41), dtype=np.float32)), 5, 1.0, 1.0)
-    with pytest.raises(ValueError, match="do not match"):
-        native.ssim_mean(maps, maps, 20, 1.0, 1.0)
+    module = native._module()
+    grey = np.zeros((30, 40), dtype=np.float32)
+    kernel = np.ones(11, dtype=np.float32) / 11
+    maps = native.ssim_key(grey, kernel)
+    assert maps.shape == (3, 20, 30)
+    for args in (
+        (grey.data, kernel.data, 30, 41),  # the buffer is not that shape
+        (grey.data, kernel[:10].copy().data, 30, 40),  # an even window
+        (grey.data, np.ones(31, dtype=np.float32).data, 30, 40),  # a window larger than the image
+        (grey.data, kernel.data[:-1].cast("B"), 30, 40),  # not whole float32 taps
+    ):
+        with pytest.raises(ValueError, match="do not match"):
+            module.ssim_key(*args)
+    for args in (
+        (grey.data, grey.data, maps[:2].copy().data, kernel.data, 30, 40, 1.0, 1.0),  # two maps of three
+        (grey.data, grey[:29].copy().data, maps.data, kernel.data, 30, 40, 1.0, 1.0),  # b not a's size
+        (grey.data, grey.data, maps.data, kernel[:9].copy().data, 30, 40, 1.0, 1.0),  # maps of another window
+    ):
+        with pytest.raises(ValueError, match="do not match"):
+            module.ssim_score(*args)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="the compiled module is not built")
+@pytest.mark.parametrize("downscale", [2, 3, 4])
+def test_the_compiled_luma_shrink_is_the_numpy_one_to_the_bit(downscale: int) -> None:
+    """The picture's Y shrunk and mapped to grey in one compiled pass gives the very floats numpy gives from the
+    compiled shrink (the fallback's OpenCV shrink rounds differently, see ``to_grey_small``)."""
+    luma = np.random.default_rng(downscale).integers(0, 256, (97, 131), dtype=np.uint8)
+    compiled = luma_grey_small(luma, downscale)
+    expected = (to_grey_small(luma, downscale) - np.float32(16.0)) * np.float32(LUMA_TO_GREY)
+    assert compiled.dtype == expected.dtype == np.float32
+    assert compiled.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="smaller than"):
+        luma_grey_small(luma[:40], 4)
 
 
 @pytest.mark.skipif(not ffmpeg.available(), reason="ffmpeg and ffprobe are not installed")
