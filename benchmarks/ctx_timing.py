@@ -1,17 +1,19 @@
 """Time the compiled CTX coder alone, on the very planes the encoder hands it, and compare two builds of it.
 
 ``docs/benchmarks.md`` quotes the coder's own ms a frame (``native.encode``: both passes; ``native.cost``: pass 1,
-which is also what every recipe estimate runs). Timing it inside the encoder mixes it with SSIM, the pixel stages
-and Python; here the encoder runs once over the frames while the planes it codes are kept, then each build codes
-them again, min of ``--repeat`` runs, every build in this one process so the noisy machine treats them alike.
+which is also what every recipe estimate runs; ``native.decode`` of what the installed build coded). Timing it
+inside the encoder mixes it with SSIM, the pixel stages and Python; here the encoder runs once over the frames
+while the planes it codes are kept, then each build codes and decodes them again, min of ``--repeat`` runs,
+every build in this one process so the noisy machine treats them alike.
 
     .venv/bin/python benchmarks/ctx_timing.py tests/data/pets-cut.avi
     .venv/bin/python benchmarks/ctx_timing.py ../shared/data/lta-sg-2702-woodlands-checkpoint/frames --frames 30
     .venv/bin/python benchmarks/ctx_timing.py SOURCE --against /tmp/old/_native.cpython-311-x86_64-linux-gnu.so
 
 ``--against PATH`` loads another build of ``agent/codec/_native.c`` (e.g. ``main``'s, built into a scratch
-folder) and checks that it writes the same bytes as the installed one, plane by plane, before timing both: a
-coder change meant to be faster only is proven byte-identical on real footage this way.
+folder) and checks that it writes the same bytes as the installed one and decodes the installed one's to the
+planes coded, plane by plane, before timing both: a coder change meant to be faster only is proven
+byte-identical on real footage this way.
 
 Memory: the kept planes are the frames' size (30 1080p frames: 187 MB).
 """
@@ -80,6 +82,17 @@ def best_ms(call: Any, planes: list[Planes], repeat: int) -> float:
     return 1000.0 * best / len(planes)
 
 
+def best_decode_ms(module: ModuleType, coded: list[bytes], planes: list[Planes], repeat: int) -> float:
+    """Min over `repeat` runs of the time to decode every coded array once, in ms per array (per frame)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for payload, p in zip(coded, planes, strict=True):
+            module.decode(payload, *p.shape, True, None)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(planes)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="video file or folder of stills")
@@ -112,13 +125,17 @@ def main() -> int:
         other = load_build(args.against)
         builds.append((str(args.against), other))
         differ = sum(other.encode(p.data, *p.shape) != mine for p, mine in zip(planes, coded, strict=True))
+        differ += sum(
+            other.decode(c, *p.shape, True, None) != p.tobytes() for p, c in zip(planes, coded, strict=True)
+        )
         if differ:
-            print(f"{differ} of {len(planes)} frames code to different bytes", file=sys.stderr)
+            print(f"{differ} of {len(planes)} frames code or decode differently", file=sys.stderr)
         result["same_bytes"] = not differ
     for name, module in builds:
         result["builds"][name] = {
             "encode_ms_per_frame": round(best_ms(module.encode, planes, args.repeat), 3),
             "cost_ms_per_frame": round(best_ms(module.cost, planes, args.repeat), 3),
+            "decode_ms_per_frame": round(best_decode_ms(module, coded, planes, args.repeat), 3),
         }
     status = 0 if not args.against or result["same_bytes"] else 1
     if args.json:
@@ -131,7 +148,7 @@ def main() -> int:
     for name, timing in result["builds"].items():
         print(
             f"  {name}: encode {timing['encode_ms_per_frame']:.2f} ms/frame, pass 1 (cost) "
-            f"{timing['cost_ms_per_frame']:.2f} ms/frame"
+            f"{timing['cost_ms_per_frame']:.2f} ms/frame, decode {timing['decode_ms_per_frame']:.2f} ms/frame"
         )
     return status
 
