@@ -2,7 +2,7 @@
 
 That check is what a "faster, same bytes" coder change rests on, so it is tested with a build that differs in
 one encoder decision only (contexts share a table until 1024 samples, not 4096: still decodable, different
-bytes).
+bytes), and with one whose decoder alone is wrong (the encoder's bytes the same).
 """
 
 from __future__ import annotations
@@ -47,17 +47,28 @@ def test_the_same_build_is_reported_byte_identical_and_timed(pets_cut: Path, tmp
     assert set(builds) == {"installed", str(copy)}
     for timing in builds.values():
         assert timing["encode_ms_per_frame"] > timing["cost_ms_per_frame"] > 0
+        assert timing["decode_ms_per_frame"] > 0
 
 
 @pytest.mark.slow
 def test_a_build_that_codes_differently_is_caught(pets_cut: Path, tmp_path: Path) -> None:
+    tables = "#define MIN_TABLE_SAMPLES 4096"
+    _expect_caught(pets_cut, tmp_path, tables, "#define MIN_TABLE_SAMPLES 1024")  # more, smaller tables
+
+
+@pytest.mark.slow
+def test_a_build_that_decodes_differently_is_caught(pets_cut: Path, tmp_path: Path) -> None:
+    magnitude = "return (uint32_t)(2 * (v < 0 ? -v : v));"
+    _expect_caught(pets_cut, tmp_path, magnitude, "return (uint32_t)(2 * (v < 0 ? -v : v) + (v == 2));")
+
+
+def _expect_caught(clip: Path, tmp_path: Path, line: str, instead: str) -> None:
     if shutil.which("gcc") is None:
         pytest.skip("no gcc: the extension itself cannot be built here either")
     text = SOURCE.read_text()
-    tables = "#define MIN_TABLE_SAMPLES 4096"
-    assert tables in text
+    assert line in text
     variant = tmp_path / "_native.c"
-    variant.write_text(text.replace(tables, "#define MIN_TABLE_SAMPLES 1024"))  # more, smaller tables
+    variant.write_text(text.replace(line, instead))
     module = tmp_path / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
     include = sysconfig.get_paths()["include"]
     build = subprocess.run(
@@ -67,6 +78,6 @@ def test_a_build_that_codes_differently_is_caught(pets_cut: Path, tmp_path: Path
         check=False,
     )
     assert build.returncode == 0, build.stderr
-    code, result = _timing(pets_cut, module)
+    code, result = _timing(clip, module)
     assert code == 1
     assert result["same_bytes"] is False
