@@ -183,7 +183,8 @@ def verify(
 
     ``jobs`` > 1 verifies that many cameras at once, each in its own process: a camera's records decode as
     one chain from each key, so a camera is the unit (a 1080p still takes about 37 ms to decode on the team's
-    VM: one camera filming a frame a second for a day is most of an hour of one core). The report is the same, in camera order.
+    VM: one camera filming a frame a second for a day is most of an hour of one core). The report is the same,
+    in camera order.
     ``cameras`` and ``sites``: only those (:func:`select`). ``span``: only the records captured in
     [start, end) ns (None: unbounded), each still decoded from its key, however long before the span that is.
     """
