@@ -149,7 +149,8 @@ def register(sub: Any) -> None:
         "decode",
         help="decode a .cctv file into lossless PNG frames",
         description="Decode every record of FILE.cctv, verify each frame's hash, and write it as "
-        "OUT/<seq>.png (8-digit, zero-padded). A damaged file is decoded as far as it can be: each bad "
+        "OUT/<seq>.png (8-digit, zero-padded); a file that holds several cameras (files concatenated) is "
+        "decoded into OUT/<camera>/<seq>.png. A damaged file is decoded as far as it can be: each bad "
         "stretch of bytes, each record whose frame fails its hash and each frame whose reference was lost "
         "is logged with its byte offset and skipped, every other frame is written, and the exit status is "
         "1. Frames after a damaged record decode again from the next key.",
@@ -238,16 +239,18 @@ class DecodeTally:
     damaged_bytes: int = 0
     unverified: int = 0
     orphans: int = 0
-    lost_groups: set[int] = field(default_factory=set)
-    """Key seqs of the groups whose loss was logged (a file holds one camera)."""
+    lost_groups: set[tuple[str, int]] = field(default_factory=set)
+    """(camera, key seq) of the groups whose loss was logged."""
+    cameras: int = 1
 
     @property
     def clean(self) -> bool:
         return not (self.damaged or self.unverified or self.orphans)
 
     def summary(self, out: Path) -> str:
+        where = f"{out} ({self.cameras} cameras, a folder each)" if self.cameras > 1 else f"{out}"
         if self.clean:
-            return f"{out}: {self.frames} frames decoded, every frame hash verified"
+            return f"{where}: {self.frames} frames decoded, every frame hash verified"
         lost = []
         if self.damaged:
             stretches = "stretch" if self.damaged == 1 else "stretches"
@@ -256,7 +259,7 @@ class DecodeTally:
             lost.append(f"{self.unverified} record{_s(self.unverified)} that failed verification")
         if self.orphans:
             lost.append(f"{self.orphans} frame{_s(self.orphans)} whose reference was lost")
-        return f"{out}: {self.frames} frames decoded and verified; NOT decoded: " + ", ".join(lost)
+        return f"{where}: {self.frames} frames decoded and verified; NOT decoded: " + ", ".join(lost)
 
 
 def _s(n: int) -> str:
@@ -269,18 +272,35 @@ def cmd_decode(args: argparse.Namespace) -> int:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CctvError(f"{args.file}: empty file, no records")
-        args.out.mkdir(parents=True, exist_ok=True)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            _decode_all(args, data, size, tally)
+            cameras = _cameras_in(data)
+            tally.cameras = max(1, len(cameras))
+            args.out.mkdir(parents=True, exist_ok=True)
+            if len(cameras) > 1:  # seqs are per camera: each camera's frames go to a folder of its own
+                for camera in cameras:
+                    (args.out / camera).mkdir(exist_ok=True)
+            _decode_all(args, data, size, tally, several=len(cameras) > 1)
     print(tally.summary(args.out))
     return 0 if tally.clean else 1
 
 
-def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: DecodeTally) -> None:
-    """Decode every record that can be, each problem logged where it is. What stops the decode (``--strict``'s
-    first problem, a second camera) is raised once the frames decoded before it are written."""
-    decoder = FrameDecoder()
-    camera: str | None = None
+def _cameras_in(data: mmap.mmap) -> list[str]:
+    """The cameras whose valid records the file holds, in the order they first appear (a header scan: the
+    records are parsed and checked, not decoded)."""
+    cameras: dict[str, None] = {}
+    for item in scan_records(data):
+        if not isinstance(item, Damage):
+            cameras.setdefault(item[1].header.camera_id, None)
+    return list(cameras)
+
+
+def _decode_all(
+    args: argparse.Namespace, data: mmap.mmap, size: int, tally: DecodeTally, *, several: bool
+) -> None:
+    """Decode every record that can be, each problem logged where it is. ``--strict``'s first problem is raised
+    once the frames decoded before it are written. ``several``: the file holds several cameras (``cat`` of
+    two files, say), each decoded on its own into OUT/<camera>/."""
+    decoders: dict[str, FrameDecoder] = {}
     stop: CctvError | None = None
 
     def problem(message: str) -> bool:
@@ -303,18 +323,15 @@ def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: Dec
                 continue
             offset, record = item
             h = record.header
-            if camera is not None and h.camera_id != camera:
-                stop = WireFormatError(f"{args.file}: holds several cameras ({camera!r}, {h.camera_id!r})")
-                break
-            camera = h.camera_id
-            where = f"{args.file}: the record at byte {offset} (seq {h.seq})"
+            camera = f"camera {h.camera_id}, " if several else ""
+            where = f"{args.file}: the record at byte {offset} ({camera}seq {h.seq})"
             try:
-                image = decoder.decode(record)
+                image = decoders.setdefault(h.camera_id, FrameDecoder()).decode(record)
             except MissingReferenceError as e:
                 tally.orphans += 1
-                if h.key_seq in tally.lost_groups:  # logged once for each key group hit
+                if (h.camera_id, h.key_seq) in tally.lost_groups:  # logged once for each key group hit
                     continue
-                tally.lost_groups.add(h.key_seq)
+                tally.lost_groups.add((h.camera_id, h.key_seq))
                 if problem(f"{where}: {e}; skipping it and every later frame that needs it"):
                     break
                 continue
@@ -323,7 +340,8 @@ def _decode_all(args: argparse.Namespace, data: mmap.mmap, size: int, tally: Dec
                 if problem(f"{where}: {e}"):
                     break
                 continue
-            writer.write(args.out / f"{h.seq:08d}.png", image)
+            folder = args.out / h.camera_id if several else args.out
+            writer.write(folder / f"{h.seq:08d}.png", image)
             tally.frames += 1
             bar.advance(note=f"{offset * 100 // size}% of the file")
     if stop is not None:

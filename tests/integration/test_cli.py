@@ -108,6 +108,37 @@ def test_decode_of_an_empty_or_missing_file_says_so_and_makes_nothing(tmp_path: 
         assert not (tmp_path / "png").exists()
 
 
+def test_decode_of_several_cameras_writes_a_folder_for_each(pets_cut: Path, tmp_path: Path) -> None:
+    """Two cameras' files, their records interleaved (each camera's seqs start at 0): each camera is decoded
+    on its own, into OUT/<camera>/, bit for bit."""
+    records = {}
+    for camera, frames in (("gate", 12), ("yard.2", 9)):
+        out = tmp_path / f"{camera}.cctv"
+        encoded = cli(
+            "encode", str(pets_cut), "--out", str(out), "--frames", str(frames), "--camera-id", camera
+        )
+        assert encoded.returncode == 0, encoded.stderr
+        data = out.read_bytes()
+        starts = [item[0] for item in scan_records(data) if not isinstance(item, Damage)]
+        records[camera] = [data[a:b] for a, b in zip(starts, [*starts[1:], len(data)], strict=True)]
+    both = tmp_path / "both.cctv"
+    gate, yard = records["gate"], records["yard.2"]
+    both.write_bytes(b"".join(gate[i // 2] if i % 2 == 0 else yard[i // 2] for i in range(2 * len(yard))))
+    with both.open("ab") as f:
+        f.write(b"".join(gate[len(yard) :]))
+
+    result = cli("decode", str(both), "--out", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    assert "21 frames decoded, every frame hash verified" in result.stdout
+    assert "2 cameras, a folder each" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["gate", "yard.2"]
+    for camera, frames in (("gate", 12), ("yard.2", 9)):
+        folder = tmp_path / "png" / camera
+        assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:08d}.png" for i in range(frames)]
+        for seq, image in enumerate(iter_images(pets_cut, limit=frames)):
+            assert np.array_equal(cv2.imread(str(folder / f"{seq:08d}.png")), image), (camera, seq)
+
+
 def test_decode_skips_only_what_a_damaged_record_costs(pets_cut: Path, tmp_path: Path) -> None:
     """A flipped bit in a member costs the rest of its key group, a smashed length field only the bytes it
     hides; every other frame is written bit for bit, each loss is logged at its byte offset, and the exit
