@@ -279,7 +279,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             if len(cameras) > 1:  # seqs are per camera: each camera's frames go to a folder of its own
                 for camera in cameras:
                     (args.out / camera).mkdir(exist_ok=True)
-            _decode_all(args, data, size, tally, several=len(cameras) > 1)
+            _decode_all(args, data, size, tally, cameras)
     print(tally.summary(args.out))
     return 0 if tally.clean else 1
 
@@ -295,12 +295,13 @@ def _cameras_in(data: mmap.mmap) -> list[str]:
 
 
 def _decode_all(
-    args: argparse.Namespace, data: mmap.mmap, size: int, tally: DecodeTally, *, several: bool
+    args: argparse.Namespace, data: mmap.mmap, size: int, tally: DecodeTally, cameras: list[str]
 ) -> None:
     """Decode every record that can be, each problem logged where it is. ``--strict``'s first problem is raised
-    once the frames decoded before it are written. ``several``: the file holds several cameras (``cat`` of
-    two files, say), each decoded on its own into OUT/<camera>/."""
-    decoders: dict[str, FrameDecoder] = {}
+    once the frames decoded before it are written. ``cameras``: those the file holds (:func:`_cameras_in`);
+    several (``cat`` of two files, say) are each decoded on their own into OUT/<camera>/."""
+    several = len(cameras) > 1
+    decoders = {camera: FrameDecoder() for camera in cameras}
     stop: CctvError | None = None
 
     def problem(message: str) -> bool:
@@ -326,7 +327,7 @@ def _decode_all(
             camera = f"camera {h.camera_id}, " if several else ""
             where = f"{args.file}: the record at byte {offset} ({camera}seq {h.seq})"
             try:
-                image = decoders.setdefault(h.camera_id, FrameDecoder()).decode(record)
+                image = decoders[h.camera_id].decode(record)  # the same scan found every camera
             except MissingReferenceError as e:
                 tally.orphans += 1
                 if (h.camera_id, h.key_seq) in tally.lost_groups:  # logged once for each key group hit
