@@ -2240,7 +2240,50 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------ CRC-32 shift */
+
+/* zlib's CRC-32 (reflected, polynomial 0xEDB88320) as arithmetic modulo its polynomial, as zlib's own
+   crc32_combine does it: crc32(A + B) = crc_shift(crc32(A), len(B)) ^ crc32(B). What this buys is the CRC of any
+   stretch of a long buffer from the CRCs of two of its prefixes, in time independent of the stretch's length: a
+   damaged .cctv file's scan tests a candidate record's checksum that way (agent/codec/crc.py). */
+#define CRC_POLY 0xedb88320u
+
+static uint32_t crc_x2n[32]; /* x^(2^k) modulo the polynomial */
+
+static uint32_t crc_multmodp(uint32_t a, uint32_t b) {
+    uint32_t m = 1u << 31, p = 0;
+    for (;;) {
+        if (a & m) {
+            p ^= b;
+            if ((a & (m - 1)) == 0) break;
+        }
+        m >>= 1;
+        b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
+    }
+    return p;
+}
+
+static void crc_tables(void) {
+    uint32_t p = 1u << 30; /* x^1 */
+    crc_x2n[0] = p;
+    for (int k = 1; k < 32; k++) crc_x2n[k] = p = crc_multmodp(p, p);
+}
+
+PyDoc_STRVAR(crc_shift_doc, "crc_shift(crc, nbytes) -> int\n\n"
+                            "crc32(A + B) == crc_shift(crc32(A), len(B)) ^ crc32(B), for zlib's CRC-32.");
+
+static PyObject *crc_shift(PyObject *self, PyObject *args) {
+    unsigned long crc;
+    unsigned long long n;
+    if (!PyArg_ParseTuple(args, "kK", &crc, &n)) return NULL;
+    uint32_t p = 1u << 31; /* x^0; the shift is by x^(8n): the exponent's bits from 2^3 on */
+    for (unsigned k = 3; n; n >>= 1, k++)
+        if (n & 1) p = crc_multmodp(crc_x2n[k & 31], p);
+    return PyLong_FromUnsignedLong(crc_multmodp(p, (uint32_t)crc));
+}
+
 static PyMethodDef methods[] = {
+    {"crc_shift", crc_shift, METH_VARARGS, crc_shift_doc},
     {"luma", luma, METH_VARARGS, luma_doc},
     {"encode", ctx_encode, METH_VARARGS, encode_doc},
     {"cost", ctx_cost, METH_VARARGS, cost_doc},
@@ -2265,5 +2308,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void) {
     init_tables();
     jpeg_tables();
+    crc_tables();
     return PyModule_Create(&module);
 }

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from agent.codec.crc import PrefixCrc
 from agent.codec.wire import (
     CRC_SIZE,
     DEFAULT_LIMITS,
@@ -21,6 +22,7 @@ from agent.codec.wire import (
     Record,
     _check,
     record_length,
+    unpack_header,
     unpack_record,
 )
 from agent.errors import WireFormatError
@@ -75,21 +77,28 @@ def scan_records(data: Searchable, limits: Limits = DEFAULT_LIMITS) -> Iterator[
     cost the frames that depend on its record, not every frame after it in the file. A corrupted length
     field makes the record's own end unknowable, so the scan goes on at the next magic from which a whole
     record parses and checks its CRC; the CRC makes a false start inside a payload as good as impossible.
+
+    A candidate's CRC is checked from stored prefix CRCs (:class:`agent.codec.crc.PrefixCrc`) and its header
+    parsed before any of its payload is read, so a candidate costs the same whatever length it declares: the
+    scan reads the file a bounded number of times even when it is full of headers that each claim the rest of
+    it (reading each candidate whole made that quadratic: 77 s for 4 MB).
     """
     pos, end = 0, len(data)
+    crcs = PrefixCrc(data)
     while pos < end:
         try:
-            record, length = _record_at(data, pos, limits)
+            record, length = _record_at(data, pos, limits, crcs)
         except WireFormatError as e:
             start = pos
-            pos = _next_record(data, pos + 1, limits)
+            pos = _next_record(data, pos + 1, limits, crcs)
             yield Damage(start, pos - start, str(e))
             continue
         yield pos, record
         pos += length
 
 
-def _record_at(data: Searchable, pos: int, limits: Limits) -> tuple[Record, int]:
+def _record_at(data: Searchable, pos: int, limits: Limits, crcs: PrefixCrc) -> tuple[Record, int]:
+    """The record at pos and its length; its CRC and header are checked before its payload is read."""
     prefix = data[pos : pos + FIXED_SIZE]
     total = record_length(prefix)
     _check_length(total, limits)
@@ -97,14 +106,19 @@ def _record_at(data: Searchable, pos: int, limits: Limits) -> tuple[Record, int]
         pos + total <= len(data),
         f"truncated record: it declares {total} bytes, the file ends after {len(data) - pos}",
     )
+    crc_at = pos + total - CRC_SIZE
+    stored = int.from_bytes(data[crc_at : crc_at + CRC_SIZE], "little")
+    _check(crcs.crc(pos, crc_at) == stored, "checksum mismatch: record is corrupted")
+    header_length = int.from_bytes(prefix[8:10], "little")
+    unpack_header(data[pos : pos + header_length], limits)
     return unpack_record(data[pos : pos + total], limits), total
 
 
-def _next_record(data: Searchable, pos: int, limits: Limits) -> int:
+def _next_record(data: Searchable, pos: int, limits: Limits, crcs: PrefixCrc) -> int:
     """Offset of the first valid record at or after pos, or the end of the data."""
     while (pos := data.find(MAGIC, pos)) != -1:
         try:
-            _record_at(data, pos, limits)
+            _record_at(data, pos, limits, crcs)
         except WireFormatError:
             pos += 1
             continue

@@ -11,6 +11,7 @@ PackBits because numpy's version was most of the zstd path's encode time, the ke
 because OpenCV's takes two passes over every frame (one here, half the time), and its SSIM because OpenCV's
 three blurs on a small copy cost more in calls than in arithmetic (the blurs and the formula in one call over
 the averaged region: 19.5 against 46 us a 320x240 frame's score, 0.53 against 0.77 ms at 1080p).
+``crc_shift`` is zlib's ``crc32_combine`` arithmetic, which Python's zlib does not expose (``agent.codec.crc``).
 
 The byte layout is in ``docs/wire-format.md``. When the extension was not built (no compiler at install
 time) :data:`AVAILABLE` is false: the encoder falls back to zstd, and decoding a record that needs the
@@ -170,6 +171,12 @@ def jpeg(planes: Planes, *, inverse: bool) -> Planes:
 def packbits(data: npt.NDArray[np.uint8], row_bytes: int) -> bytes:
     """``agent.codec.packbits.encode_rows``, compiled: the same bytes, about 15× faster."""
     out: bytes = _module().packbits(np.ascontiguousarray(data).data, row_bytes)
+    return out
+
+
+def crc_shift(crc: int, nbytes: int) -> int:
+    """zlib's CRC-32 ``crc`` of a prefix carried past ``nbytes`` more bytes (:func:`agent.codec.crc.crc_shift`)."""
+    out: int = _module().crc_shift(crc, nbytes)
     return out
 
 

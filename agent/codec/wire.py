@@ -489,6 +489,10 @@ def record_length(prefix: bytes | memoryview) -> int:
         struct.unpack_from("<H", prefix, 8)[0],
         struct.unpack_from("<I", prefix, 16)[0],
     )
+    _check(
+        header_length > FIXED_SIZE,
+        f"header length {header_length} leaves no room for a camera id after the {FIXED_SIZE}-byte fixed header",
+    )
     return int(header_length) + int(payload_length) + CRC_SIZE
 
 
@@ -499,6 +503,25 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
     _check(len(view) == total, f"record is {len(view)} bytes but declares {total}")
     (crc,) = struct.unpack_from("<I", view, total - CRC_SIZE)
     _check(zlib.crc32(view[: total - CRC_SIZE]) == crc, "checksum mismatch: record is corrupted")
+    header, header_length, payload_length = _unpack_header(view, limits)
+    payload = bytes(view[header_length : header_length + payload_length])
+    return Record(header, payload)
+
+
+def unpack_header(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> RecordHeader:
+    """Parse and check a record's header from its first bytes (at least its header length), as
+    :func:`unpack_record` does but without the payload or the CRC: for a reader that has checked the CRC
+    another way and wants to know whether the record is valid before reading all of it."""
+    view = memoryview(data).cast("B")
+    record_length(view)
+    header_length = struct.unpack_from("<H", view, 8)[0]
+    _check(len(view) >= header_length, f"truncated header: {len(view)} of {header_length} bytes")
+    return _unpack_header(view, limits)[0]
+
+
+def _unpack_header(view: memoryview, limits: Limits) -> tuple[RecordHeader, int, int]:
+    """The header, its length and the payload's length; ``view`` starts at the record and holds at least the
+    fixed header (:func:`record_length` checked that) and the header length it declares."""
     (
         _magic,
         version,
@@ -567,5 +590,4 @@ def unpack_record(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT
     _check(
         payload_length <= max_payload, f"payload of {payload_length} bytes exceeds the bound {max_payload}"
     )
-    payload = bytes(view[header_length : header_length + payload_length])
-    return Record(header, payload)
+    return header, header_length, payload_length
