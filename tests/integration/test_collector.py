@@ -7,10 +7,12 @@ import json
 import re
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.archive.reader import CameraReader
 from agent.codec.encoder import FrameEncoder
-from agent.codec.wire import pack_record
+from agent.codec.wire import FIXED_SIZE, pack_record
 from agent.collector import Collector, Quarantine, Reason
 from agent.collector.service import STAGING_DIR
 from agent.config.models import CollectorConfig, CollectorSection, MqttSection, TlsSection
@@ -240,6 +242,14 @@ def test_retention_from_the_config_deletes_old_groups_periodically(
 # ---------------------------------------------------------------------------------------- quarantine
 
 
+def _short_header_record() -> bytes:
+    body = bytearray(FIXED_SIZE - 4)
+    body[0:5] = b"CCTV\x01"
+    body[7] = 1  # GRAY8
+    struct.pack_into("<I", body, 16, FIXED_SIZE - 4)  # header length 0, the payload the rest
+    return bytes(body) + struct.pack("<I", zlib.crc32(body))
+
+
 def test_hostile_and_malformed_messages_end_in_quarantine_inside_the_root(
     mqtt_broker: MqttBroker, tmp_path: Path, start_collector: Callable[..., Running]
 ) -> None:
@@ -264,6 +274,9 @@ def test_hostile_and_malformed_messages_end_in_quarantine_inside_the_root(
         ("cctv/depot/cam1/frame", good[0][:100], "malformed"),
         ("cctv/depot/cam1/frame", bytes(corrupted), "malformed"),
         ("cctv/depot/cam1/frame", b"CCCH" + bytes(40), "malformed"),
+        # a valid CRC over a header length shorter than the fixed header: it once raised IndexError, which
+        # stopped the collector, and the broker redelivered it to the next one
+        ("cctv/depot/cam1/frame", _short_header_record(), "malformed"),
     ]
     raw_publish(mqtt_broker, [("cctv/depot/cam1/frame", good[0])])
     wait_for("first record", lambda: 0 in archived(root, "cam1"))
