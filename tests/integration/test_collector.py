@@ -26,6 +26,7 @@ from agent.archive.reader import CameraReader
 from agent.codec.encoder import FrameEncoder
 from agent.codec.wire import FIXED_SIZE, pack_record
 from agent.collector import Collector, Quarantine, Reason
+from agent.collector import service as collector_service
 from agent.collector.service import STAGING_DIR
 from agent.config.models import CollectorConfig, CollectorSection, MqttSection, TlsSection
 from agent.simulate.scene import Scene, SceneSettings
@@ -299,6 +300,46 @@ def test_hostile_and_malformed_messages_end_in_quarantine_inside_the_root(
     assert sorted(p.name for p in (root / SITE).iterdir()) == ["cam1"]
     for path in root.rglob("*"):
         assert path.resolve().is_relative_to(root.resolve()), path
+
+
+def test_a_message_that_trips_a_parser_bug_is_quarantined_and_collection_goes_on(
+    mqtt_broker: MqttBroker,
+    tmp_path: Path,
+    start_collector: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parser that fails other than with WireFormatError (a bug) must not stop the collector: the message
+    would stay unacknowledged and stop the next start too. Two such bugs are planted, one in each parsing step
+    (reassembly, then the record), each triggered by one message's bytes."""
+    root = tmp_path / "archive"
+    good = make_records("cam1", 4)
+    real_feed = collector_service.Reassembler.feed
+    real_unpack = collector_service.unpack_record
+
+    def feed(self: Any, camera_key: str, payload: bytes) -> bytes | None:
+        if payload == good[1]:
+            raise KeyError("planted")
+        return real_feed(self, camera_key, payload)
+
+    def unpack(data: bytes, *args: Any) -> Any:
+        if data == good[2]:
+            raise IndexError("planted")
+        return real_unpack(data, *args)
+
+    monkeypatch.setattr(collector_service.Reassembler, "feed", feed)
+    monkeypatch.setattr(collector_service, "unpack_record", unpack)
+    running = start_collector(collector_config(mqtt_broker, root))
+    raw_publish(mqtt_broker, [("cctv/depot/cam1/frame", record) for record in good])
+    wait_for("the last record", lambda: 3 in archived(root, "cam1"))
+    running.stop()
+    assert archived(root, "cam1") == {0: good[0], 3: good[3]}
+    kept = quarantined(root / "quarantine")
+    assert [k["reason"] for k in kept] == ["malformed", "malformed"]
+    details = sorted(k["detail"] for k in kept)
+    assert "IndexError: planted" in details[0]
+    assert "KeyError: 'planted'" in details[1]
+    assert all("please report" in d for d in details)
+    assert running.collector.stats.quarantined == 2
 
 
 def test_quarantine_names_its_files_itself_and_stops_keeping_at_its_cap(tmp_path: Path) -> None:
