@@ -267,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep glibc's and OpenCV's defaults instead of the agent's process settings (agent/process.py); "
         "the seed's method then spends up to half its time on page faults, varying with what ran before",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="planes the codec's extension codes at once (default 1: the speed target is per core, and the seed's "
+        "method runs on one; the agent uses the CPUs it may run on, agent.codec.native.THREADS)",
+    )
     args = parser.parse_args(argv)
     if args.all == (args.source is not None):
         parser.error("give either SOURCE or --all")
@@ -277,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent import process
 
         process.configure()
+    from agent.codec import native
+
+    native.THREADS = args.threads
     sources = shared_sets() if args.all else [args.source]
     runs = []
     for source in sources:

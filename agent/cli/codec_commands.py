@@ -18,6 +18,7 @@ import cv2
 from agent.capture.ffmpeg import DECODERS
 from agent.capture.files import open_path
 from agent.cli.args import COUNT
+from agent.codec import native
 from agent.codec.cctv_file import Damage, scan_records
 from agent.codec.decoder import FrameDecoder
 from agent.codec.encoder import FrameEncoder
@@ -173,6 +174,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("source", type=Path, help="video file or folder of images")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--threads",
+        type=COUNT,
+        default=native.THREADS,
+        help="planes of a frame coded and decoded at once, where they are large (2^17 samples or more); 1 "
+        "measures one core (default: the CPUs this process may run on, up to 4: %(default)s here)",
+    )
     _add_decoder_option(p)
     _add_codec_options(p)
     p.set_defaults(handler=cmd_bench)
@@ -415,6 +423,7 @@ def run_bench(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    native.THREADS = args.threads
     result = run_bench(args.source, _settings(args), args.frames, args.decoder).as_dict()
     if args.json:
         print(json.dumps(result))

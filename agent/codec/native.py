@@ -21,6 +21,7 @@ extension says how to get it.
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import numpy as np
@@ -49,17 +50,36 @@ def _module() -> ModuleType:
     return _native
 
 
-def ctx_encode(planes: Planes) -> bytes:
-    """Code a ``(C, H, W)`` uint8 array; at most ``C·H·W + 2·C`` bytes (a plane that would grow is stored)."""
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+THREADS = min(4, _cpus())
+"""How many planes of a record the extension codes or decodes at once by default: the CPUs this process may
+run on (systemd's ``CPUAffinity=`` lowers it), at most 4, a record's most planes. Only planes of 2^17 samples
+or more are, and the bytes are the same either way. Decoded video's pictures are one plane (YUV420): they
+gain nothing; three colour planes at 1080p are coded 1.5-2x faster on two cores."""
+
+
+def ctx_encode(planes: Planes, threads: int | None = None) -> bytes:
+    """Code a ``(C, H, W)`` uint8 array; at most ``C·H·W + 2·C`` bytes (a plane that would grow is stored).
+    ``threads``: planes coded at once (default :data:`THREADS`)."""
     channels, height, width = planes.shape
-    out: bytes = _module().encode(np.ascontiguousarray(planes).data, channels, height, width)
+    out: bytes = _module().encode(
+        np.ascontiguousarray(planes).data, channels, height, width, THREADS if threads is None else threads
+    )
     return out
 
 
-def ctx_cost(planes: Planes) -> float:
+def ctx_cost(planes: Planes, threads: int | None = None) -> float:
     """The bytes :func:`ctx_encode` would return, within a few, at about half its time (no coding pass)."""
     channels, height, width = planes.shape
-    cost: float = _module().cost(np.ascontiguousarray(planes).data, channels, height, width)
+    cost: float = _module().cost(
+        np.ascontiguousarray(planes).data, channels, height, width, THREADS if threads is None else threads
+    )
     return cost
 
 
@@ -71,6 +91,7 @@ def ctx_decode(
     *,
     group_planes: bool = True,
     unmed: tuple[bool | None, ...] | None = None,
+    threads: int | None = None,
 ) -> Planes:
     """Inverse of :func:`ctx_encode`; allocates exactly ``C·H·W`` bytes whatever the payload says.
 
@@ -78,10 +99,13 @@ def ctx_decode(
     record the same byte is a corrupted table count, and is refused as one. ``unmed``: for each plane, whether
     it holds signed MED residuals (as for :func:`unmed`), or None for a plane MED did not predict; the planes
     come back with MED undone too, in the same pass (what ``unmed(ctx_decode(...))`` gives, 1.15-1.28x faster).
+    ``threads``: planes decoded at once (default :data:`THREADS`).
     """
     flips = None if unmed is None else bytes(0 if s is None else 0x80 if s else 0x01 for s in unmed)
     try:
-        raw: bytes = _module().decode(payload, channels, height, width, group_planes, flips)
+        raw: bytes = _module().decode(
+            payload, channels, height, width, group_planes, flips, THREADS if threads is None else threads
+        )
     except ValueError as e:
         raise WireFormatError(str(e)) from e
     return np.frombuffer(raw, dtype=np.uint8).reshape(channels, height, width)

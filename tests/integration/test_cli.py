@@ -254,6 +254,24 @@ def test_bench_json_has_exactly_the_documented_keys(pets_cut: Path) -> None:
     assert with_zstd["encoded_bytes"] > figures["encoded_bytes"] * 1.1, "CTX (the default) is the smaller"
 
 
+def test_bench_threads_change_the_time_not_the_bytes(pets_cut: Path) -> None:
+    """The pets frames as OpenCV decodes them are three 768x576 planes, coded and decoded at once with
+    --threads 3, one by one with --threads 1: the same records either way."""
+    figures = []
+    for threads in ("1", "3"):
+        result = cli(
+            "bench", str(pets_cut), "--frames", "12", "--json", "--decoder", "opencv", "--threads", threads
+        )
+        assert result.returncode == 0, result.stderr
+        figures.append(json.loads(result.stdout))
+    assert figures[0]["encoded_bytes"] == figures[1]["encoded_bytes"]
+    assert figures[0]["keys"] == figures[1]["keys"]
+    assert figures[0]["bit_exact"] is figures[1]["bit_exact"] is True
+    refused = cli("bench", str(pets_cut), "--threads", "0")
+    assert refused.returncode == 2
+    assert "--threads" in refused.stderr
+
+
 def test_check_config_exit_codes_and_messages(tmp_path: Path) -> None:
     assert cli("check-config", str(REPO / "config.toml")).returncode == 0
     bad = tmp_path / "bad.toml"

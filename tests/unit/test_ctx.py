@@ -378,3 +378,61 @@ def test_cost_is_the_coded_size_without_coding(pets_cut: Path) -> None:
         assert abs(native.ctx_cost(planes) - coded) <= 8 * planes.shape[0], (native.ctx_cost(planes), coded)
     with pytest.raises(ValueError, match="buffer holds 3 bytes, shape needs 4"):
         native._module().cost(b"abc", 1, 2, 2)
+
+
+def _large_planes(channels: int, seed: int) -> np.ndarray:
+    """Planes big enough (2^17 samples and more) for the extension to code and decode them at once: residual-like,
+    mostly zeros with small values, one plane pure noise (stored) and, with four, one of all zeros."""
+    rng = np.random.default_rng(seed)
+    planes = np.zeros((channels, 384, 400), np.uint8)
+    for k in range(channels):
+        mask = rng.random(planes.shape[1:]) < 0.1 * (k + 1)
+        planes[k][mask] = rng.integers(-6, 7, int(mask.sum())).astype(np.uint8)
+    planes[1] = rng.integers(0, 256, planes.shape[1:], dtype=np.uint8)
+    if channels == 4:
+        planes[3] = 0
+    return planes
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_planes_coded_and_decoded_at_once_are_the_same_bytes(channels: int) -> None:
+    """The extension codes, costs and decodes a record's large planes on up to ``threads`` threads: the bytes,
+    the estimate and the decoded planes (with MED undone in the pass too) never depend on how many."""
+    planes = _large_planes(channels, seed=channels)
+    assert planes.shape[1] * planes.shape[2] >= 2**17
+    alone = native.ctx_encode(planes, threads=1)
+    cost = native.ctx_cost(planes, threads=1)
+    flags = (True, None, False, True)[:channels]
+    for threads in (2, 3, 4, 8):
+        assert native.ctx_encode(planes, threads=threads) == alone
+        assert native.ctx_cost(planes, threads=threads) == cost
+        assert np.array_equal(native.ctx_decode(alone, *planes.shape, threads=threads), planes)
+        assert np.array_equal(
+            native.ctx_decode(alone, *planes.shape, unmed=flags, threads=threads),
+            native.ctx_decode(alone, *planes.shape, unmed=flags, threads=1),
+        )
+
+
+def test_damage_decoded_at_once_says_what_decoding_plane_by_plane_says() -> None:
+    """Where the planes cannot all be found the decoder goes plane by plane; where they can, the first failing
+    plane's error is the one reported, as in order. Either way the message is the same with any thread count."""
+    planes = _large_planes(3, seed=9)
+    payload = native.ctx_encode(planes, threads=1)
+    rng = random.Random(11)
+    damaged = [payload[:-1], payload + b"\x00", payload[: len(payload) // 2]]
+    for _ in range(300):
+        data = bytearray(payload)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged.append(bytes(data))
+    outcomes = set()
+    for data in damaged:
+        results = []
+        for threads in (1, 3):
+            try:
+                results.append(native.ctx_decode(data, *planes.shape, threads=threads).tobytes())
+            except WireFormatError as e:
+                results.append(str(e))
+        assert results[0] == results[1]
+        outcomes.add(results[0] if isinstance(results[0], str) else "decoded")
+    assert len(outcomes) >= 4, outcomes  # several kinds of damage met, not one message

@@ -5,8 +5,8 @@ ordinary tests cannot see. This builds the same source with both sanitizers and 
 truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
 and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
 through the fused pixel stages, B and R following G's quantisation included, the 2×2 chroma block
-layout both ways, and JPEG_CHROMA both ways, and the SSIM mean), at it in a child process; any
-invalid access aborts it.
+layout both ways, and JPEG_CHROMA both ways, and the SSIM mean), at it in a child process, large planes on
+several threads too; any invalid access aborts it.
 """
 
 from __future__ import annotations
@@ -103,6 +103,24 @@ FUZZ = textwrap.dedent(
             assert native.cost(planes.tobytes(), *shape) > 0
             payload = native.encode(planes.tobytes(), *shape)
             assert native.decode(payload, *shape) == planes.tobytes()
+    shape = (3, 384, 400)  # planes large enough to be coded and decoded at once, on three threads
+    big = np.where(nrng.random(shape) < 0.2, nrng.integers(0, 256, shape), 0).astype(np.uint8)
+    big[1] = nrng.integers(0, 256, shape[1:], dtype=np.uint8)  # a stored plane among them
+    payload = native.encode(big.tobytes(), *shape, 3)
+    assert payload == native.encode(big.tobytes(), *shape, 1)
+    assert native.cost(big.tobytes(), *shape, 3) == native.cost(big.tobytes(), *shape, 1)
+    assert native.decode(payload, *shape, True, None, 3) == big.tobytes()
+    for _ in range(60):
+        data = bytearray(payload)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        try:
+            native.decode(bytes(data), *shape, True, bytes([1, 0, 0x80]) if rng.random() < 0.5 else None, 3)
+        except ValueError:
+            refused += 1
+    assert native.crc_shift(0xFFFFFFFF, 2**40) == native.crc_shift(native.crc_shift(0xFFFFFFFF, 2**39), 2**39)
     for shape, legacy, values in json.load(open(sys.argv[2])):  # run planes and planes without runs
         legacy, values = bytes.fromhex(legacy), bytes.fromhex(values)
         for groups in (False, True):
@@ -151,7 +169,18 @@ def test_the_compiled_codec_is_clean_under_sanitizers(tmp_path: Path) -> None:
     include = sysconfig.get_paths()["include"]
     flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover"]
     build = subprocess.run(
-        ["gcc", *flags, "-shared", "-fPIC", f"-I{include}", str(SOURCE), "-lm", "-o", str(module)],
+        [
+            "gcc",
+            *flags,
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            f"-I{include}",
+            str(SOURCE),
+            "-lm",
+            "-o",
+            str(module),
+        ],
         capture_output=True,
         text=True,
         check=False,
