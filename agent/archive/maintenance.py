@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.archive.paths import check_version, find_cameras, parse_segment
 from agent.archive.reader import CameraReader, Reconstructor
+from agent.codec import native
 from agent.errors import ArchiveError, CctvError
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,12 @@ def verify(
         return report
     context = multiprocessing.get_context("spawn")  # no fork of a process that may run threads
     seen = context.Value("q", 0)
+    workers = min(jobs, len(chosen))
+    threads = max(
+        1, native.THREADS // workers
+    )  # the CPUs shared out: a worker decodes planes on fewer threads
     with ProcessPoolExecutor(
-        min(jobs, len(chosen)), mp_context=context, initializer=_count_into, initargs=(seen,)
+        workers, mp_context=context, initializer=_worker_setup, initargs=(seen, threads)
     ) as pool:
         futures = [pool.submit(_verify_one, root, site, camera, span) for site, camera in chosen]
         shown = 0
@@ -228,9 +233,10 @@ _seen: Any = None
 """In a worker process of ``verify``: the shared count of records looked at, for the parent's progress."""
 
 
-def _count_into(seen: Any) -> None:
+def _worker_setup(seen: Any, threads: int) -> None:
     global _seen
     _seen = seen
+    native.THREADS = threads
 
 
 def _count_one() -> None:
