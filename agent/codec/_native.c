@@ -910,7 +910,8 @@ static int plane_shape(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
     return 1;
 }
 
-/* Parses (planes, channels, height, width[, threads]) for encode and cost; on failure releases the buffer and returns 0. */
+/* Parses (planes, channels, height, width[, threads]) for encode and cost; on failure releases the buffer and
+   returns 0. */
 static int planes_arg(PyObject *args, Py_buffer *view, Py_ssize_t *channels, Py_ssize_t *height,
                       Py_ssize_t *width, Py_ssize_t *n, int *threads) {
     if (!PyArg_ParseTuple(args, "y*nnn|i", view, channels, height, width, threads)) return 0;
