@@ -1,4 +1,4 @@
-"""Process-wide settings every ``cctv-agent`` command starts with: one OpenCV thread, a heap that keeps memory.
+"""Process-wide settings every ``cctv-agent`` command starts with: one OpenCV thread, one heap that keeps memory.
 
 Both were measured (docs/benchmarks.md, "Process settings"):
 
@@ -11,7 +11,10 @@ Both were measured (docs/benchmarks.md, "Process settings"):
   page faults a frame on 768-wide video, 0.5-1.5 ms of kernel time, 10-20 % of the encoder's time, varying
   with the process's history. With fixed thresholds the freed buffers stay in the heap and are reused (0
   faults a frame). Peak RSS hardly moves: it is set by the frames in flight either way (`bench` at 1080p,
-  tolerance 2: 118.0 MB against 116.5 MB with the defaults).
+  tolerance 2: 118.0 MB against 116.5 MB with the defaults). And one arena for every thread: the extension
+  codes a frame's planes on threads of their own (``agent.codec.native.THREADS``), and glibc gave each thread
+  an arena that kept its own high-water mark; the agent replaying 1080p stills peaked at 118.0 MB with them,
+  110.2 MB with one, at 34-40 frames a second both ways (a few large allocations a frame do not contend).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 """Allocations below this come from the heap (glibc's largest allowed value on 64-bit systems)."""
 TRIM_THRESHOLD = 64 * 1024 * 1024
 """Free memory at the top of the heap is returned to the system only beyond this."""
+ARENAS = 1
+"""Every thread allocates from the main heap."""
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 def configure() -> None:
@@ -41,7 +47,8 @@ def configure() -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Fix glibc's malloc thresholds (see the module note); False where the C library is not glibc or refuses."""
+    """Fix glibc's malloc thresholds and arenas (see the module note); False where the C library is not glibc or
+    refuses."""
     if platform.libc_ver()[0] != "glibc":
         log.debug("not glibc: malloc thresholds left as they are")
         return False
@@ -55,6 +62,7 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     ok = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and ok
+    ok = bool(mallopt(_M_ARENA_MAX, ARENAS)) and ok
     if not ok:  # 32-bit glibc caps the mmap threshold at 512 kB: large frames keep mapping fresh pages
         log.debug("glibc refused the malloc thresholds; frame buffers will be mapped per frame")
     return ok
