@@ -98,7 +98,8 @@ def scan_records(data: Searchable, limits: Limits = DEFAULT_LIMITS) -> Iterator[
 
 
 def _record_at(data: Searchable, pos: int, limits: Limits, crcs: PrefixCrc) -> tuple[Record, int]:
-    """The record at pos and its length; its CRC and header are checked before its payload is read."""
+    """The record at pos and its length; its CRC and header are checked before its payload is read (what
+    :func:`unpack_record` checks, in its order, without reading the record twice)."""
     prefix = data[pos : pos + FIXED_SIZE]
     total = record_length(prefix)
     _check_length(total, limits)
@@ -110,8 +111,8 @@ def _record_at(data: Searchable, pos: int, limits: Limits, crcs: PrefixCrc) -> t
     stored = int.from_bytes(data[crc_at : crc_at + CRC_SIZE], "little")
     _check(crcs.crc(pos, crc_at) == stored, "checksum mismatch: record is corrupted")
     header_length = int.from_bytes(prefix[8:10], "little")
-    unpack_header(data[pos : pos + header_length], limits)
-    return unpack_record(data[pos : pos + total], limits), total
+    header = unpack_header(data[pos : pos + header_length], limits)
+    return Record(header, data[pos + header_length : crc_at]), total
 
 
 def _next_record(data: Searchable, pos: int, limits: Limits, crcs: PrefixCrc) -> int:
