@@ -243,6 +243,24 @@ def shared_sets(root: Path = SHARED_DATA) -> list[Path]:
     return sets
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, for every script that times our encoder against the seed's."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="planes the codec's extension codes at once (default 1: the speed target is per core, and the seed's "
+        "method runs on one; the agent uses the CPUs it may run on, agent.codec.native.THREADS)",
+    )
+
+
+def use_threads(threads: int) -> None:
+    """Our encoder codes ``threads`` planes at once from now on in this process."""
+    from agent.codec import native
+
+    native.THREADS = threads
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("source", nargs="?", type=Path, help="video file or folder of stills")
@@ -267,13 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep glibc's and OpenCV's defaults instead of the agent's process settings (agent/process.py); "
         "the seed's method then spends up to half its time on page faults, varying with what ran before",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="planes the codec's extension codes at once (default 1: the speed target is per core, and the seed's "
-        "method runs on one; the agent uses the CPUs it may run on, agent.codec.native.THREADS)",
-    )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.all == (args.source is not None):
         parser.error("give either SOURCE or --all")
@@ -284,9 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent import process
 
         process.configure()
-    from agent.codec import native
-
-    native.THREADS = args.threads
+    use_threads(args.threads)
     sources = shared_sets() if args.all else [args.source]
     runs = []
     for source in sources:

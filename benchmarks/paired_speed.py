@@ -25,8 +25,7 @@ if str(REPO) not in sys.path:  # run as a script: make `agent` and `benchmarks` 
     sys.path.insert(0, str(REPO))
 
 from agent import process  # noqa: E402
-from agent.codec import native  # noqa: E402
-from benchmarks.compare import load, run_ours  # noqa: E402
+from benchmarks.compare import add_threads_option, load, run_ours, use_threads  # noqa: E402
 from benchmarks.seed_method import run_seed  # noqa: E402
 
 
@@ -71,18 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="frames to use (default: 150 of a video)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of both methods (default 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="planes the codec's extension codes at once (default 1: the speed target is per core, and the seed's "
-        "method runs on one; the agent uses the CPUs it may run on, agent.codec.native.THREADS)",
-    )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     process.configure()
-    native.THREADS = args.threads
+    use_threads(args.threads)
     run = paired(args.source, args.frames, args.rounds)
     if args.json:
         print(
