@@ -178,8 +178,9 @@ def register(sub: Any) -> None:
         "--threads",
         type=COUNT,
         default=native.THREADS,
-        help="planes of a frame coded and decoded at once, where they are large (2^17 samples or more); 1 "
-        "measures one core (default: the CPUs this process may run on, up to 4: %(default)s here)",
+        help="planes of a frame, or the bands of a frame's one large plane (2^19 samples or more: a 1080p "
+        "picture has four), coded and decoded at once; 1 measures one core (default: the CPUs this process "
+        "may run on, up to 4: %(default)s here)",
     )
     _add_decoder_option(p)
     _add_codec_options(p)

@@ -216,10 +216,6 @@ static inline uint32_t enc_put(uint32_t x, uint8_t **pptr, const EncSym *e) {
 #define NO_RUNS 0x80  /* in a plane's tables byte (versions 2-3): no run table, no run events */
 #define RUN_MAX 255   /* versions 2-3: the run symbol that means "up to 255 zeros or to the row end" */
 
-/* Room one plane needs in the output: its header and tables (16 of at most 3 bytes a symbol, 4 of 3 bytes) are
-   written before the encoder knows whether the plane will be stored (n + 2 bytes) or coded (less). */
-static size_t plane_bound(size_t n) { return n + 2 + 2 + NCTX + (size_t)NCTX * 256 * 3 + FLAG_CONTEXTS * 3 + 4; }
-
 static inline uint64_t load8(const uint8_t *p) {
     uint64_t word;
     memcpy(&word, p, 8);
@@ -300,6 +296,81 @@ static void plan_tables(const uint32_t *hist, Plan *plan) {
     plan->cost = bits;
 }
 
+/* --------------------------------------------------------------------------------------- plane threads */
+
+/* A record's planes are coded each on its own (their bytes one after the other), and a large plane's bands
+   (below) each on its own too, so where the caller allows more than one thread, several planes or bands are
+   coded, costed or decoded at once: the same bytes either way. Only planes of PARALLEL_MIN_SAMPLES or more:
+   starting a thread costs tens of microseconds. Why: at 1080p the coder is 70 % of a frame's encode time (a
+   Raspberry Pi 4 has four cores); the collector's decode is one dependency chain a sample, which only more
+   cores shorten. */
+#define PARALLEL_MIN_SAMPLES (1 << 17)
+#define MAX_THREADS 4 /* a record has at most 4 planes, a plane at most MAX_BANDS bands */
+
+typedef struct {
+    void (*job)(void *ctx, Py_ssize_t index);
+    void *ctx;
+    Py_ssize_t jobs;
+    Py_ssize_t next; /* the next job to take, shared (atomic) */
+} Team;
+
+static void *team_work(void *arg) {
+    Team *team = arg;
+    for (;;) {
+        const Py_ssize_t i = __atomic_fetch_add(&team->next, 1, __ATOMIC_RELAXED);
+        if (i >= team->jobs) return NULL;
+        team->job(team->ctx, i);
+    }
+}
+
+/* Runs job(ctx, 0 .. jobs - 1), on up to threads threads (this one among them); each job once. A thread that
+   cannot be started leaves its share to the others. */
+static void run_team(void (*job)(void *, Py_ssize_t), void *ctx, Py_ssize_t jobs, int threads) {
+    Team team = {job, ctx, jobs, 0};
+    pthread_t helpers[MAX_THREADS];
+    int started = 0;
+    if (threads > jobs) threads = (int)jobs;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    for (int t = 1; t < threads; t++)
+        if (pthread_create(&helpers[started], NULL, team_work, &team) == 0) started++;
+    team_work(&team);
+    for (int t = 0; t < started; t++) pthread_join(helpers[t], NULL);
+}
+
+/* Threads for a record's planes: several only for more than one large plane (one plane's bands are its own). */
+static int use_threads(int threads, Py_ssize_t channels, Py_ssize_t n) {
+    return channels > 1 && n >= PARALLEL_MIN_SAMPLES ? threads : 1;
+}
+
+/* ------------------------------------------------------------------------------------------------ bands */
+
+/* Banded planes (version 8): a group plane of BANDED_MIN_SAMPLES or more is cut into bands of whole rows, each
+   coded as if it were a plane of its own (contexts and flags start afresh at its first row, its own four states
+   and length) with the plane's one set of tables. Why: a decoded video's picture is one plane, so coding planes
+   at once did nothing for the RTSP cameras; bands give a 1080p picture four jobs, encoded and (without MED)
+   decoded at once. The bands are the same whatever the threads, so the bytes are too. Cost: 20 bytes a band (its
+   length and states), the count's byte and a row of poorer contexts a band. */
+#define BAND_SAMPLES (1 << 18) /* a band has at least this many samples */
+#define MAX_BANDS 4
+#define BANDED (GROUPS | NO_RUNS) /* in a plane's tables byte, from version 8: a banded group plane */
+
+static int band_count(Py_ssize_t h, Py_ssize_t w) {
+    const size_t bands = (size_t)h * (size_t)w / BAND_SAMPLES;
+    return bands < 2 ? 1 : (bands > MAX_BANDS ? MAX_BANDS : (int)bands);
+}
+
+/* Band b's first row (band b covers rows band_row(b) .. band_row(b + 1) - 1). */
+static Py_ssize_t band_row(Py_ssize_t h, int bands, int b) { return (Py_ssize_t)((int64_t)h * b / bands); }
+
+/* ------------------------------------------------------------------------------------- plane encoding */
+
+/* Room one plane needs in the output: its header and tables (16 of at most 3 bytes a symbol, 4 of 3 bytes) and
+   its bands' count and lengths are written before the encoder knows whether the plane will be stored (n + 2
+   bytes) or coded (less). */
+static size_t plane_bound(size_t n) {
+    return n + 2 + 2 + NCTX + (size_t)NCTX * 256 * 3 + FLAG_CONTEXTS * 3 + 1 + 4 * MAX_BANDS;
+}
+
 /* Whether any of a whole group's GROUP samples differs from the centre (centre8: it in every byte). */
 static inline int group_moves(const uint8_t *p, uint64_t centre8) {
     uint64_t any = 0;
@@ -307,76 +378,65 @@ static inline int group_moves(const uint8_t *p, uint64_t centre8) {
     return any != 0;
 }
 
-/* Codes one plane into out (at least plane_bound(n) bytes) as a group plane; returns the bytes written, 0 on no
-   memory. Pass 1 finds every group's flag and, in flagged groups, every sample's context, counts both, and (when
-   coding) lists every event in decoding order as its context times 256 plus its symbol: a row of the 16 bits
-   both passes index by (the histogram cell, the coder's symbol). Pass 2 codes that list, last event first, in
-   one loop: event k uses state k mod NSTATES. With cost set, only pass 1 runs, without the list, and *cost is
-   the size in bytes the plane would code to (the encoder's recipe estimates: within a few bytes, at half the
-   time); the return value is then 1, or 0 on no memory. */
+/* A plane is coded in two passes, each band on its own. Pass 1 finds every group's flag and, in flagged groups,
+   every sample's context, counts both, and (when coding) lists every event in decoding order as its context
+   times 256 plus its symbol: the 16 bits both passes index by (the histogram cell, the coder's symbol). The
+   bands' counts make the plane's tables. Pass 2 codes a band's list, last event first, in one loop: its event
+   k uses its state k mod NSTATES. Costing runs pass 1 only, without the list. */
 #define EVENT_CONTEXTS (NCTX + FLAG_CONTEXTS) /* a sample's activity context, then each flag context */
 #define CHECK_EVENTS 4096 /* pass 2 looks this often whether the plane is to be stored instead */
 
-static inline __attribute__((always_inline)) size_t encode_plane_with(const uint8_t *plane, Py_ssize_t h,
-                                                                      Py_ssize_t w, uint8_t *out, double *cost,
-                                                                      const int coding) {
-    const size_t n = (size_t)h * (size_t)w;
-    const Py_ssize_t ng = (w + GROUP - 1) / GROUP; /* groups a row */
-    const size_t max_events = n + (size_t)h * (size_t)ng;
-    uint16_t *ev = coding ? malloc(sizeof(uint16_t) * max_events) : NULL;
-    uint8_t *flags = calloc((size_t)(h + 1) * (size_t)ng, 1); /* a row of zeros above the first */
+typedef struct {
+    Py_ssize_t y0, y1;   /* its rows */
+    size_t first;        /* its events are ev[first .. first + events - 1] */
+    size_t events;
+    uint32_t *hist;      /* pass 1: NCTX × 256 cells, counted in four histograms in turn, summed into the first */
+    uint32_t flag_hist[FLAG_CONTEXTS][2];
+    uint8_t *buf;        /* pass 2's room */
+    const uint8_t *coded; /* pass 2: its len coded bytes (states first), at buf's end */
+    size_t len;
+    int grew;            /* pass 2 stopped: the plane, unbanded, codes to more than its samples (it is stored) */
+    int failed;          /* no memory */
+} Band;
+
+typedef struct {
+    const uint8_t *plane;
+    Py_ssize_t w, ng; /* ng: groups a row */
+    int bands;
+    uint8_t centre;
+    uint16_t *ev;     /* NULL when costing */
+    EncSym *ctxenc;   /* pass 2: each event's coder entry, at its 16 bits */
+    Band band[MAX_BANDS];
+} PlaneCoder;
+
+static inline __attribute__((always_inline)) void pass1_with(PlaneCoder *pc, Band *bd, const int coding) {
+    const Py_ssize_t w = pc->w, ng = pc->ng, rows = bd->y1 - bd->y0;
+    const uint8_t centre = pc->centre;
+    const uint64_t centre8 = 0x0101010101010101ull * centre;
+    uint8_t *flags = calloc((size_t)(rows + 1) * (size_t)ng, 1); /* a row of zeros above the first */
     uint8_t *mags = calloc((size_t)(2 * (w + 2)), 1);
     uint16_t *act = malloc(sizeof(uint16_t) * (size_t)w);
-    uint32_t *hist = calloc(4 * NCTX * 256, sizeof(uint32_t));
-    /* rANS output: an event writes at most two bytes, and coding stops at a check once more than the stored
-       plane is written, so the buffer holds n bytes and what the events up to the next check can add. */
-    const size_t buf_size = n + 2 * (CHECK_EVENTS + 2 * NSTATES) + 4 * NSTATES + 16;
-    uint8_t *buf = coding ? malloc(buf_size) : NULL;
-    EncSym *ctxenc = coding ? malloc(sizeof(EncSym) * EVENT_CONTEXTS * 256) : NULL;
-    size_t written = 0;
-    if (!flags || !mags || !act || !hist || (coding && (!ev || !buf || !ctxenc))) goto done;
-
-    /* The centre is the commonest value (in a sample of rows: any centre decodes right): symbols are values
-       minus the centre, so residual planes centred on 0 and chroma residuals centred on 128 both put their
-       peak at symbol 0. Every 32nd row (not every 8th: the same centre on every plane of the public sets)
-       spares 5-7 % of a plane's encode time. */
-    Py_ssize_t centre_step = h / CENTRE_ROWS;
-    centre_step = centre_step < 1 ? 1 : (centre_step > CENTRE_ROW_STEP ? CENTRE_ROW_STEP : centre_step);
-    uint32_t global[4][256] = {{0}};
-    for (Py_ssize_t y = 0; y < h; y += centre_step) {
-        const uint8_t *row = plane + y * w;
-        Py_ssize_t x = 0;
-        for (; x + 3 < w; x += 4) {
-            global[0][row[x]]++;
-            global[1][row[x + 1]]++;
-            global[2][row[x + 2]]++;
-            global[3][row[x + 3]]++;
-        }
-        for (; x < w; x++) global[0][row[x]]++;
+    uint32_t *hist = bd->hist = calloc(4 * NCTX * 256, sizeof(uint32_t));
+    uint16_t *ev = coding ? pc->ev + bd->first : NULL;
+    if (!flags || !mags || !act || !hist) {
+        bd->failed = 1;
+        goto done;
     }
-    for (int v = 0; v < 256; v++) global[0][v] += global[1][v] + global[2][v] + global[3][v];
-    int best = 0;
-    for (int v = 1; v < 256; v++)
-        if (global[0][v] > global[0][best]) best = v;
-    const uint8_t centre = (uint8_t)best;
-    const uint64_t centre8 = 0x0101010101010101ull * centre;
-
-    uint32_t flag_hist[FLAG_CONTEXTS][2] = {{0}};
     uint32_t *split[3] = {hist + NCTX * 256, hist + 2 * NCTX * 256, hist + 3 * NCTX * 256};
     size_t events = 0;
     int above_quiet = 1; /* the row above is all centre (above the first row, everything reads as centre) */
     /* Magnitudes of the row above (zeros above the first row and after a quiet row) and of this row. */
     uint8_t *mu = mags, *mc = mags + w + 2;
-    for (Py_ssize_t y = 0; y < h; y++) {
-        const uint8_t *row = plane + y * w;
-        const uint8_t *up = flags + (size_t)y * (size_t)ng; /* the row above's flags */
-        uint8_t *frow = flags + (size_t)(y + 1) * (size_t)ng;
+    for (Py_ssize_t y = bd->y0; y < bd->y1; y++) {
+        const uint8_t *row = pc->plane + y * w;
+        const uint8_t *up = flags + (size_t)(y - bd->y0) * (size_t)ng; /* the row above's flags */
+        uint8_t *frow = flags + (size_t)(y - bd->y0 + 1) * (size_t)ng;
         if (same_bytes(row, centre, w) == w) {
             /* A quiet row (most of a static scene): every flag 0, in the context of the flag above. */
             uint32_t ups = 0;
             for (Py_ssize_t g = 0; g < ng; g++) ups += up[g];
-            flag_hist[0][0] += (uint32_t)ng - ups;
-            flag_hist[2][0] += ups;
+            bd->flag_hist[0][0] += (uint32_t)ng - ups;
+            bd->flag_hist[2][0] += ups;
             if (coding)
                 for (Py_ssize_t g = 0; g < ng; g++) ev[events + (size_t)g] = (uint16_t)((NCTX + 2 * up[g]) << 8);
             events += (size_t)ng;
@@ -396,7 +456,7 @@ static inline __attribute__((always_inline)) size_t encode_plane_with(const uint
                                               : same_bytes(row + x0, centre, x1 - x0) != x1 - x0;
             frow[g] = (uint8_t)flag;
             const int fc = left + 2 * up[g];
-            flag_hist[fc][flag]++;
+            bd->flag_hist[fc][flag]++;
             if (coding) ev[events] = (uint16_t)(((NCTX + fc) << 8) | flag);
             events++;
             left = flag;
@@ -430,12 +490,166 @@ static inline __attribute__((always_inline)) size_t encode_plane_with(const uint
         }
     }
     for (int k = 0; k < NCTX * 256; k++) hist[k] += split[0][k] + split[1][k] + split[2][k];
+    bd->events = events;
+done:
+    free(flags);
+    free(mags);
+    free(act);
+}
+
+static void pass1_coding(void *ctx, Py_ssize_t b) {
+    PlaneCoder *pc = ctx;
+    pass1_with(pc, &pc->band[b], 1);
+}
+
+static void pass1_costing(void *ctx, Py_ssize_t b) {
+    PlaneCoder *pc = ctx;
+    pass1_with(pc, &pc->band[b], 0);
+}
+
+/* Codes events (ev[0 .. events - 1]) last first into buf's end; returns how many bytes, states first, start at
+   *coded, or 0 once more than limit are written (it looks every CHECK_EVENTS events, so buf holds limit bytes
+   and what those events add: two bytes an event at most). */
+static size_t code_events(const uint16_t *ev, size_t events, const EncSym *ctxenc, uint8_t *buf, size_t buf_size,
+                          size_t limit, const uint8_t **coded) {
+    uint8_t *end = buf + buf_size, *ptr = end;
+    uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
+#define EVENT_SYM(v) (ctxenc + (v))
+    size_t k = events;
+    while (k % NSTATES) {
+        k--;
+        st[k % NSTATES] = enc_put(st[k % NSTATES], &ptr, EVENT_SYM(ev[k]));
+    }
+    size_t check = k > CHECK_EVENTS ? k - CHECK_EVENTS : 0;
+    while (k >= NSTATES) { /* k is a multiple of NSTATES: events k-1 .. k-4 use states 3 .. 0 */
+        k -= NSTATES;
+        st[3] = enc_put(st[3], &ptr, EVENT_SYM(ev[k + 3]));
+        st[2] = enc_put(st[2], &ptr, EVENT_SYM(ev[k + 2]));
+        st[1] = enc_put(st[1], &ptr, EVENT_SYM(ev[k + 1]));
+        st[0] = enc_put(st[0], &ptr, EVENT_SYM(ev[k]));
+        if (k <= check) {
+            if ((size_t)(end - ptr) > limit) return 0;
+            check = k > CHECK_EVENTS ? k - CHECK_EVENTS : 0;
+        }
+    }
+#undef EVENT_SYM
+    for (int s = NSTATES - 1; s >= 0; s--) {
+        ptr -= 4;
+        ptr[0] = (uint8_t)st[s];
+        ptr[1] = (uint8_t)(st[s] >> 8);
+        ptr[2] = (uint8_t)(st[s] >> 16);
+        ptr[3] = (uint8_t)(st[s] >> 24);
+    }
+    *coded = ptr;
+    return (size_t)(end - ptr);
+}
+
+/* Pass 2 of one band. An unbanded plane that codes to more bytes than it has samples is stored, so its coding
+   stops there, in room for that many; a band that does is finished in room for all its events can write,
+   since the other bands may still make the plane smaller than stored (a band of noise under calm ones). */
+static void pass2(void *ctx, Py_ssize_t b) {
+    PlaneCoder *pc = ctx;
+    Band *bd = &pc->band[b];
+    const size_t n = (size_t)(bd->y1 - bd->y0) * (size_t)pc->w;
+    const uint16_t *ev = pc->ev + bd->first;
+    size_t buf_size = n + 2 * (CHECK_EVENTS + 2 * NSTATES) + 4 * NSTATES + 16;
+    bd->buf = malloc(buf_size);
+    if (bd->buf) bd->len = code_events(ev, bd->events, pc->ctxenc, bd->buf, buf_size, n, &bd->coded);
+    if (bd->buf && (bd->len || pc->bands == 1)) {
+        bd->grew = !bd->len;
+        return;
+    }
+    free(bd->buf);
+    buf_size = 2 * bd->events + 4 * NSTATES + 16;
+    bd->buf = malloc(buf_size);
+    if (bd->buf) bd->len = code_events(ev, bd->events, pc->ctxenc, bd->buf, buf_size, SIZE_MAX, &bd->coded);
+    bd->failed = !bd->buf;
+}
+
+static uint8_t *put_u32(uint8_t *p, size_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+    return p + 4;
+}
+
+/* Runs job on every band, on up to threads threads. */
+static void each_band(void (*job)(void *, Py_ssize_t), PlaneCoder *pc, int bands, int threads) {
+    if (threads > 1 && bands > 1)
+        run_team(job, pc, bands, threads);
+    else
+        for (int b = 0; b < bands; b++) job(pc, b);
+}
+
+/* Codes one plane into out (at least plane_bound(n) bytes) as a group plane, banded when it is large enough;
+   returns the bytes written, 0 on no memory. With cost set, only pass 1 runs, and *cost is the size in bytes
+   the plane would code to (the encoder's recipe estimates: within a few bytes, at half the time); the return
+   value is then 1, or 0 on no memory. threads: its bands coded at once on up to this many. */
+static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost,
+                           int threads) {
+    const int coding = cost == NULL;
+    const size_t n = (size_t)h * (size_t)w;
+    const Py_ssize_t ng = (w + GROUP - 1) / GROUP;
+    const int bands = band_count(h, w);
+    PlaneCoder pc = {.plane = plane, .w = w, .ng = ng, .bands = bands};
+    for (int b = 0; b < bands; b++) {
+        Band *bd = &pc.band[b];
+        bd->y0 = band_row(h, bands, b);
+        bd->y1 = band_row(h, bands, b + 1);
+        bd->first = (size_t)bd->y0 * (size_t)(w + ng); /* a row has at most w + ng events */
+    }
+    size_t written = 0;
+    if (coding) {
+        pc.ev = malloc(sizeof(uint16_t) * (n + (size_t)h * (size_t)ng));
+        pc.ctxenc = malloc(sizeof(EncSym) * EVENT_CONTEXTS * 256);
+        if (!pc.ev || !pc.ctxenc) goto done;
+    }
+
+    /* The centre is the commonest value (in a sample of rows: any centre decodes right): symbols are values
+       minus the centre, so residual planes centred on 0 and chroma residuals centred on 128 both put their
+       peak at symbol 0. Every 32nd row (not every 8th: the same centre on every plane of the public sets)
+       spares 5-7 % of a plane's encode time. */
+    Py_ssize_t centre_step = h / CENTRE_ROWS;
+    centre_step = centre_step < 1 ? 1 : (centre_step > CENTRE_ROW_STEP ? CENTRE_ROW_STEP : centre_step);
+    uint32_t global[4][256] = {{0}};
+    for (Py_ssize_t y = 0; y < h; y += centre_step) {
+        const uint8_t *row = plane + y * w;
+        Py_ssize_t x = 0;
+        for (; x + 3 < w; x += 4) {
+            global[0][row[x]]++;
+            global[1][row[x + 1]]++;
+            global[2][row[x + 2]]++;
+            global[3][row[x + 3]]++;
+        }
+        for (; x < w; x++) global[0][row[x]]++;
+    }
+    for (int v = 0; v < 256; v++) global[0][v] += global[1][v] + global[2][v] + global[3][v];
+    int best = 0;
+    for (int v = 1; v < 256; v++)
+        if (global[0][v] > global[0][best]) best = v;
+    pc.centre = (uint8_t)best;
+
+    each_band(coding ? pass1_coding : pass1_costing, &pc, bands, threads);
+    for (int b = 0; b < bands; b++)
+        if (pc.band[b].failed) goto done;
+    uint32_t *hist = pc.band[0].hist;
+    uint32_t flag_hist[FLAG_CONTEXTS][2];
+    memcpy(flag_hist, pc.band[0].flag_hist, sizeof flag_hist);
+    for (int b = 1; b < bands; b++) {
+        for (int k = 0; k < NCTX * 256; k++) hist[k] += pc.band[b].hist[k];
+        for (int c = 0; c < FLAG_CONTEXTS; c++) {
+            flag_hist[c][0] += pc.band[b].flag_hist[c][0];
+            flag_hist[c][1] += pc.band[b].flag_hist[c][1];
+        }
+    }
     Plan plan;
     plan_tables(hist, &plan);
     /* The flag tables, after the context tables: two symbols each, written as the frequency of 0 alone (an
        unused one still a valid table). */
     uint32_t flag_freq[FLAG_CONTEXTS][256];
     double bits = plan.cost;
+    if (bands > 1) bits += 8.0 * (1 + (bands - 1) * (4 + 4 * NSTATES)); /* the count, each band's length and states */
     uint8_t scratch[4];
     for (int c = 0; c < FLAG_CONTEXTS; c++) {
         uint32_t count[256] = {0};
@@ -456,8 +670,8 @@ static inline __attribute__((always_inline)) size_t encode_plane_with(const uint
     }
 
     uint8_t *p = out;
-    *p++ = centre;
-    *p++ = (uint8_t)(plan.ntables | GROUPS);
+    *p++ = pc.centre;
+    *p++ = (uint8_t)(plan.ntables | (bands > 1 ? BANDED : GROUPS));
     memcpy(p, plan.map, NCTX);
     p += NCTX;
     for (int t = 0; t < plan.ntables; t++) p = put_table(p, plan.freq[t]);
@@ -466,7 +680,7 @@ static inline __attribute__((always_inline)) size_t encode_plane_with(const uint
        index: one load and one shift less an event than finding the context's table first (pass 2 10-15 %
        faster). Contexts that share a table are adjacent (plan_tables); the flag contexts have one each. */
     for (int c = 0; c < EVENT_CONTEXTS; c++) {
-        EncSym *entries = &ctxenc[c * 256];
+        EncSym *entries = &pc.ctxenc[c * 256];
         if (c > 0 && c < NCTX && plan.map[c] == plan.map[c - 1]) {
             memcpy(entries, entries - 256, sizeof(EncSym) * 256);
             continue;
@@ -483,62 +697,37 @@ static inline __attribute__((always_inline)) size_t encode_plane_with(const uint
         }
     }
 
-    uint8_t *end = buf + buf_size, *ptr = end;
-    uint32_t st[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
-#define EVENT_SYM(v) (ctxenc + (v))
-    size_t k = events;
-    while (k % NSTATES) {
-        k--;
-        st[k % NSTATES] = enc_put(st[k % NSTATES], &ptr, EVENT_SYM(ev[k]));
+    each_band(pass2, &pc, bands, threads);
+    size_t size = (size_t)(p - out) + (bands > 1);
+    int grew = 0;
+    for (int b = 0; b < bands; b++) {
+        if (pc.band[b].failed) goto done;
+        grew |= pc.band[b].grew;
+        size += 4 + pc.band[b].len;
     }
-    size_t check = k > CHECK_EVENTS ? k - CHECK_EVENTS : 0;
-    while (k >= NSTATES) { /* k is a multiple of NSTATES: events k-1 .. k-4 use states 3 .. 0 */
-        k -= NSTATES;
-        st[3] = enc_put(st[3], &ptr, EVENT_SYM(ev[k + 3]));
-        st[2] = enc_put(st[2], &ptr, EVENT_SYM(ev[k + 2]));
-        st[1] = enc_put(st[1], &ptr, EVENT_SYM(ev[k + 1]));
-        st[0] = enc_put(st[0], &ptr, EVENT_SYM(ev[k]));
-        if (k <= check) {
-            if ((size_t)(end - ptr) > n) break; /* it will be stored */
-            check = k > CHECK_EVENTS ? k - CHECK_EVENTS : 0;
-        }
-    }
-#undef EVENT_SYM
-    for (int s = NSTATES - 1; s >= 0; s--) {
-        ptr -= 4;
-        ptr[0] = (uint8_t)st[s];
-        ptr[1] = (uint8_t)(st[s] >> 8);
-        ptr[2] = (uint8_t)(st[s] >> 16);
-        ptr[3] = (uint8_t)(st[s] >> 24);
-    }
-    size_t len = (size_t)(end - ptr);
-    if ((size_t)(p - out) + 4 + len >= n + 2) { /* noise: stored is smaller, and bounds the output at n + 2 */
+    if (grew || size >= n + 2) { /* noise: stored is smaller, and bounds the output at n + 2 */
         out[0] = 0;
         out[1] = 0;
         memcpy(out + 2, plane, n);
         written = n + 2;
         goto done;
     }
-    p[0] = (uint8_t)len;
-    p[1] = (uint8_t)(len >> 8);
-    p[2] = (uint8_t)(len >> 16);
-    p[3] = (uint8_t)(len >> 24);
-    p += 4;
-    memcpy(p, ptr, len);
-    written = (size_t)(p + len - out);
+    if (bands > 1) *p++ = (uint8_t)bands;
+    for (int b = 0; b < bands; b++) {
+        const Band *bd = &pc.band[b];
+        p = put_u32(p, bd->len);
+        memcpy(p, bd->coded, bd->len);
+        p += bd->len;
+    }
+    written = (size_t)(p - out);
 done:
-    free(ev);
-    free(flags);
-    free(mags);
-    free(act);
-    free(hist);
-    free(buf);
-    free(ctxenc);
+    for (int b = 0; b < bands; b++) {
+        free(pc.band[b].hist);
+        free(pc.band[b].buf);
+    }
+    free(pc.ev);
+    free(pc.ctxenc);
     return written;
-}
-
-static size_t encode_plane(const uint8_t *plane, Py_ssize_t h, Py_ssize_t w, uint8_t *out, double *cost) {
-    return cost ? encode_plane_with(plane, h, w, NULL, cost, 0) : encode_plane_with(plane, h, w, out, NULL, 1);
 }
 
 /* Which symbol a slot (0 .. PROB_SCALE - 1) belongs to is looked up in two steps: a table of one entry for each
@@ -618,79 +807,32 @@ static void med_undo_plane(uint8_t *plane, Py_ssize_t h, Py_ssize_t w, int flip)
     for (Py_ssize_t y = 0; y < h; y++) med_undo_row(plane + y * w, y ? plane + (y - 1) * w : NULL, w, flip);
 }
 
-/* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. With med
-   (a plane whose last pixel stage is MED: 1 + its flip, 0x80 for signed values, else 0; 0 for none) each sample
-   is also put back from its MED residual as soon as it is decoded: that chain (left neighbour → value) and the
-   coder's (symbol → magnitude → context → symbol) are independent, so the processor runs them side by side
-   instead of one pass after the other (a 1080p frame's MED pass took a third of its decode). */
-static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane, int groups_allowed,
-                                int med) {
-    uint32_t centre = get_u8(r), ntables = get_u8(r);
-    if (r->bad) return "CTX stage is truncated in a plane header";
-    const int grouped = groups_allowed && (ntables & GROUPS);
-    if (grouped && (ntables & NO_RUNS)) return "CTX stage declares a group plane without runs";
-    const int runs = !grouped && !(ntables & NO_RUNS);
-    ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
-    if (ntables == 0 && grouped) return "CTX stage declares a stored group plane";
-    if (ntables == 0 && !runs) return "CTX stage declares a stored plane without runs";
-    if (ntables == 0) { /* stored */
-        size_t n = (size_t)h * (size_t)w;
-        if ((size_t)(r->end - r->p) < n) return "CTX stage is truncated in a stored plane";
-        memcpy(plane, r->p, n);
-        r->p += n;
-        if (med) med_undo_plane(plane, h, w, med - 1);
-        return NULL;
-    }
-    if (ntables > NCTX) return "CTX stage declares an impossible number of tables";
-    uint8_t map[NCTX];
-    for (int c = 0; c < NCTX; c++) {
-        map[c] = (uint8_t)get_u8(r);
-        if (map[c] >= ntables) return "CTX stage maps a context to a table it does not have";
-    }
-    if (r->bad) return "CTX stage is truncated in a plane header";
-    static const char *nomem = "no memory";
-    /* the context tables, then the run table or the flag tables */
-    const uint32_t all = ntables + (grouped ? FLAG_CONTEXTS : (uint32_t)runs);
-    uint32_t(*fstart)[256] = malloc(sizeof(uint32_t[256]) * all); /* freq << 16 | start */
-    uint16_t(*lut)[BUCKETS] = malloc(sizeof(uint16_t[BUCKETS]) * all);
+
+/* A plane's tables as the decoder looks them up, shared (read only) by its bands. */
+typedef struct {
+    uint32_t ntables;
+    int grouped, runs;
+    uint8_t centre;
+    int med; /* 1 + MED's flip, or 0 */
+    uint32_t (*fstart)[256]; /* freq << 16 | start */
+    uint16_t (*lut)[BUCKETS];
+    /* Each activity's table, as the pointers the lookups use: one load on the chain instead of a table number
+       and the address arithmetic after it (1.13 -> 1.20x with the buckets, measured as above). */
+    const uint16_t *bucket_of[MAX_ACT + 1];
+    const uint32_t *fstart_of[MAX_ACT + 1];
+} DecTables;
+
+/* Decodes rows y0 .. y1 - 1 of a plane (all of it, or one band) from its coded samples ptr .. end: four states,
+   then renormalisation bytes. Contexts and flags start afresh at y0. Returns NULL or what is wrong. */
+static const char *decode_rows(const DecTables *t, uint8_t *plane, Py_ssize_t w, Py_ssize_t y0, Py_ssize_t y1,
+                               const uint8_t *ptr, const uint8_t *end) {
     uint8_t *rows = malloc((size_t)(w + 3) + sizeof(uint16_t) * (size_t)w);
     uint8_t *up_flags = calloc((size_t)((w + GROUP - 1) / GROUP), 1); /* the row above's, 0 above the first */
     const char *err = NULL;
-    if (!fstart || !lut || !rows || !up_flags) {
-        err = nomem;
+    if (!rows || !up_flags) {
+        err = "no memory";
         goto done;
     }
-    for (uint32_t t = 0; t < all; t++) {
-        uint32_t f[256];
-        if (grouped && t >= ntables) { /* a flag table: the frequency of 0, and 1 has the rest */
-            memset(f, 0, sizeof f);
-            f[0] = get_varint(r);
-            f[1] = PROB_SCALE - f[0];
-            if (r->bad || f[0] > PROB_SCALE) {
-                err = "CTX stage holds a malformed flag table";
-                goto done;
-            }
-        } else if (!get_table(r, f)) {
-            err = "CTX stage holds a malformed frequency table";
-            goto done;
-        }
-        uint32_t s0 = 0;
-        for (int s = 0; s < 256; s++) {
-            fstart[t][s] = f[s] << 16 | s0;
-            s0 += f[s];
-        }
-        fill_buckets(fstart[t], lut[t]);
-    }
-    uint32_t len = get_u8(r);
-    len |= get_u8(r) << 8;
-    len |= get_u8(r) << 16;
-    len |= get_u8(r) << 24;
-    if (r->bad || len < 4 * NSTATES || (size_t)(r->end - r->p) < len) {
-        err = "CTX stage is truncated in a plane's coded samples";
-        goto done;
-    }
-    const uint8_t *ptr = r->p, *end = r->p + len;
-    r->p = end;
     uint32_t st[NSTATES];
     for (int k = 0; k < NSTATES; k++) {
         st[k] = (uint32_t)ptr[0] | (uint32_t)ptr[1] << 8 | (uint32_t)ptr[2] << 16 | (uint32_t)ptr[3] << 24;
@@ -702,14 +844,13 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
     }
     /* The sample loop is one dependency chain (symbol → magnitude → context → table → symbol), so
        everything it looks up is folded into as few loads as possible. */
-    /* Each activity's table, as the pointers the lookups use: one load on the chain instead of a table number
-       and the address arithmetic after it (1.13 -> 1.20x with the buckets, measured as above). */
-    const uint16_t *bucket_of[MAX_ACT + 1];
-    const uint32_t *fstart_of[MAX_ACT + 1];
-    for (int act = 0; act <= MAX_ACT; act++) {
-        bucket_of[act] = lut[map[ACT_CTX[act]]];
-        fstart_of[act] = fstart[map[ACT_CTX[act]]];
-    }
+    const uint32_t ntables = t->ntables, all = ntables + (t->grouped ? FLAG_CONTEXTS : (uint32_t)t->runs);
+    const int grouped = t->grouped, runs = t->runs, med = t->med;
+    const uint8_t centre = t->centre;
+    uint16_t(*lut)[BUCKETS] = t->lut;
+    uint32_t(*fstart)[256] = t->fstart;
+    const uint16_t *const *bucket_of = t->bucket_of;
+    const uint32_t *const *fstart_of = t->fstart_of;
     const uint16_t *run_lut = lut[all - 1];
     const uint32_t *run_fstart = fstart[all - 1];
     uint8_t *upper = rows;
@@ -718,7 +859,7 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
     size_t event = 0;
     const int fused = grouped && med; /* MED undone sample by sample in the group loop */
     const int flip = med ? med - 1 : 0;
-    for (Py_ssize_t y = 0; y < h; y++) {
+    for (Py_ssize_t y = y0; y < y1; y++) {
         uint8_t *orow = plane + y * w;
         const uint8_t *prow = plane + (y - 1) * w; /* the row above, reconstructed (read only when y > 0) */
         for (Py_ssize_t x = 0; x < w; x++)
@@ -809,65 +950,155 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
     if (ptr != end || st[0] != RANS_L || st[1] != RANS_L || st[2] != RANS_L || st[3] != RANS_L)
         err = "CTX stage does not end where its coder does";
 done:
-    free(fstart);
-    free(lut);
     free(rows);
     free(up_flags);
     return err;
 }
 
-/* --------------------------------------------------------------------------------------- plane threads */
-
-/* A record's planes are coded each on its own (their bytes one after the other), so where the caller allows
-   more than one thread, several planes are coded, costed or decoded at once: the same bytes either way. Only
-   planes of PARALLEL_MIN_SAMPLES or more: starting a thread costs tens of microseconds. Why: at 1080p the
-   coder is 70 % of a frame's encode time and its three colour planes take similar time (a Raspberry Pi 4
-   has four cores); the collector's decode is one dependency chain a sample, which only more cores shorten. */
-#define PARALLEL_MIN_SAMPLES (1 << 17)
-#define MAX_THREADS 4 /* a record has at most 4 planes */
+/* One band's (or an unbanded plane's) rows and coded samples. */
+typedef struct {
+    Py_ssize_t y0, y1;
+    const uint8_t *p, *end;
+    const char *err;
+} DecBand;
 
 typedef struct {
-    void (*job)(void *ctx, Py_ssize_t index);
-    void *ctx;
-    Py_ssize_t jobs;
-    Py_ssize_t next; /* the next job to take, shared (atomic) */
-} Team;
+    const DecTables *tables;
+    uint8_t *plane;
+    Py_ssize_t w;
+    DecBand band[255];
+} DecBands;
 
-static void *team_work(void *arg) {
-    Team *team = arg;
-    for (;;) {
-        const Py_ssize_t i = __atomic_fetch_add(&team->next, 1, __ATOMIC_RELAXED);
-        if (i >= team->jobs) return NULL;
-        team->job(team->ctx, i);
+static void decode_band(void *ctx, Py_ssize_t b) {
+    DecBands *d = ctx;
+    DecBand *band = &d->band[b];
+    band->err = decode_rows(d->tables, d->plane, d->w, band->y0, band->y1, band->p, band->end);
+}
+
+/* Reads a coded-samples length and sets p .. end to that many bytes; 0 if they are not there. */
+static int coded_samples(Reader *r, const uint8_t **p, const uint8_t **end) {
+    uint32_t len = get_u8(r);
+    len |= get_u8(r) << 8;
+    len |= get_u8(r) << 16;
+    len |= get_u8(r) << 24;
+    if (r->bad || len < 4 * NSTATES || (size_t)(r->end - r->p) < len) return 0;
+    *p = r->p;
+    *end = r->p += len;
+    return 1;
+}
+
+/* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. With med
+   (a plane whose last pixel stage is MED: 1 + its flip, 0x80 for signed values, else 0; 0 for none) each sample
+   is also put back from its MED residual as soon as it is decoded: that chain (left neighbour → value) and the
+   coder's (symbol → magnitude → context → symbol) are independent, so the processor runs them side by side
+   instead of one pass after the other (a 1080p frame's MED pass took a third of its decode). A banded plane's
+   bands are decoded at once on up to threads threads, except with med: undoing MED on a band's first row needs
+   the band above it decoded. */
+static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane, int groups_allowed,
+                                int bands_allowed, int med, int threads) {
+    uint32_t centre = get_u8(r), ntables = get_u8(r);
+    if (r->bad) return "CTX stage is truncated in a plane header";
+    const int grouped = groups_allowed && (ntables & GROUPS);
+    const int banded = grouped && bands_allowed && (ntables & NO_RUNS);
+    if (grouped && !banded && (ntables & NO_RUNS)) return "CTX stage declares a group plane without runs";
+    const int runs = !grouped && !(ntables & NO_RUNS);
+    ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
+    if (ntables == 0 && grouped) return "CTX stage declares a stored group plane";
+    if (ntables == 0 && !runs) return "CTX stage declares a stored plane without runs";
+    if (ntables == 0) { /* stored */
+        size_t n = (size_t)h * (size_t)w;
+        if ((size_t)(r->end - r->p) < n) return "CTX stage is truncated in a stored plane";
+        memcpy(plane, r->p, n);
+        r->p += n;
+        if (med) med_undo_plane(plane, h, w, med - 1);
+        return NULL;
     }
-}
-
-/* Runs job(ctx, 0 .. jobs - 1), on up to threads threads (this one among them); each job once. A thread that
-   cannot be started leaves its share to the others. */
-static void run_team(void (*job)(void *, Py_ssize_t), void *ctx, Py_ssize_t jobs, int threads) {
-    Team team = {job, ctx, jobs, 0};
-    pthread_t helpers[MAX_THREADS];
-    int started = 0;
-    if (threads > jobs) threads = (int)jobs;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    for (int t = 1; t < threads; t++)
-        if (pthread_create(&helpers[started], NULL, team_work, &team) == 0) started++;
-    team_work(&team);
-    for (int t = 0; t < started; t++) pthread_join(helpers[t], NULL);
-}
-
-static int use_threads(int threads, Py_ssize_t channels, Py_ssize_t n) {
-    return channels > 1 && n >= PARALLEL_MIN_SAMPLES ? threads : 1;
+    if (ntables > NCTX) return "CTX stage declares an impossible number of tables";
+    uint8_t map[NCTX];
+    for (int c = 0; c < NCTX; c++) {
+        map[c] = (uint8_t)get_u8(r);
+        if (map[c] >= ntables) return "CTX stage maps a context to a table it does not have";
+    }
+    if (r->bad) return "CTX stage is truncated in a plane header";
+    /* the context tables, then the run table or the flag tables */
+    const uint32_t all = ntables + (grouped ? FLAG_CONTEXTS : (uint32_t)runs);
+    DecTables *t = malloc(sizeof *t);
+    if (t) {
+        *t = (DecTables){.ntables = ntables, .grouped = grouped, .runs = runs, .centre = (uint8_t)centre, .med = med};
+        t->fstart = malloc(sizeof(uint32_t[256]) * all);
+        t->lut = malloc(sizeof(uint16_t[BUCKETS]) * all);
+    }
+    const char *err = NULL;
+    if (!t || !t->fstart || !t->lut) {
+        err = "no memory";
+        goto done;
+    }
+    for (uint32_t k = 0; k < all; k++) {
+        uint32_t f[256];
+        if (grouped && k >= ntables) { /* a flag table: the frequency of 0, and 1 has the rest */
+            memset(f, 0, sizeof f);
+            f[0] = get_varint(r);
+            f[1] = PROB_SCALE - f[0];
+            if (r->bad || f[0] > PROB_SCALE) {
+                err = "CTX stage holds a malformed flag table";
+                goto done;
+            }
+        } else if (!get_table(r, f)) {
+            err = "CTX stage holds a malformed frequency table";
+            goto done;
+        }
+        uint32_t s0 = 0;
+        for (int s = 0; s < 256; s++) {
+            t->fstart[k][s] = f[s] << 16 | s0;
+            s0 += f[s];
+        }
+        fill_buckets(t->fstart[k], t->lut[k]);
+    }
+    for (int act = 0; act <= MAX_ACT; act++) {
+        t->bucket_of[act] = t->lut[map[ACT_CTX[act]]];
+        t->fstart_of[act] = t->fstart[map[ACT_CTX[act]]];
+    }
+    DecBands d = {.tables = t, .plane = plane, .w = w};
+    int bands = 1;
+    if (banded) {
+        bands = (int)get_u8(r);
+        if (r->bad || bands < 1 || bands > h) {
+            err = r->bad ? "CTX stage is truncated in a plane header" : "CTX stage declares an impossible number of bands";
+            goto done;
+        }
+    }
+    for (int b = 0; b < bands; b++) {
+        DecBand *band = &d.band[b];
+        band->y0 = band_row(h, bands, b);
+        band->y1 = band_row(h, bands, b + 1);
+        if (!coded_samples(r, &band->p, &band->end)) {
+            err = "CTX stage is truncated in a plane's coded samples";
+            goto done;
+        }
+    }
+    if (threads > 1 && bands > 1 && !med)
+        run_team(decode_band, &d, bands, threads);
+    else
+        for (int b = 0; b < bands && (b == 0 || !d.band[b - 1].err); b++) decode_band(&d, b);
+    for (int b = 0; b < bands && !err; b++) err = d.band[b].err;
+done:
+    if (t) {
+        free(t->fstart);
+        free(t->lut);
+    }
+    free(t);
+    return err;
 }
 
 /* Steps r over one coded plane without decoding it, checking what decode_plane checks before its samples; 0
    where anything is wrong (the caller then decodes plane by plane, which says what). */
-static int skip_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, int groups_allowed) {
+static int skip_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, int groups_allowed, int bands_allowed) {
     get_u8(r); /* the centre */
     uint32_t ntables = get_u8(r);
     if (r->bad) return 0;
     const int grouped = groups_allowed && (ntables & GROUPS);
-    if (grouped && (ntables & NO_RUNS)) return 0;
+    const int banded = grouped && bands_allowed && (ntables & NO_RUNS);
+    if (grouped && !banded && (ntables & NO_RUNS)) return 0;
     const int runs = !grouped && !(ntables & NO_RUNS);
     ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
     if (ntables == 0) {
@@ -888,12 +1119,12 @@ static int skip_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, int groups_allowed)
             return 0;
         }
     }
-    uint32_t len = get_u8(r);
-    len |= get_u8(r) << 8;
-    len |= get_u8(r) << 16;
-    len |= get_u8(r) << 24;
-    if (r->bad || len < 4 * NSTATES || (size_t)(r->end - r->p) < len) return 0;
-    r->p += len;
+    const int bands = banded ? (int)get_u8(r) : 1;
+    if (r->bad || bands < 1 || bands > h) return 0;
+    for (int b = 0; b < bands; b++) {
+        const uint8_t *p, *end;
+        if (!coded_samples(r, &p, &end)) return 0;
+    }
     return 1;
 }
 
@@ -930,8 +1161,8 @@ static int planes_arg(PyObject *args, Py_buffer *view, Py_ssize_t *channels, Py_
 
 PyDoc_STRVAR(encode_doc,
              "encode(planes, channels, height, width, threads=1) -> bytes\n\n"
-             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane (group planes);\n"
-             "large planes up to threads at once (the same bytes).");
+             "Code a C-contiguous (channels, height, width) uint8 buffer, plane by plane (group planes,\n"
+             "banded from 2^19 samples); large planes or one plane's bands up to threads at once (the same bytes).");
 
 typedef struct {
     const uint8_t *planes;
@@ -940,15 +1171,23 @@ typedef struct {
     size_t slot;
     size_t *written;
     double *cost;  /* costing: plane c's estimate, else NULL */
+    int band_threads; /* each plane's bands at once on up to this many */
 } PlaneJobs;
 
 static void encode_job(void *ctx, Py_ssize_t c) {
     PlaneJobs *j = ctx;
     const uint8_t *plane = j->planes + c * j->n;
     if (j->cost)
-        j->written[c] = encode_plane(plane, j->height, j->width, NULL, &j->cost[c]);
+        j->written[c] = encode_plane(plane, j->height, j->width, NULL, &j->cost[c], j->band_threads);
     else
-        j->written[c] = encode_plane(plane, j->height, j->width, j->out + (size_t)c * j->slot, NULL);
+        j->written[c] =
+            encode_plane(plane, j->height, j->width, j->out + (size_t)c * j->slot, NULL, j->band_threads);
+}
+
+/* One plane's bands on the threads; several planes each on its own. */
+static void code_planes(PlaneJobs *jobs, Py_ssize_t channels, int threads) {
+    jobs->band_threads = channels == 1 ? threads : 1;
+    run_team(encode_job, jobs, channels, use_threads(threads, channels, jobs->n));
 }
 
 static PyObject *ctx_encode(PyObject *self, PyObject *args) {
@@ -964,10 +1203,10 @@ static PyObject *ctx_encode(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     size_t written[MAX_THREADS] = {0}, total = 0;
-    PlaneJobs jobs = {(const uint8_t *)view.buf, height, width, n, out, slot, written, NULL};
+    PlaneJobs jobs = {(const uint8_t *)view.buf, height, width, n, out, slot, written, NULL, 1};
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
-    run_team(encode_job, &jobs, channels, use_threads(threads, channels, n));
+    code_planes(&jobs, channels, threads);
     for (Py_ssize_t c = 0; c < channels; c++) { /* each plane after the one before */
         ok = ok && written[c] > 0;
         if (ok && total != (size_t)c * slot) memmove(out + total, out + (size_t)c * slot, written[c]);
@@ -996,10 +1235,10 @@ static PyObject *ctx_cost(PyObject *self, PyObject *args) {
     if (!planes_arg(args, &view, &channels, &height, &width, &n, &threads)) return NULL;
     size_t written[MAX_THREADS] = {0};
     double cost[MAX_THREADS] = {0.0}, total = 0.0;
-    PlaneJobs jobs = {(const uint8_t *)view.buf, height, width, n, NULL, 0, written, cost};
+    PlaneJobs jobs = {(const uint8_t *)view.buf, height, width, n, NULL, 0, written, cost, 1};
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
-    run_team(encode_job, &jobs, channels, use_threads(threads, channels, n));
+    code_planes(&jobs, channels, threads);
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
     for (Py_ssize_t c = 0; c < channels; c++) {
@@ -1010,11 +1249,23 @@ static PyObject *ctx_cost(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(total);
 }
 
+PyDoc_STRVAR(bands_doc,
+             "bands(height, width) -> int\n\n"
+             "How many bands encode cuts a plane of this shape into (1: not banded, a record of version 4;\n"
+             "more: version 8).");
+
+static PyObject *ctx_bands(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t height, width, n;
+    if (!PyArg_ParseTuple(args, "nn", &height, &width) || !plane_shape(1, height, width, &n)) return NULL;
+    return PyLong_FromLong(band_count(height, width));
+}
+
 typedef struct {
     Reader reader[MAX_THREADS]; /* each plane's bytes */
     Py_ssize_t height, width, n;
     uint8_t *planes;
-    int groups;
+    int groups, bands;
     const char *med;
     const char *err[MAX_THREADS];
 } DecodeJobs;
@@ -1022,19 +1273,21 @@ typedef struct {
 static void decode_job(void *ctx, Py_ssize_t c) {
     DecodeJobs *j = ctx;
     const int plane_med = j->med && j->med[c] ? 1 + ((unsigned char)j->med[c] & 0x80) : 0;
-    j->err[c] = decode_plane(&j->reader[c], j->height, j->width, j->planes + c * j->n, j->groups, plane_med);
+    j->err[c] = decode_plane(&j->reader[c], j->height, j->width, j->planes + c * j->n, j->groups, j->bands,
+                             plane_med, 1);
 }
 
 /* The planes found first (skip_plane), then decoded at once; 0 when they could not all be found (the caller
    decodes them one by one instead, whose errors say what is wrong). Otherwise 1, *err the first failing
    plane's error, as decoding them in order would have said. */
 static int decode_planes_at_once(Reader *r, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
-                                 uint8_t *planes, int groups, const char *med, int threads, const char **err) {
+                                 uint8_t *planes, int groups, int bands, const char *med, int threads,
+                                 const char **err) {
     DecodeJobs jobs = {.height = height, .width = width, .n = height * width, .planes = planes, .groups = groups,
-                       .med = med};
+                       .bands = bands, .med = med};
     for (Py_ssize_t c = 0; c < channels; c++) {
         const uint8_t *start = r->p;
-        if (!skip_plane(r, height, width, groups)) return 0;
+        if (!skip_plane(r, height, width, groups, bands)) return 0;
         jobs.reader[c] = (Reader){start, r->p, 0};
     }
     if (r->p != r->end) return 0;
@@ -1044,20 +1297,21 @@ static int decode_planes_at_once(Reader *r, Py_ssize_t channels, Py_ssize_t heig
 }
 
 PyDoc_STRVAR(decode_doc,
-             "decode(payload, channels, height, width, groups=True, med=None, threads=1) -> bytes\n\n"
+             "decode(payload, channels, height, width, groups=True, med=None, threads=1, bands=True) -> bytes\n\n"
              "Inverse of encode; raises ValueError on any inconsistency, never reads past the payload.\n"
              "groups: the payload may hold group planes (a record of version 4 or later).\n"
+             "bands: the payload may hold banded group planes (a record of version 8 or later).\n"
              "med: bytes, one a plane, nonzero to undo MED on it too (as unmed), 0x80 set for signed values.");
 
 static PyObject *ctx_decode(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t channels, height, width, n;
-    int groups = 1, threads = 1;
+    int groups = 1, threads = 1, bands = 1;
     const char *med = NULL;
     Py_ssize_t med_len = 0;
-    if (!PyArg_ParseTuple(args, "y*nnn|pz#i", &view, &channels, &height, &width, &groups, &med, &med_len,
-                          &threads))
+    if (!PyArg_ParseTuple(args, "y*nnn|pz#ip", &view, &channels, &height, &width, &groups, &med, &med_len,
+                          &threads, &bands))
         return NULL;
     if (!plane_shape(channels, height, width, &n)) {
         PyBuffer_Release(&view);
@@ -1078,13 +1332,14 @@ static PyObject *ctx_decode(PyObject *self, PyObject *args) {
     const char *err = NULL;
     Py_BEGIN_ALLOW_THREADS;
     const int at_once = use_threads(threads, channels, n) > 1 &&
-                        decode_planes_at_once(&r, channels, height, width, planes, groups, med, threads, &err);
+                        decode_planes_at_once(&r, channels, height, width, planes, groups, bands, med, threads, &err);
     if (!at_once) { /* one plane after the other: also what says what is wrong with planes that cannot be found */
         r.p = (const uint8_t *)view.buf;
         r.bad = 0;
         for (Py_ssize_t c = 0; c < channels && !err; c++) {
             const int plane_med = med && med[c] ? 1 + ((unsigned char)med[c] & 0x80) : 0;
-            err = decode_plane(&r, height, width, planes + c * n, groups, plane_med);
+            err = decode_plane(&r, height, width, planes + c * n, groups, bands, plane_med,
+                               channels == 1 ? threads : 1);
         }
         if (!err && r.p != r.end) err = "CTX stage has bytes after its last plane";
     }
@@ -2436,6 +2691,7 @@ static PyMethodDef methods[] = {
     {"luma", luma, METH_VARARGS, luma_doc},
     {"encode", ctx_encode, METH_VARARGS, encode_doc},
     {"cost", ctx_cost, METH_VARARGS, cost_doc},
+    {"bands", ctx_bands, METH_VARARGS, bands_doc},
     {"decode", ctx_decode, METH_VARARGS, decode_doc},
     {"med", med_forward, METH_VARARGS, med_doc},
     {"unmed", med_inverse, METH_VARARGS, unmed_doc},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -288,6 +288,8 @@ class FrameEncoder:
             ssim=float(decision.ssim),
             clock_synced=clock_synced,
         )
+        if Stage.CTX in stages and native.ctx_bands(*header.coded_shape[1:]) > 1:
+            header = replace(header, banded_planes=True)  # version 8 only where a plane is banded
         held = _Held(seq, recon, self._current.sample if recon is planes else None)
         if decision.is_key:
             # With chained references the key's pixels are never needed again once it is the previous frame.

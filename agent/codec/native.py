@@ -58,10 +58,18 @@ def _cpus() -> int:
 
 
 THREADS = min(4, _cpus())
-"""How many planes of a record the extension codes or decodes at once by default: the CPUs this process may
-run on (systemd's ``CPUAffinity=`` lowers it), at most 4, a record's most planes. Only planes of 2^17 samples
-or more are, and the bytes are the same either way. Decoded video's pictures are one plane (YUV420): they
-gain nothing; three colour planes at 1080p are coded 1.5-2x faster on two cores."""
+"""How many planes of a record, or bands of a record's one plane, the extension codes or decodes at once by
+default: the CPUs this process may run on (systemd's ``CPUAffinity=`` lowers it), at most 4 (a record's most
+planes, a plane's most bands). Only planes of 2^17 samples or more are, and the bytes are the same either way.
+Three colour planes at 1080p are coded 1.5-2x faster on two cores; a decoded video's picture is one plane,
+banded from 2^19 samples (:func:`ctx_bands`)."""
+
+
+def ctx_bands(height: int, width: int) -> int:
+    """How many bands :func:`ctx_encode` cuts a plane of ``height`` x ``width`` into: 1 is a plain group plane,
+    more a banded one, which only records of wire format version 8 may hold (``RecordHeader.banded_planes``).
+    Without the extension there is no CTX to band: 1."""
+    return int(_native.bands(height, width)) if _native is not None else 1
 
 
 def ctx_encode(planes: Planes, threads: int | None = None) -> bytes:
@@ -90,21 +98,31 @@ def ctx_decode(
     width: int,
     *,
     group_planes: bool = True,
+    banded_planes: bool = True,
     unmed: tuple[bool | None, ...] | None = None,
     threads: int | None = None,
 ) -> Planes:
     """Inverse of :func:`ctx_encode`; allocates exactly ``C·H·W`` bytes whatever the payload says.
 
     ``group_planes``: the payload may hold group planes (records of wire format version 4 on); in an older
-    record the same byte is a corrupted table count, and is refused as one. ``unmed``: for each plane, whether
+    record the same byte is a corrupted table count, and is refused as one. ``banded_planes``: it may hold
+    banded ones (version 8 on); before, the same bits are a corrupted plane kind. ``unmed``: for each plane, whether
     it holds signed MED residuals (as for :func:`unmed`), or None for a plane MED did not predict; the planes
     come back with MED undone too, in the same pass (what ``unmed(ctx_decode(...))`` gives, 1.15-1.28x faster).
-    ``threads``: planes decoded at once (default :data:`THREADS`).
+    ``threads``: planes, or a plane's bands, decoded at once (default :data:`THREADS`; bands only where MED
+    is not undone with them: a band's first row needs the band above it).
     """
     flips = None if unmed is None else bytes(0 if s is None else 0x80 if s else 0x01 for s in unmed)
     try:
         raw: bytes = _module().decode(
-            payload, channels, height, width, group_planes, flips, THREADS if threads is None else threads
+            payload,
+            channels,
+            height,
+            width,
+            group_planes,
+            flips,
+            THREADS if threads is None else threads,
+            banded_planes,
         )
     except ValueError as e:
         raise WireFormatError(str(e)) from e

@@ -333,7 +333,13 @@ def decode_planes(header: RecordHeader, payload: bytes, reference: Planes | None
             if stages[-2] is Stage.MED_CHROMA:
                 unmed = (None, *unmed[1:])
         data = native.ctx_decode(
-            payload, channels, height, width, group_planes=header.group_planes, unmed=unmed
+            payload,
+            channels,
+            height,
+            width,
+            group_planes=header.group_planes,
+            banded_planes=header.banded_planes,
+            unmed=unmed,
         )
     else:
         raw = payload

@@ -23,10 +23,12 @@ import xxhash
 from agent.errors import WireFormatError
 
 MAGIC = b"CCTV"
-VERSION = 7
+VERSION = 8
 """The newest version this code reads and writes; it reads every version from 1."""
 GROUP_PLANES_SINCE = 4
 """The version whose CTX stage may hold group planes (``docs/wire-format.md``), which the encoder writes."""
+BANDED_PLANES_SINCE = 8
+"""The version whose CTX stage may hold banded group planes, which the encoder writes for large planes."""
 
 # magic, version, kind, flags, pixel_format, header_length, width, height, tolerance, stage_count,
 # payload_length, seq, key_seq, ref_seq, capture_time_ns, ssim, frame_hash
@@ -159,12 +161,19 @@ def hash_pixels(data: bytes | memoryview, kind: FrameHash) -> bytes:
 
 
 def record_version(
-    stages: tuple[Stage, ...], hash_kind: FrameHash | None = None, group_planes: bool = False
+    stages: tuple[Stage, ...],
+    hash_kind: FrameHash | None = None,
+    group_planes: bool = False,
+    banded_planes: bool = False,
 ) -> int:
-    """The lowest version that can carry ``stages``, a frame hash of ``hash_kind`` and, with ``group_planes``,
-    a CTX stage that may hold group planes: what :func:`pack_record` writes."""
+    """The lowest version that can carry ``stages``, a frame hash of ``hash_kind`` and, with ``group_planes``
+    (``banded_planes``), a CTX stage that may hold group planes (banded ones): what :func:`pack_record` writes."""
     since_hash = 1 if hash_kind is None else HASH_SINCE[hash_kind]
-    since_planes = GROUP_PLANES_SINCE if group_planes and Stage.CTX in stages else 1
+    since_planes = 1
+    if Stage.CTX in stages:
+        since_planes = (
+            BANDED_PLANES_SINCE if banded_planes else GROUP_PLANES_SINCE if group_planes else since_planes
+        )
     return max((since_hash, since_planes, *(STAGE_SINCE.get(s, 1) for s in stages)))
 
 
@@ -269,6 +278,9 @@ class RecordHeader:
     """Its CTX stage may hold group planes: what the encoder writes (version 4); a parsed record has what its
     version says (an older record re-packed stays at its version). Without a CTX stage it means nothing and
     is True, as the encoder makes it."""
+    banded_planes: bool = False
+    """Its CTX stage may hold banded group planes (version 8): the encoder sets it where a plane is large
+    enough to be banded (``native.banded``); a parsed record has what its version says."""
 
     @property
     def channels(self) -> int:
@@ -460,7 +472,7 @@ def pack_record(record: Record) -> bytes:
     flags = FLAG_CLOCK_SYNCED if h.clock_synced else 0
     if len(record.payload) >= 2**32:
         raise WireFormatError(f"payload of {len(record.payload)} bytes does not fit a record")
-    version = record_version(h.stages, h.hash_kind, h.group_planes)
+    version = record_version(h.stages, h.hash_kind, h.group_planes, h.banded_planes)
     if hash_kind_of(version) is not h.hash_kind:
         raise WireFormatError(
             f"a {_HASH_NAMES[h.hash_kind]} frame hash is not in wire format version {version} (group planes need "
@@ -600,6 +612,7 @@ def _unpack_header(view: memoryview, limits: Limits) -> tuple[RecordHeader, int,
         clock_synced=bool(flags & FLAG_CLOCK_SYNCED),
         hash_kind=hash_kind_of(version),
         group_planes=version >= GROUP_PLANES_SINCE or Stage.CTX not in stages,
+        banded_planes=version >= BANDED_PLANES_SINCE and Stage.CTX in stages,
     )
     header.validate(limits)
     max_payload = limits.max_payload(header.coded_bytes, header.coded_height * header.coded_planes)

@@ -167,8 +167,8 @@ def test_group_planes_refuse_what_the_document_forbids() -> None:
     for tables, message in ((0xC1, "group plane without runs"), (0x40, "stored group plane")):
         bad = bytearray(payload)
         bad[1] = tables
-        with pytest.raises(WireFormatError, match=message):
-            native.ctx_decode(bytes(bad), 1, 4, 40)
+        with pytest.raises(WireFormatError, match=message):  # bits 6 and 7: a banded plane from version 8
+            native.ctx_decode(bytes(bad), 1, 4, 40, banded_planes=False)
     flags_at = 18 + 8  # after the one context table (4 varints and a zero run, 8 bytes here)
     bad = bytearray(payload)
     bad[flags_at : flags_at + 2] = bytes.fromhex("8181")  # 16385 > 16384
@@ -436,3 +436,150 @@ def test_damage_decoded_at_once_says_what_decoding_plane_by_plane_says() -> None
         assert results[0] == results[1]
         outcomes.add(results[0] if isinstance(results[0], str) else "decoded")
     assert len(outcomes) >= 4, outcomes  # several kinds of damage met, not one message
+
+
+# --- banded planes (wire format version 8)
+
+
+def test_planes_of_2_19_samples_and_more_are_banded() -> None:
+    """The rule docs/wire-format.md states: min(4, n // 2^18) bands from n = 2^19 samples; the same on every
+    machine, since the bands decide the bytes."""
+    cases = {(240, 320): 1, (1023, 512): 1, (512, 1024): 2, (864, 768): 2, (720, 1280): 3, (1080, 1920): 4}
+    assert {shape: native.ctx_bands(*shape) for shape in cases} == cases
+    assert native.ctx_bands(1620, 1920) == 4  # a 1080p picture's one plane (Y over its two chroma planes)
+
+
+def _banded_plane(seed: int, height: int = 768, width: int = 1024) -> np.ndarray:
+    """A residual-like plane large enough to be banded (3 bands here): zeros with small values, denser below."""
+    rng = np.random.default_rng(seed)
+    plane = np.zeros((1, height, width), np.uint8)
+    mask = rng.random((height, width)) < np.linspace(0.02, 0.4, height)[:, None]
+    plane[0][mask] = rng.integers(-6, 7, int(mask.sum())).astype(np.uint8)
+    return plane
+
+
+def test_a_large_plane_is_coded_in_bands_the_same_with_any_threads() -> None:
+    """Its bands are coded, costed and (without MED) decoded at once: the bytes, the estimate and the planes
+    never depend on how many threads; with MED undone in the pass the bands are decoded in turn."""
+    plane = _banded_plane(1)
+    alone = native.ctx_encode(plane, threads=1)
+    assert alone[1] & 0xC0 == 0xC0, "a banded group plane"
+    cost = native.ctx_cost(plane, threads=1)
+    assert abs(cost - len(alone)) <= 8
+    signed = native.ctx_decode(alone, *plane.shape, unmed=(True,), threads=1)
+    assert np.array_equal(signed, native.unmed(plane, (True,)))
+    for threads in (2, 3, 4, 8):
+        assert native.ctx_encode(plane, threads=threads) == alone
+        assert native.ctx_cost(plane, threads=threads) == cost
+        assert np.array_equal(native.ctx_decode(alone, *plane.shape, threads=threads), plane)
+        assert np.array_equal(native.ctx_decode(alone, *plane.shape, unmed=(True,), threads=threads), signed)
+    # Three such planes: coded at once as planes, each plane's bands in turn.
+    planes = np.concatenate([_banded_plane(2), _banded_plane(3), _banded_plane(4)])
+    three = native.ctx_encode(planes, threads=1)
+    assert three == b"".join(native.ctx_encode(p[None], threads=1) for p in planes)
+    for threads in (1, 3):
+        assert native.ctx_encode(planes, threads=threads) == three
+        assert np.array_equal(native.ctx_decode(three, *planes.shape, threads=threads), planes)
+
+
+def test_a_banded_plane_that_would_not_shrink_is_stored() -> None:
+    noise = np.random.default_rng(5).integers(0, 256, (1, 768, 1024), dtype=np.uint8)
+    assert native.ctx_encode(noise) == b"\x00\x00" + noise.tobytes()
+    # One band of noise under calm ones: that band grows, but the plane shrinks, so it is coded after all, to
+    # what the estimate said.
+    mixed = _banded_plane(6)
+    mixed[0, 512:] = noise[0, 512:]  # the last of its three bands
+    coded = native.ctx_encode(mixed)
+    assert coded[1] & 0xC0 == 0xC0
+    assert len(coded) < mixed.size // 2
+    assert abs(native.ctx_cost(mixed) - len(coded)) <= 8
+    assert np.array_equal(native.ctx_decode(coded, *mixed.shape), mixed)
+    assert _band_lengths(coded)[-1] > 256 * 1024  # the noise band: more bytes than its 262,144 samples
+
+
+def test_bands_are_refused_before_version_8() -> None:
+    """Bits 6 and 7 both set are a banded plane from version 8 on; before, a corrupted group plane."""
+    plane = _banded_plane(7)
+    payload = native.ctx_encode(plane)
+    with pytest.raises(WireFormatError, match="group plane without runs"):
+        native.ctx_decode(payload, *plane.shape, banded_planes=False)
+    for count, message in ((0, "impossible number of bands"), (255, "impossible number of bands")):
+        bad = bytearray(payload)
+        bad[_band_count_at(payload)] = count
+        with pytest.raises(WireFormatError, match=message):
+            native.ctx_decode(bytes(bad), 1, 200, 1024)  # B = 255 > H = 200 too
+
+
+def _band_count_at(payload: bytes) -> int:
+    """Where a one-plane banded payload's B is: walk back from the end over its bands' lengths and bytes."""
+    for at in range(18, len(payload)):
+        count, pos = payload[at], at + 1
+        for _ in range(count):
+            pos += 4 + int.from_bytes(payload[pos : pos + 4], "little")
+        if count and pos == len(payload):
+            return at
+    raise AssertionError("no band count found")
+
+
+def _band_lengths(payload: bytes) -> list[int]:
+    at = _band_count_at(payload)
+    lengths, pos = [], at + 1
+    for _ in range(payload[at]):
+        lengths.append(int.from_bytes(payload[pos : pos + 4], "little"))
+        pos += 4 + lengths[-1]
+    return lengths
+
+
+def test_damage_in_bands_decoded_at_once_says_what_decoding_them_in_turn_says() -> None:
+    """Every band's length is read before any band is decoded, then the first failing band's error is the one
+    reported: the same message with one thread or several, and the same decoded plane where it decodes."""
+    plane = _banded_plane(8)
+    payload = native.ctx_encode(plane, threads=1)
+    at = _band_count_at(payload)
+    assert payload[at] == 3
+    rng = random.Random(12)
+    damaged = [payload[:-1], payload + b"\x00", payload[: len(payload) // 2]]
+    for _ in range(300):
+        data = bytearray(payload)
+        for _ in range(rng.randint(1, 3)):
+            # half the time in the header, the band count or the lengths, where the layout is decided
+            where = rng.randrange(at + 14) if rng.random() < 0.5 else rng.randrange(len(data))
+            data[where] = rng.randrange(256)
+        damaged.append(bytes(data))
+    outcomes = set()
+    for data in damaged:
+        results = []
+        for threads in (1, 3):
+            try:
+                results.append(native.ctx_decode(data, *plane.shape, threads=threads).tobytes())
+            except WireFormatError as e:
+                results.append(str(e))
+        assert results[0] == results[1]
+        outcomes.add(results[0] if isinstance(results[0], str) else "decoded")
+    assert len(outcomes) >= 5, outcomes
+
+
+def test_records_with_a_plane_large_enough_to_band_are_version_8(pets_cut: Path) -> None:
+    """Only they: a PETS frame's 442,368-sample planes keep the version they had; the same frame at 1024x768
+    (786,432 samples a plane, three bands) is version 8, decodes exactly, and read as version 7 its banded
+    planes are refused as the corrupted group planes they would be there."""
+    frame = cv2.cvtColor(next(iter_images(pets_cut, 1)), cv2.COLOR_BGR2GRAY)
+    small = pack_record(FrameEncoder("cam").encode(frame, 0))
+    assert small[4] == 4
+    assert not unpack_record(small).header.banded_planes
+    large = cv2.resize(frame, (1024, 768), interpolation=cv2.INTER_CUBIC)
+    data = pack_record(FrameEncoder("cam").encode(large, 0))
+    assert data[4] == 8
+    parsed = unpack_record(data)
+    assert parsed.header.banded_planes
+    assert cv2.norm(decode_record(parsed), large, cv2.NORM_INF) == 0
+    zstd = FrameEncoder("cam", CodecSettings(entropy="zstd")).encode(large, 0)
+    assert not zstd.header.banded_planes
+    assert pack_record(zstd)[4] == 3
+    forged = bytearray(data)
+    forged[4] = 7
+    forged[-4:] = struct.pack("<I", zlib.crc32(forged[:-4]))
+    with pytest.raises(WireFormatError, match="group plane without runs"):
+        decode_record(unpack_record(bytes(forged)))
+    assert record_version((Stage.MED, Stage.CTX), FrameHash.XXH3_128, True, banded_planes=True) == 8
+    assert record_version((Stage.MED, Stage.ZSTD), FrameHash.XXH3_128, banded_planes=True) == 3

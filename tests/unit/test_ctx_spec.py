@@ -6,8 +6,9 @@ decode to the same planes with it as with the compiled decoder. Where they disag
 or incomplete, and this file fails on purpose. An encoder written from the same words builds payloads the
 compiled encoder never writes (a table per context, runs split where it would not split them, runs past
 the end of a row), and the compiled decoder must read or refuse them as the document says. The compiled
-encoder writes group planes only (version 4); run planes and planes without runs (versions 2 and 3) come from
-the encoder here, since archives hold them and the decoder must go on reading them.
+encoder writes group planes only (version 4), banded from 2^19 samples (version 8); run planes and planes
+without runs (versions 2 and 3) and bands it never cuts (one, or more than four) come from the encoder here,
+since archives hold the former and the document allows the latter.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.codec.native import ctx_decode, ctx_encode
+from agent.codec.native import ctx_bands, ctx_decode, ctx_encode
 from agent.codec.transforms import med
 from agent.errors import WireFormatError
 
@@ -127,6 +128,7 @@ class _Plane(NamedTuple):
     events: list[Event]  # in decoding order; empty when stored
     groups: bool = False  # a group plane (flag tables and flag events)
     centre: int = 0
+    bands: int = 0  # a banded group plane's B (version 8); 0 for any other plane
 
 
 def _read_flag_table(reader: _Reader) -> list[int]:
@@ -135,19 +137,21 @@ def _read_flag_table(reader: _Reader) -> list[int]:
     return [f0, TOTAL - f0] + [0] * 254
 
 
-def _decode_plane(reader: _Reader, height: int, width: int, version: int = 4) -> _Plane:
-    """One coded plane of a record of ``version``: its values, K and the events it was read as."""
+def _decode_plane(reader: _Reader, height: int, width: int, version: int = 8) -> _Plane:
+    """One coded plane of a record of ``version``: its values, K and the events it was read as (a banded
+    plane's bands one after the other)."""
     centre = reader.byte()
     tables_byte = reader.byte()
     if tables_byte == 0:  # "The byte 0: stored": H·W bytes, the plane's values row by row; nothing else
         return _Plane(reader.take(height * width), 0, False, [])
     grouped = version >= 4 and bool(tables_byte & GROUPS)
-    if grouped and tables_byte & NO_RUNS:
+    banded = grouped and version >= 8 and bool(tables_byte & NO_RUNS)  # "bits 6 and 7 both set (version 8)"
+    if grouped and tables_byte & NO_RUNS and not banded:
         raise ValueError("a group plane without runs (bits 6 and 7)")
     if tables_byte == NO_RUNS:
         raise ValueError("the tables byte 0x80 (no tables, no runs)")
-    if grouped and tables_byte == GROUPS:
-        raise ValueError("the tables byte 0x40 (a group plane without tables)")
+    if grouped and (tables_byte & ~NO_RUNS) == GROUPS:
+        raise ValueError("the tables byte 0x40 or 0xC0 (a group plane without tables)")
     k_tables = tables_byte & (0x3F if grouped else 0x7F)
     has_runs = not grouped and not tables_byte & NO_RUNS
     if k_tables > MAX_TABLES:
@@ -162,79 +166,95 @@ def _decode_plane(reader: _Reader, height: int, width: int, version: int = 4) ->
     run_table = k_tables
     # start[s] is the sum of the frequencies below s; start[256] = 16384 closes the last interval
     starts = [[sum(f[:s]) for s in range(257)] for f in freqs]
-    length = reader.u32()
-    if length < 16:
-        raise ValueError(f"D = {length} < 16")
-    coded = _Reader(reader.take(length))
-    states = [coded.u32() for _ in range(4)]  # state 0 first
-    if any(x < LOW for x in states):
-        raise ValueError(f"initial state below 2**23: {states}")
     events: list[Event] = []
 
-    def decode(slot: int, table: int) -> int:
-        """The next event's symbol: event e (counted over the whole plane) uses state[e mod 4]."""
-        e = len(events)
-        f, start = freqs[table], starts[table]
-        state = states[e % 4]
-        slot_value = state % TOTAL
-        s = bisect_right(start, slot_value) - 1  # start[s] ≤ slot < start[s] + f[s] (skips f = 0)
-        state = f[s] * (state // TOTAL) + slot_value - start[s]
-        while state < LOW:
-            state = state * 256 + coded.byte()
-        states[e % 4] = state
-        events.append((slot, s))
-        return s
+    def coded_rows(height: int) -> bytes:
+        """Reads "a u32 length D ≥ 16 and D bytes": the values of ``height`` rows decoded from them as a plane
+        of its own (a band: its rows' neighbours above its first row are outside), events counted from 0."""
+        length = reader.u32()
+        if length < 16:
+            raise ValueError(f"D = {length} < 16")
+        coded = _Reader(reader.take(length))
+        states = [coded.u32() for _ in range(4)]  # state 0 first
+        if any(x < LOW for x in states):
+            raise ValueError(f"initial state below 2**23: {states}")
+        first = len(events)
 
-    symbols = [[0] * width for _ in range(height)]
-    values = bytearray()
-    flags_above = [0] * -(-width // GROUP)  # above the first row, every flag counts 0
-    for y in range(height):
-        row = symbols[y]
-        x = 0
-        if grouped:
-            left = 0  # the flag to the left; 0 for a row's first group
-            for g in range(len(flags_above)):
-                j = left + 2 * flags_above[g]
-                flag = decode(FLAG + j, k_tables + j)
-                stop = min(width, x + GROUP)
-                for xx in range(x, stop):  # flag 0: symbol 0 throughout; flag 1: each sample an event
-                    k = _context(symbols, xx, y)
-                    s = decode(k, table_map[k]) if flag else 0
-                    row[xx] = s
-                    values.append((s + centre) % 256)
-                flags_above[g] = left = flag
-                x = stop
-            continue
-        after_short_run = False  # the row's previous event was a run with r < 255
-        while x < width:
-            act = _activity(symbols, x, y)  # the neighbours it reads are all decoded already
-            if has_runs and act == 0 and not after_short_run:
-                r = decode(RUN, run_table)
-                if r == LONG_RUN:
-                    n = min(LONG_RUN, width - x)
-                elif r >= width - x:
-                    raise ValueError(f"run r = {r} at x = {x} runs past the end of its row (W = {width})")
+        def decode(slot: int, table: int) -> int:
+            """The next event's symbol: event e (counted over the plane, or the band) uses state[e mod 4]."""
+            e = len(events) - first
+            f, start = freqs[table], starts[table]
+            state = states[e % 4]
+            slot_value = state % TOTAL
+            s = bisect_right(start, slot_value) - 1  # start[s] ≤ slot < start[s] + f[s] (skips f = 0)
+            state = f[s] * (state // TOTAL) + slot_value - start[s]
+            while state < LOW:
+                state = state * 256 + coded.byte()
+            states[e % 4] = state
+            events.append((slot, s))
+            return s
+
+        symbols = [[0] * width for _ in range(height)]
+        values = bytearray()
+        flags_above = [0] * -(-width // GROUP)  # above the first row, every flag counts 0
+        for y in range(height):
+            row = symbols[y]
+            x = 0
+            if grouped:
+                left = 0  # the flag to the left; 0 for a row's first group
+                for g in range(len(flags_above)):
+                    j = left + 2 * flags_above[g]
+                    flag = decode(FLAG + j, k_tables + j)
+                    stop = min(width, x + GROUP)
+                    for xx in range(x, stop):  # flag 0: symbol 0 throughout; flag 1: each sample an event
+                        s = 0
+                        if flag:
+                            k = _context(symbols, xx, y)
+                            s = decode(k, table_map[k])
+                        row[xx] = s
+                        values.append((s + centre) % 256)
+                    flags_above[g] = left = flag
+                    x = stop
+                continue
+            after_short_run = False  # the row's previous event was a run with r < 255
+            while x < width:
+                act = _activity(symbols, x, y)  # the neighbours it reads are all decoded already
+                if has_runs and act == 0 and not after_short_run:
+                    r = decode(RUN, run_table)
+                    if r == LONG_RUN:
+                        n = min(LONG_RUN, width - x)
+                    elif r >= width - x:
+                        raise ValueError(f"run r = {r} at x = {x} runs past the end of its row (W = {width})")
+                    else:
+                        n = r  # and the sample after them is a sample event, whatever its act
+                    after_short_run = r < LONG_RUN
+                    row[x : x + n] = [0] * n
+                    values += bytes([centre]) * n  # symbol 0: v = c
+                    x += n
                 else:
-                    n = r  # and the sample after them is a sample event, whatever its act
-                after_short_run = r < LONG_RUN
-                row[x : x + n] = [0] * n
-                values += bytes([centre]) * n  # symbol 0: v = c
-                x += n
-            else:
-                s = decode(_context_of(act), table_map[_context_of(act)])
-                row[x] = s
-                values.append((s + centre) % 256)
-                x += 1
-                after_short_run = False
-    if states != [LOW] * 4:
-        raise ValueError(f"final states {states} are not all 2**23")
-    if coded.pos != length:
-        raise ValueError(f"{length - coded.pos} of the D = {length} coded bytes left unread")
-    return _Plane(bytes(values), k_tables, has_runs, events, grouped, centre)
+                    s = decode(_context_of(act), table_map[_context_of(act)])
+                    row[x] = s
+                    values.append((s + centre) % 256)
+                    x += 1
+                    after_short_run = False
+        if states != [LOW] * 4:
+            raise ValueError(f"final states {states} are not all 2**23")
+        if coded.pos != length:
+            raise ValueError(f"{length - coded.pos} of the D = {length} coded bytes left unread")
+        return bytes(values)
+
+    if not banded:
+        return _Plane(coded_rows(height), k_tables, has_runs, events, grouped, centre)
+    bands = reader.byte()  # "a byte B, 1 ≤ B ≤ H", then each band's D and bytes
+    if not 1 <= bands <= height:
+        raise ValueError(f"B = {bands} bands in {height} rows")
+    cuts = [b * height // bands for b in range(bands + 1)]  # band b: rows ⌊b·H/B⌋ .. ⌊(b+1)·H/B⌋ − 1
+    values = b"".join(coded_rows(cuts[b + 1] - cuts[b]) for b in range(bands))
+    return _Plane(values, k_tables, has_runs, events, grouped, centre, bands)
 
 
 def _spec_decode_planes(
-    payload: bytes, channels: int, height: int, width: int, version: int = 4
+    payload: bytes, channels: int, height: int, width: int, version: int = 8
 ) -> list[_Plane]:
     """Each plane with its K and events, so tests can tell which paths (stored, coded, runs) they exercised."""
     reader = _Reader(bytes(payload))
@@ -350,6 +370,30 @@ def _spec_encode_groups(centre: int, events: list[Event]) -> bytes:
     )
     head = bytes([centre, CONTEXTS | GROUPS, *range(CONTEXTS)])
     return head + tables + len(coded).to_bytes(4, "little") + coded
+
+
+def _band_parts(centre: int, symbols: list[list[int]], bands: int) -> tuple[bytes, list[bytes]]:
+    """A banded group plane (version 8) of ``bands`` bands: its header and tables, and each band's coded
+    samples. Each band's events are those of a group plane of its rows alone; one set of tables is counted
+    over all of them; each band is coded on four states of its own."""
+    height = len(symbols)
+    cuts = [b * height // bands for b in range(bands + 1)]
+    band_events = [_group_events(symbols[cuts[b] : cuts[b + 1]]) for b in range(bands)]
+    counts = [[0] * 256 for _ in range(CONTEXTS + 4)]
+    for events in band_events:
+        for slot, s in events:
+            counts[_table_of(slot)][s] += 1
+    freqs = [_scale(c) for c in counts]
+    tables = b"".join(_write_table(f) for f in freqs[:CONTEXTS]) + b"".join(
+        _leb128(f[0]) for f in freqs[CONTEXTS:]
+    )
+    coded = [_rans([(_table_of(slot), s) for slot, s in events], freqs) for events in band_events]
+    return bytes([centre, CONTEXTS | GROUPS | NO_RUNS, *range(CONTEXTS)]) + tables, coded
+
+
+def _spec_encode_bands(centre: int, symbols: list[list[int]], bands: int) -> bytes:
+    head, coded = _band_parts(centre, symbols, bands)
+    return head + bytes([bands]) + b"".join(len(c).to_bytes(4, "little") + c for c in coded)
 
 
 def _rans(events: list[Event], freqs: list[list[int]]) -> bytes:
@@ -833,11 +877,6 @@ def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
     out["k-above-16-no-runs"] = (bytes([payload[0], 17 | NO_RUNS]) + payload[2:], shape, "K = 17")
     out["tables-byte-0x80"] = (bytes([payload[0], NO_RUNS]) + payload[2:], shape, "tables byte 0x80")
     out["tables-byte-0x80-stored"] = (bytes([0, NO_RUNS]) + stored[2:], shape, "tables byte 0x80")
-    out["group-plane-without-runs"] = (
-        bytes([payload[0], payload[1] | NO_RUNS]) + payload[2:],
-        shape,
-        "bits 6 and 7",
-    )
     out["group-plane-without-tables"] = (bytes([payload[0], GROUPS]) + payload[2:], shape, "tables byte 0x40")
     out["group-k-above-16"] = (bytes([payload[0], GROUPS | 17]) + payload[2:], shape, "K = 17")
     out["flag-table-16385"] = (_group_plane(flags=bytes.fromhex("818001") * 4), SHAPE, "16385 > 16384")
@@ -909,6 +948,32 @@ def _corruptions() -> dict[str, tuple[bytes, tuple[int, int, int], str]]:
         "r = 5 at x = 0 runs past the end",
     )
     out["run-past-the-row-end-in-a-real-stream"] = (*_run_past_the_row_end(), "r = 20 at x = 0 runs past")
+
+    # banded group planes (version 8): B, then each band's D and bytes
+    spikes, bands = SPIKES["spikes-1x24x300"][0], 3
+    shape = spikes.shape
+    head, coded = _band_parts(0, _symbols(spikes[0], 0), bands)
+
+    def banded(count: int, parts: list[bytes]) -> bytes:
+        return head + bytes([count]) + b"".join(len(c).to_bytes(4, "little") + c for c in parts)
+
+    assert _spec_decode(banded(bands, coded), *shape) == spikes.tobytes()
+    out["bands-0"] = (banded(0, coded), shape, "B = 0 bands")
+    out["bands-above-H"] = (banded(25, coded), shape, "B = 25 bands in 24 rows")
+    out["band-missing"] = (banded(bands, coded)[: -len(coded[-1]) - 4], shape, "too few bytes")
+    # B = 2: band 0 is then rows 0-11, and the 8 rows' coded samples run out
+    out["band-count-short"] = (banded(2, coded), shape, "too few bytes")
+    out["band-byte-unread"] = (banded(bands, [coded[0] + b"\x00", *coded[1:]]), shape, "left unread")
+    out["band-d-below-16"] = (
+        head + bytes([1]) + (15).to_bytes(4, "little") + coded[0][:15],
+        shape,
+        "D = 15",
+    )
+    out["band-tables-0xC0"] = (
+        bytes([head[0], GROUPS | NO_RUNS]) + head[2:] + bytes([bands]),
+        shape,
+        "tables byte 0x40 or 0xC0",
+    )
     return out
 
 
@@ -921,8 +986,9 @@ def test_corrupted_payloads_are_rejected_by_both(name: str) -> None:
     payload, (c, h, w), message = CORRUPTIONS[name]
     with pytest.raises(ValueError, match=message):
         _spec_decode(payload, c, h, w)
-    with pytest.raises(WireFormatError):
-        ctx_decode(payload, c, h, w)
+    for threads in (1, 3):
+        with pytest.raises(WireFormatError):
+            ctx_decode(payload, c, h, w, threads=threads)
 
 
 @pytest.mark.parametrize("name", RUN_CORRUPTIONS)
@@ -948,3 +1014,68 @@ def test_a_group_plane_is_refused_in_a_record_before_version_4() -> None:
         _spec_decode_planes(payload, *shape, version=3)
     with pytest.raises(WireFormatError, match="impossible number of tables"):
         ctx_decode(payload, *shape, group_planes=False)
+
+
+# --- banded group planes (version 8)
+
+
+def _banded_residual(path: Path) -> Planes:
+    """A still scene's residual large enough for the compiled encoder to band (720 x 768 = 552,960 samples: 2
+    bands of 360 rows): zeros but for two real frame differences, one inside band 0 and one across the cut."""
+    a, b = (_read_frame(path, i) for i in (0, 1))
+    difference = np.subtract(b, a)[..., 1]
+    plane = np.zeros((1, 720, 768), np.uint8)
+    plane[0, 100:140] = difference[200:240]
+    plane[0, 340:380] = difference[300:340]  # rows 340-359 in band 0, 360-379 in band 1
+    return plane
+
+
+def test_spec_decoder_reads_compiled_banded_planes(pets_cut: Path) -> None:
+    """A band is a group plane of its rows with the plane's tables: its first row's neighbours above are
+    outside, its events counted from 0 on states of its own. The compiled bytes follow that to the event."""
+    planes = _banded_residual(pets_cut)
+    assert ctx_bands(720, 768) == 2
+    (decoded,) = _check(planes)
+    assert decoded.bands == 2
+    symbols = _symbols(planes[0], decoded.centre)
+    assert decoded.events == _group_events(symbols[:360]) + _group_events(symbols[360:])
+    payload = ctx_encode(planes)
+    assert all(ctx_encode(planes, threads=threads) == payload for threads in (1, 2, 3))
+    for threads in (1, 2):
+        assert ctx_decode(payload, 1, 720, 768, threads=threads).tobytes() == planes.tobytes()
+    with pytest.raises(ValueError, match="bits 6 and 7"):
+        _spec_decode_planes(payload, 1, 720, 768, version=7)
+    with pytest.raises(WireFormatError, match="group plane without runs"):
+        ctx_decode(payload, 1, 720, 768, banded_planes=False)
+
+
+@pytest.mark.parametrize("bands", [1, 2, 5, 7, 16])
+@pytest.mark.parametrize("name", sorted(SPIKES))
+def test_compiled_decoder_reads_spec_bands(name: str, bands: int) -> None:
+    """Any B from 1 to H is valid, not only the compiled encoder's 2 to 4: bands of uneven rows, one band, more
+    bands than the decoder runs at once; read plane by plane and band by band, on one thread or several."""
+    planes, _ = SPIKES[name]
+    channels, height, width = planes.shape
+    payload = b"".join(_spec_encode_bands(0, _symbols(plane, 0), bands) for plane in planes)
+    decoded = _spec_decode_planes(payload, channels, height, width)
+    assert [p.bands for p in decoded] == [bands] * channels
+    assert b"".join(p.values for p in decoded) == planes.tobytes()
+    for threads in (1, 3):
+        assert ctx_decode(payload, channels, height, width, threads=threads).tobytes() == planes.tobytes()
+    with pytest.raises(WireFormatError, match="group plane without runs"):
+        ctx_decode(payload, channels, height, width, banded_planes=False)
+
+
+def test_bits_6_and_7_are_a_banded_plane_only_from_version_8() -> None:
+    """Versions 4 to 7 refuse a group plane with bit 7 set; from 8 the same bytes are a banded plane, whose B
+    is then the first byte of D (211 here, more bands than rows)."""
+    payload = ctx_encode(SYNTHETIC["noise-0-1x17x33"])
+    bad = bytes([payload[0], payload[1] | NO_RUNS]) + payload[2:]
+    with pytest.raises(ValueError, match="bits 6 and 7"):
+        _spec_decode_planes(bad, 1, 17, 33, version=7)
+    with pytest.raises(WireFormatError, match="group plane without runs"):
+        ctx_decode(bad, 1, 17, 33, banded_planes=False)
+    with pytest.raises(ValueError, match="B = 211 bands in 17 rows"):
+        _spec_decode(bad, 1, 17, 33)
+    with pytest.raises(WireFormatError, match="impossible number of bands"):
+        ctx_decode(bad, 1, 17, 33)

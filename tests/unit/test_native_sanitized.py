@@ -2,11 +2,12 @@
 
 ``_native.c`` parses bytes that come from the network, so a read past a buffer would be a security bug that
 ordinary tests cannot see. This builds the same source with both sanitizers and throws mutated and
-truncated CTX payloads (group planes from the encoder, and run planes and planes without runs as versions 2
-and 3 wrote them, from the encoder written from the document), and frames of every kind (coded, costed and
-through the fused pixel stages, B and R following G's quantisation included, the 2×2 chroma block
-layout both ways, and JPEG_CHROMA both ways, and the SSIM mean), at it in a child process, large planes on
-several threads too; any invalid access aborts it.
+truncated CTX payloads (group planes and banded ones from the encoder; run planes and planes without runs
+as versions 2 and 3 wrote them, and bands the encoder never cuts, from the encoder written from the
+document), and frames of every kind (coded, costed and through the fused pixel stages, B and R following
+G's quantisation included, the 2×2 chroma block layout both ways, and JPEG_CHROMA both ways, and the SSIM
+mean), at it in a child process, large planes and a plane's bands on several threads too; any invalid
+access aborts it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_ctx_spec import SPIKES, _spec_encode_plane
+from tests.unit.test_ctx_spec import SPIKES, _spec_encode_bands, _spec_encode_plane, _symbols
 
 SOURCE = Path(__file__).resolve().parents[2] / "agent" / "codec" / "_native.c"
 
@@ -120,7 +121,36 @@ FUZZ = textwrap.dedent(
             native.decode(bytes(data), *shape, True, bytes([1, 0, 0x80]) if rng.random() < 0.5 else None, 3)
         except ValueError:
             refused += 1
+    shape = (1, 768, 1024)  # one plane large enough to be banded (3 bands), coded and decoded at once
+    band = np.where(nrng.random(shape) < 0.1, nrng.integers(0, 256, shape), 0).astype(np.uint8)
+    band[0, 512:] = nrng.integers(0, 256, (256, 1024), dtype=np.uint8)  # a band that grows: finished in room
+    payload = native.encode(band.tobytes(), *shape, 3)
+    assert payload[1] & 0xC0 == 0xC0 and payload == native.encode(band.tobytes(), *shape, 1)
+    assert native.cost(band.tobytes(), *shape, 3) == native.cost(band.tobytes(), *shape, 1)
+    assert native.decode(payload, *shape, True, None, 3) == band.tobytes()
+    for _ in range(60):
+        data = bytearray(payload)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data) if rng.random() < 0.5 else 200)] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        try:
+            native.decode(bytes(data), *shape, True, bytes([1]) if rng.random() < 0.3 else None, 3)
+        except ValueError:
+            refused += 1
     assert native.crc_shift(0xFFFFFFFF, 2**40) == native.crc_shift(native.crc_shift(0xFFFFFFFF, 2**39), 2**39)
+    for shape, bands, values in json.load(open(sys.argv[3])):  # banded planes of 1 to 16 bands
+        bands, values = bytes.fromhex(bands), bytes.fromhex(values)
+        assert native.decode(bands, *shape, True, None, 3) == values
+        for _ in range(200):
+            data = bytearray(bands)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            try:
+                native.decode(bytes(data[: rng.randrange(len(data) + 1)] if rng.random() < 0.2 else data), *shape,
+                              True, bytes([0x80] * shape[0]) if rng.random() < 0.3 else None, 3)
+            except ValueError:
+                refused += 1
     for shape, legacy, values in json.load(open(sys.argv[2])):  # run planes and planes without runs
         legacy, values = bytes.fromhex(legacy), bytes.fromhex(values)
         for groups in (False, True):
@@ -148,6 +178,17 @@ def _legacy_payloads() -> list[tuple[tuple[int, int, int], str, str]]:
         planes, _ = SPIKES[name]
         for runs in (True, False):
             payload = b"".join(_spec_encode_plane(plane, 0, runs) for plane in planes)
+            out.append((planes.shape, payload.hex(), planes.tobytes().hex()))
+    return out
+
+
+def _banded_payloads() -> list[tuple[tuple[int, int, int], str, str]]:
+    """(shape, payload hex, planes hex): banded planes as the document allows them, 1 to 16 bands."""
+    out = []
+    for name in ("spikes-1x24x300", "spikes-3x16x96"):
+        planes, _ = SPIKES[name]
+        for bands in (1, 3, 7, 16):
+            payload = b"".join(_spec_encode_bands(0, _symbols(plane, 0), bands) for plane in planes)
             out.append((planes.shape, payload.hex(), planes.tobytes().hex()))
     return out
 
@@ -192,10 +233,11 @@ def test_the_compiled_codec_is_clean_under_sanitizers(tmp_path: Path) -> None:
         "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
         "PYTHONMALLOC": "malloc",  # small bytes objects from ASan's malloc too, not pymalloc's arenas
     }
-    legacy = tmp_path / "legacy.json"
+    legacy, banded = tmp_path / "legacy.json", tmp_path / "banded.json"
     legacy.write_text(json.dumps(_legacy_payloads()))
+    banded.write_text(json.dumps(_banded_payloads()))
     run = subprocess.run(
-        [sys.executable, "-c", FUZZ, str(module), str(legacy)],
+        [sys.executable, "-c", FUZZ, str(module), str(legacy), str(banded)],
         capture_output=True,
         text=True,
         env=env,
