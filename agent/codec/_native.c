@@ -987,6 +987,71 @@ static int coded_samples(Reader *r, const uint8_t **p, const uint8_t **end) {
     return 1;
 }
 
+/* What a coded plane's header says: read alike by decode_plane and by skip_plane (which finds a record's planes
+   before they are decoded at once), so that both accept and refuse the same bytes. */
+typedef struct {
+    uint8_t centre;
+    int stored, grouped, banded, runs;
+    uint32_t ntables, all; /* K, and how many tables follow: K, then the run table or the four flag tables */
+    uint8_t map[NCTX];
+} PlaneHead;
+
+/* A plane's centre, tables byte and map; NULL, or what is wrong. A stored plane has only the first two. */
+static const char *read_head(Reader *r, int groups_allowed, int bands_allowed, PlaneHead *ph) {
+    ph->centre = (uint8_t)get_u8(r);
+    uint32_t ntables = get_u8(r);
+    if (r->bad) return "CTX stage is truncated in a plane header";
+    const int grouped = ph->grouped = groups_allowed && (ntables & GROUPS);
+    const int banded = ph->banded = grouped && bands_allowed && (ntables & NO_RUNS);
+    if (grouped && !banded && (ntables & NO_RUNS)) return "CTX stage declares a group plane without runs";
+    const int runs = ph->runs = !grouped && !(ntables & NO_RUNS);
+    ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
+    if (ntables == 0 && grouped) return "CTX stage declares a stored group plane";
+    if (ntables == 0 && !runs) return "CTX stage declares a stored plane without runs";
+    ph->stored = ntables == 0;
+    if (ph->stored) return NULL;
+    if (ntables > NCTX) return "CTX stage declares an impossible number of tables";
+    for (int c = 0; c < NCTX; c++) {
+        ph->map[c] = (uint8_t)get_u8(r);
+        if (ph->map[c] >= ntables) return "CTX stage maps a context to a table it does not have";
+    }
+    if (r->bad) return "CTX stage is truncated in a plane header";
+    ph->ntables = ntables;
+    ph->all = ntables + (grouped ? FLAG_CONTEXTS : (uint32_t)runs);
+    return NULL;
+}
+
+/* Table k of the plane's ph->all into f (its 256 frequencies); NULL, or what is wrong. */
+static const char *read_table(Reader *r, const PlaneHead *ph, uint32_t k, uint32_t *f) {
+    if (ph->grouped && k >= ph->ntables) { /* a flag table: the frequency of 0, and 1 has the rest */
+        memset(f, 0, sizeof(uint32_t) * 256);
+        f[0] = get_varint(r);
+        f[1] = PROB_SCALE - f[0];
+        if (r->bad || f[0] > PROB_SCALE) return "CTX stage holds a malformed flag table";
+    } else if (!get_table(r, f)) {
+        return "CTX stage holds a malformed frequency table";
+    }
+    return NULL;
+}
+
+/* The plane's bands (one for a plane without bands), each one's rows and coded samples into band (when not
+   NULL) and their count into *count; NULL, or what is wrong. */
+static const char *read_bands(Reader *r, const PlaneHead *ph, Py_ssize_t h, DecBand *band, int *count) {
+    int bands = 1;
+    if (ph->banded) {
+        bands = (int)get_u8(r);
+        if (r->bad) return "CTX stage is truncated in a plane header";
+        if (bands < 1 || bands > h) return "CTX stage declares an impossible number of bands";
+    }
+    for (int b = 0; b < bands; b++) {
+        const uint8_t *p, *end;
+        if (!coded_samples(r, &p, &end)) return "CTX stage is truncated in a plane's coded samples";
+        if (band) band[b] = (DecBand){band_row(h, bands, b), band_row(h, bands, b + 1), p, end, NULL};
+    }
+    *count = bands;
+    return NULL;
+}
+
 /* Decodes one plane from r into plane; returns NULL on success or a message naming what is wrong. With med
    (a plane whose last pixel stage is MED: 1 + its flip, 0x80 for signed values, else 0; 0 for none) each sample
    is also put back from its MED residual as soon as it is decoded: that chain (left neighbour → value) and the
@@ -996,16 +1061,10 @@ static int coded_samples(Reader *r, const uint8_t **p, const uint8_t **end) {
    the band above it decoded. */
 static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *plane, int groups_allowed,
                                 int bands_allowed, int med, int threads) {
-    uint32_t centre = get_u8(r), ntables = get_u8(r);
-    if (r->bad) return "CTX stage is truncated in a plane header";
-    const int grouped = groups_allowed && (ntables & GROUPS);
-    const int banded = grouped && bands_allowed && (ntables & NO_RUNS);
-    if (grouped && !banded && (ntables & NO_RUNS)) return "CTX stage declares a group plane without runs";
-    const int runs = !grouped && !(ntables & NO_RUNS);
-    ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
-    if (ntables == 0 && grouped) return "CTX stage declares a stored group plane";
-    if (ntables == 0 && !runs) return "CTX stage declares a stored plane without runs";
-    if (ntables == 0) { /* stored */
+    PlaneHead ph;
+    const char *err = read_head(r, groups_allowed, bands_allowed, &ph);
+    if (err) return err;
+    if (ph.stored) {
         size_t n = (size_t)h * (size_t)w;
         if ((size_t)(r->end - r->p) < n) return "CTX stage is truncated in a stored plane";
         memcpy(plane, r->p, n);
@@ -1013,40 +1072,20 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
         if (med) med_undo_plane(plane, h, w, med - 1);
         return NULL;
     }
-    if (ntables > NCTX) return "CTX stage declares an impossible number of tables";
-    uint8_t map[NCTX];
-    for (int c = 0; c < NCTX; c++) {
-        map[c] = (uint8_t)get_u8(r);
-        if (map[c] >= ntables) return "CTX stage maps a context to a table it does not have";
-    }
-    if (r->bad) return "CTX stage is truncated in a plane header";
-    /* the context tables, then the run table or the flag tables */
-    const uint32_t all = ntables + (grouped ? FLAG_CONTEXTS : (uint32_t)runs);
     DecTables *t = malloc(sizeof *t);
     if (t) {
-        *t = (DecTables){.ntables = ntables, .grouped = grouped, .runs = runs, .centre = (uint8_t)centre, .med = med};
-        t->fstart = malloc(sizeof(uint32_t[256]) * all);
-        t->lut = malloc(sizeof(uint16_t[BUCKETS]) * all);
+        *t = (DecTables){.ntables = ph.ntables, .grouped = ph.grouped, .runs = ph.runs, .centre = ph.centre,
+                         .med = med};
+        t->fstart = malloc(sizeof(uint32_t[256]) * ph.all);
+        t->lut = malloc(sizeof(uint16_t[BUCKETS]) * ph.all);
     }
-    const char *err = NULL;
     if (!t || !t->fstart || !t->lut) {
         err = "no memory";
         goto done;
     }
-    for (uint32_t k = 0; k < all; k++) {
+    for (uint32_t k = 0; k < ph.all; k++) {
         uint32_t f[256];
-        if (grouped && k >= ntables) { /* a flag table: the frequency of 0, and 1 has the rest */
-            memset(f, 0, sizeof f);
-            f[0] = get_varint(r);
-            f[1] = PROB_SCALE - f[0];
-            if (r->bad || f[0] > PROB_SCALE) {
-                err = "CTX stage holds a malformed flag table";
-                goto done;
-            }
-        } else if (!get_table(r, f)) {
-            err = "CTX stage holds a malformed frequency table";
-            goto done;
-        }
+        if ((err = read_table(r, &ph, k, f))) goto done;
         uint32_t s0 = 0;
         for (int s = 0; s < 256; s++) {
             t->fstart[k][s] = f[s] << 16 | s0;
@@ -1055,27 +1094,12 @@ static const char *decode_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, uint8_t *
         fill_buckets(t->fstart[k], t->lut[k]);
     }
     for (int act = 0; act <= MAX_ACT; act++) {
-        t->bucket_of[act] = t->lut[map[ACT_CTX[act]]];
-        t->fstart_of[act] = t->fstart[map[ACT_CTX[act]]];
+        t->bucket_of[act] = t->lut[ph.map[ACT_CTX[act]]];
+        t->fstart_of[act] = t->fstart[ph.map[ACT_CTX[act]]];
     }
     DecBands d = {.tables = t, .plane = plane, .w = w};
-    int bands = 1;
-    if (banded) {
-        bands = (int)get_u8(r);
-        if (r->bad || bands < 1 || bands > h) {
-            err = r->bad ? "CTX stage is truncated in a plane header" : "CTX stage declares an impossible number of bands";
-            goto done;
-        }
-    }
-    for (int b = 0; b < bands; b++) {
-        DecBand *band = &d.band[b];
-        band->y0 = band_row(h, bands, b);
-        band->y1 = band_row(h, bands, b + 1);
-        if (!coded_samples(r, &band->p, &band->end)) {
-            err = "CTX stage is truncated in a plane's coded samples";
-            goto done;
-        }
-    }
+    int bands;
+    if ((err = read_bands(r, &ph, h, d.band, &bands))) goto done;
     if (threads > 1 && bands > 1 && !med)
         run_team(decode_band, &d, bands, threads);
     else
@@ -1090,42 +1114,23 @@ done:
     return err;
 }
 
-/* Steps r over one coded plane without decoding it, checking what decode_plane checks before its samples; 0
+/* Steps r over one coded plane without decoding it, through what decode_plane reads before its samples; 0
    where anything is wrong (the caller then decodes plane by plane, which says what). */
 static int skip_plane(Reader *r, Py_ssize_t h, Py_ssize_t w, int groups_allowed, int bands_allowed) {
-    get_u8(r); /* the centre */
-    uint32_t ntables = get_u8(r);
-    if (r->bad) return 0;
-    const int grouped = groups_allowed && (ntables & GROUPS);
-    const int banded = grouped && bands_allowed && (ntables & NO_RUNS);
-    if (grouped && !banded && (ntables & NO_RUNS)) return 0;
-    const int runs = !grouped && !(ntables & NO_RUNS);
-    ntables &= ~(uint32_t)(NO_RUNS | (grouped ? GROUPS : 0));
-    if (ntables == 0) {
+    PlaneHead ph;
+    if (read_head(r, groups_allowed, bands_allowed, &ph)) return 0;
+    if (ph.stored) {
         const size_t n = (size_t)h * (size_t)w;
-        if (grouped || !runs || (size_t)(r->end - r->p) < n) return 0;
+        if ((size_t)(r->end - r->p) < n) return 0;
         r->p += n;
         return 1;
     }
-    if (ntables > NCTX) return 0;
-    for (int c = 0; c < NCTX; c++)
-        if (get_u8(r) >= ntables) return 0;
-    const uint32_t all = ntables + (grouped ? FLAG_CONTEXTS : (uint32_t)runs);
-    for (uint32_t t = 0; t < all; t++) {
+    for (uint32_t k = 0; k < ph.all; k++) {
         uint32_t f[256];
-        if (grouped && t >= ntables) {
-            if (get_varint(r) > PROB_SCALE) return 0;
-        } else if (!get_table(r, f)) {
-            return 0;
-        }
+        if (read_table(r, &ph, k, f)) return 0;
     }
-    const int bands = banded ? (int)get_u8(r) : 1;
-    if (r->bad || bands < 1 || bands > h) return 0;
-    for (int b = 0; b < bands; b++) {
-        const uint8_t *p, *end;
-        if (!coded_samples(r, &p, &end)) return 0;
-    }
-    return 1;
+    int bands;
+    return read_bands(r, &ph, h, NULL, &bands) == NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------- Python */
