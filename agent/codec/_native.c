@@ -344,7 +344,7 @@ static int use_threads(int threads, Py_ssize_t channels, Py_ssize_t n) {
 
 /* ------------------------------------------------------------------------------------------------ bands */
 
-/* Banded planes (version 8): a group plane of BANDED_MIN_SAMPLES or more is cut into bands of whole rows, each
+/* Banded planes (version 8): a group plane of 2 BAND_SAMPLES or more is cut into bands of whole rows, each
    coded as if it were a plane of its own (contexts and flags start afresh at its first row, its own four states
    and length) with the plane's one set of tables. Why: a decoded video's picture is one plane, so coding planes
    at once did nothing for the RTSP cameras; bands give a 1080p picture four jobs, encoded and (without MED)

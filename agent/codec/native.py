@@ -74,7 +74,7 @@ def ctx_bands(height: int, width: int) -> int:
 
 def ctx_encode(planes: Planes, threads: int | None = None) -> bytes:
     """Code a ``(C, H, W)`` uint8 array; at most ``C·H·W + 2·C`` bytes (a plane that would grow is stored).
-    ``threads``: planes coded at once (default :data:`THREADS`)."""
+    ``threads``: planes, or one plane's bands (:func:`ctx_bands`), coded at once (default :data:`THREADS`)."""
     channels, height, width = planes.shape
     out: bytes = _module().encode(
         np.ascontiguousarray(planes).data, channels, height, width, THREADS if threads is None else threads
