@@ -413,28 +413,35 @@ def test_planes_coded_and_decoded_at_once_are_the_same_bytes(channels: int) -> N
         )
 
 
-def test_damage_decoded_at_once_says_what_decoding_plane_by_plane_says() -> None:
-    """Where the planes cannot all be found the decoder goes plane by plane; where they can, the first failing
-    plane's error is the one reported, as in order. Either way the message is the same with any thread count."""
-    planes = _large_planes(3, seed=9)
-    payload = native.ctx_encode(planes, threads=1)
-    rng = random.Random(11)
+def _damage_outcomes(payload: bytes, shape: tuple[int, ...], rng: random.Random, head: int = 0) -> set[str]:
+    """Decodes 303 damaged copies of payload (cut short, one byte long, halved, and 300 with 1-3 bytes changed,
+    half of them within its first ``head`` bytes when head is given) on one thread and on three: each must
+    decode to the same planes or fail with the same message. Returns the messages met ("decoded" for none)."""
     damaged = [payload[:-1], payload + b"\x00", payload[: len(payload) // 2]]
     for _ in range(300):
         data = bytearray(payload)
         for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
+            where = rng.randrange(head) if head and rng.random() < 0.5 else rng.randrange(len(data))
+            data[where] = rng.randrange(256)
         damaged.append(bytes(data))
     outcomes = set()
     for data in damaged:
         results = []
         for threads in (1, 3):
             try:
-                results.append(native.ctx_decode(data, *planes.shape, threads=threads).tobytes())
+                results.append(native.ctx_decode(data, *shape, threads=threads).tobytes())
             except WireFormatError as e:
                 results.append(str(e))
         assert results[0] == results[1]
         outcomes.add(results[0] if isinstance(results[0], str) else "decoded")
+    return outcomes
+
+
+def test_damage_decoded_at_once_says_what_decoding_plane_by_plane_says() -> None:
+    """Where the planes cannot all be found the decoder goes plane by plane; where they can, the first failing
+    plane's error is the one reported, as in order. Either way the message is the same with any thread count."""
+    planes = _large_planes(3, seed=9)
+    outcomes = _damage_outcomes(native.ctx_encode(planes, threads=1), planes.shape, random.Random(11))
     assert len(outcomes) >= 4, outcomes  # several kinds of damage met, not one message
 
 
@@ -537,25 +544,8 @@ def test_damage_in_bands_decoded_at_once_says_what_decoding_them_in_turn_says() 
     payload = native.ctx_encode(plane, threads=1)
     at = _band_count_at(payload)
     assert payload[at] == 3
-    rng = random.Random(12)
-    damaged = [payload[:-1], payload + b"\x00", payload[: len(payload) // 2]]
-    for _ in range(300):
-        data = bytearray(payload)
-        for _ in range(rng.randint(1, 3)):
-            # half the time in the header, the band count or the lengths, where the layout is decided
-            where = rng.randrange(at + 14) if rng.random() < 0.5 else rng.randrange(len(data))
-            data[where] = rng.randrange(256)
-        damaged.append(bytes(data))
-    outcomes = set()
-    for data in damaged:
-        results = []
-        for threads in (1, 3):
-            try:
-                results.append(native.ctx_decode(data, *plane.shape, threads=threads).tobytes())
-            except WireFormatError as e:
-                results.append(str(e))
-        assert results[0] == results[1]
-        outcomes.add(results[0] if isinstance(results[0], str) else "decoded")
+    # half the damage in the header, the band count or the lengths, where the layout is decided
+    outcomes = _damage_outcomes(payload, plane.shape, random.Random(12), head=at + 14)
     assert len(outcomes) >= 5, outcomes
 
 
