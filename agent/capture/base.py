@@ -59,6 +59,13 @@ class CaptureSource(abc.ABC):
     def close(self) -> None:
         """Release the device; safe to call twice."""
 
+    def interrupt(self) -> None:  # noqa: B027 (a hook: most sources need nothing here)
+        """Make a ``read()`` blocked in another thread return ``None`` soon; callable from any thread.
+
+        The default does nothing: a file's or a folder's read does not wait for anything. Sources whose read waits
+        for a camera override it; the owner still calls ``close()`` from its own thread afterwards.
+        """
+
     def __enter__(self) -> CaptureSource:
         self.open()
         return self

@@ -287,8 +287,8 @@ class LatestFrameReader:
 class LiveSource(CaptureSource):
     """A camera or stream read through a ``LatestFrameReader``: ``read()`` returns the newest frame.
 
-    ``open()``, ``read()`` and ``close()`` may be called from different threads: ``close()`` from a
-    signal handler's thread wakes a ``read()`` blocked in another, which then returns ``None``.
+    ``open()``, ``read()`` and ``close()`` may be called from different threads: ``close()`` or ``interrupt()``
+    from the signals thread wakes a ``read()`` blocked in another, which then returns ``None``.
     """
 
     def __init__(
@@ -367,3 +367,6 @@ class LiveSource(CaptureSource):
     def close(self) -> None:
         if self._reader is not None:
             self._reader.stop()
+
+    def interrupt(self) -> None:
+        self.close()

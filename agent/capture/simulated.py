@@ -22,7 +22,8 @@ POLL_S = 1.0
 class SimulatedSource(CaptureSource):
     """Frames of a seeded ``Scene``; ``Frame.source_index`` is the scene's frame index.
 
-    ``close()`` may be called from another thread; a ``read()`` pacing itself then returns ``None``.
+    ``close()`` and ``interrupt()`` may be called from another thread; a ``read()`` pacing itself then returns
+    ``None``.
     """
 
     def __init__(
@@ -61,4 +62,7 @@ class SimulatedSource(CaptureSource):
         return Frame.now(self._scene.frame(index), clock_synced=clock_synchronised(), source_index=index)
 
     def close(self) -> None:
+        self._closed.set()
+
+    def interrupt(self) -> None:
         self._closed.set()

@@ -7,10 +7,10 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from agent.cli.args import POSITIVE
+from agent.stopsignals import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(config.collector.log_level)
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
+    def on_signal(signum: signal.Signals) -> None:
+        log.info("%s received: finishing the current batch", signum.name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    on_stop_signals(on_signal)
     collector = Collector(config, stats_interval_s=args.stats_interval)
     log.info(
         "collecting %r into %s (quarantine %s)",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from agent.errors import CctvError
 from agent.png import write_png
 from agent.progress import Progress
 from agent.simulate.scene import MAX_NOISE, SIDE_RANGE
+from agent.stopsignals import on_stop_signals
 from agent.urls import redact
 
 SIDE = int_in(*SIDE_RANGE)
@@ -149,8 +149,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 0
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    on_stop_signals(lambda _signal: stop.set())
     if args.serve == "mjpeg":
         from agent.simulate.scene import Scene
         from agent.simulate.serve import run_mjpeg_server

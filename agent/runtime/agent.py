@@ -2,8 +2,9 @@
 
 Threads: the main thread captures, encodes and writes each record to the spool (it owns the source, the
 encoder and the seq counter); the sender thread publishes from the spool (see ``sender.py``); paho's thread
-runs the MQTT callbacks. Signals only set ``_stop`` and close the source, which wakes a blocked read; every
-wait in the loop is at most a second, so a stop is noticed within one.
+runs the MQTT callbacks; the ``signals`` thread (``agent.stopsignals``) turns SIGTERM and SIGINT into
+``request_stop``, which sets ``_stop`` and interrupts the source, waking a blocked read; every wait in the loop is
+at most a second, so a stop is noticed within one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import cv2
@@ -29,6 +29,7 @@ from agent.runtime.sender import Sender
 from agent.runtime.wiring import make_source, make_spool, mqtt_settings
 from agent.sdnotify import Notifier
 from agent.spool import Spool, SpoolEntry
+from agent.stopsignals import on_stop_signals
 from agent.transport.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -94,16 +95,17 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------------------------ control
 
-    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+    def request_stop(self, signum: signal.Signals | None = None) -> None:
+        """End the loop; callable from any thread, but not from inside a signal handler (it takes locks the main
+        thread may hold: see ``agent.stopsignals``). The main thread then closes the source and drains."""
         if signum is not None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
+            log.info("received %s: stopping", signum.name)
         self._stop.set()
         if self._source is not None:
-            self._source.close()
+            self._source.interrupt()
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        on_stop_signals(self.request_stop)
 
     # ---------------------------------------------------------------------------------- main loop
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from agent.simulate.scene import Scene
 
 from agent.errors import CaptureError
+from agent.stopsignals import on_stop_signals
 from agent.urls import redact, with_password
 
 log = logging.getLogger(__name__)
@@ -531,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.simulate.scene import Scene, SceneSettings
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    on_stop_signals(lambda _signal: stop.set(), [signal.SIGTERM])
     settings = SceneSettings(seed=args.seed, width=args.width, height=args.height, fps=args.fps)
     run_mjpeg_server(
         Scene(settings),

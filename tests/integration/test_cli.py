@@ -341,6 +341,7 @@ def test_agent_speaks_the_systemd_notify_protocol(mqtt_broker: MqttBroker, tmp_p
     finally:
         if agent.poll() is None:
             agent.kill()
+            agent.wait(5)
         sock.close()
     text = "\n".join(messages)
     assert "READY=1" in text
@@ -379,6 +380,7 @@ def test_collector_speaks_the_systemd_notify_protocol_even_when_idle(
     finally:
         if collector.poll() is None:
             collector.kill()
+            collector.wait(5)
         sock.close()
     text = "\n".join(messages)
     assert "READY=1" in text
@@ -431,6 +433,7 @@ def test_a_record_published_when_the_collector_says_ready_is_archived(
     finally:
         if collector.poll() is None:
             collector.kill()
+            collector.wait(5)
         sock.close()
         publisher.disconnect()
         publisher.loop_stop()

@@ -132,7 +132,8 @@ def test_simulated_source_in_real_time_skips_frames_for_a_slow_consumer() -> Non
     assert later.source_index >= 9, "a slow consumer got a stale frame instead of the current one"
 
 
-def test_simulated_source_close_wakes_a_paced_read_within_a_second() -> None:
+@pytest.mark.parametrize("wake", ["close", "interrupt"])
+def test_simulated_source_close_wakes_a_paced_read_within_a_second(wake: str) -> None:
     source = SimulatedSource(SceneSettings(width=160, height=90, fps=0.1))
     source.open()
     assert source.read() is not None  # frame 0 is due at once; frame 1 only after 10 s
@@ -141,7 +142,7 @@ def test_simulated_source_close_wakes_a_paced_read_within_a_second() -> None:
     reader.start()
     time.sleep(0.2)
     start = time.monotonic()
-    source.close()
+    getattr(source, wake)()
     reader.join(2.0)
     assert not reader.is_alive()
     assert time.monotonic() - start < 1.2
