@@ -57,6 +57,9 @@ class RecordingSource(CaptureSource):
     def close(self) -> None:
         self.inner.close()
 
+    def interrupt(self) -> None:
+        self.inner.interrupt()
+
 
 @dataclass(frozen=True)
 class DemoOptions:

@@ -109,6 +109,28 @@ def test_a_folder_replay_with_fps_is_paced_to_it(mqtt_broker: MqttBroker, tmp_pa
     assert span_s >= 0.625 - 0.0625, np.diff(times) / 1e9
 
 
+def test_sigterm_ends_the_wait_for_a_slow_camera_s_next_frame(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    """The signals thread interrupts the source: a camera filming every 10 s does not hold up a stop for 10 s."""
+    capture = SIMULATED.replace("fps = 10", "fps = 0.1")
+    config = write_config(
+        tmp_path / "agent.toml", port=mqtt_broker.port, spool=tmp_path / "spool", capture=capture
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    try:
+        agent.wait_for_log("starting at seq", 30)
+        time.sleep(2.0)  # frame 0 is taken at once; the loop now waits for frame 1, due 10 s after it
+        start = time.monotonic()
+        assert agent.terminate(30) == 0
+        stopped_s = time.monotonic() - start
+    finally:
+        agent.close()
+    assert "received SIGTERM: stopping" in agent.text()
+    assert "final: frames=1 " in agent.text()
+    assert stopped_s < 5.0, f"the stop waited {stopped_s:.1f} s for the camera's next frame"
+
+
 def test_broker_down_mid_stream_loses_nothing(mqtt_broker_factory: BrokerFactory, tmp_path: Path) -> None:
     broker = mqtt_broker_factory(persistence=True)
     recorder = Recorder(broker.port).start()
