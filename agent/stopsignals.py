@@ -12,11 +12,14 @@ thread reads the pipe and calls the callback, where taking a lock only ever wait
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
+
+log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,7 +44,10 @@ def on_stop_signals(
     def watch() -> None:
         while chunk := os.read(read_end, 64):
             for signum in chunk:
-                callback(signal.Signals(signum))
+                try:
+                    callback(signal.Signals(signum))
+                except Exception:  # the next SIGTERM must still be heard
+                    log.exception("acting on %s failed", signal.Signals(signum).name)
 
     threading.Thread(target=watch, name="signals", daemon=True).start()
     for sig in signals:
