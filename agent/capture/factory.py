@@ -51,8 +51,12 @@ def open_source(
     decoder: str = "auto",
     ca_file: Path | None = None,
     sim: SceneSettings | None = None,
+    sampled: bool = False,
 ) -> CaptureSource:
     """Build the source for ``kind``; it is *not* opened yet: use ``with`` or call ``open()``.
+
+    ``sampled``: the caller takes one frame in many (a time-lapse), so a live camera decoded by the ``ffmpeg``
+    child converts only the pictures taken (``agent.capture.latest``).
 
     Raises ``ConfigError`` naming the missing or unknown key. Keys a kind does not use are ignored
     (``width`` means nothing to an RTSP camera, whose stream decides its size).
@@ -83,6 +87,7 @@ def open_source(
             url,
             decoder=decoder,
             ca_file=ca_file,
+            sampled=sampled,
             open_timeout_s=open_timeout_s,
             read_timeout_s=read_timeout_s,
             stall_timeout_s=stall_timeout_s,

@@ -268,8 +268,8 @@ class FfmpegCapture:
         self._listener.start()
         self._frames = 0
         self._interrupted = False
-        self._pending: tuple[npt.NDArray[np.uint8], bytes | None] | None = None
-        self._picture = bytearray(self._size)  # reused: to_bgr() converts out of it, ``picture`` is a copy
+        self._pending: bytes | None = None  # the picture prime() waited for, handed out first
+        self._picture = bytearray(self._size)  # reused: each picture is read into it, ``picture`` is a copy
         self.picture: bytes | None = None
         """The yuv420p picture of the frame ``read()`` returned last (the codec may code it instead)."""
 
@@ -281,23 +281,33 @@ class FfmpegCapture:
     def prime(self) -> None:
         """Wait for the first picture (kept for ``read()``), as OpenCV's open does; ``CaptureError`` with the
         child's own words when none comes (a refused password, a missing path, a silent camera)."""
-        ok, image = self.read()
-        if not ok or image is None:
+        picture = self.read_picture()
+        if picture is None:
             said = self.said()
             self.release()
             raise CaptureError(f"{self._what}: ffmpeg gave no picture" + (f": {said}" if said else ""))
-        self._pending = (image, self.picture)
+        self._pending = picture
         self._frames = 0
 
     def read(self) -> tuple[bool, npt.NDArray[np.uint8] | None]:
         """The next frame, or ``(False, None)`` at the end of the stream or when the child failed."""
+        picture = self.read_picture()
+        if picture is None:
+            return False, None
+        return True, self.to_image(picture)
+
+    def read_picture(self) -> bytes | None:
+        """The next yuv420p picture as it came from the child, not converted (``to_image`` does that), or None
+        at the end of the stream or when the child failed. Why apart from ``read()``: a live camera's reader
+        takes every picture to keep only the newest, and converting each one cost a 1080p camera's reader 2 ms
+        a picture here (several times that on a Raspberry Pi) for frames nobody used."""
         if self._pending is not None:
-            (image, self.picture), self._pending = self._pending, None
+            self.picture, self._pending = self._pending, None
             self._frames += 1
-            return True, image
+            return self.picture
         process = self._process
         if process is None or process.stdout is None:
-            return False, None
+            return None
         pipe = cast("io.RawIOBase", process.stdout)  # unbuffered (bufsize 0 is Popen's default): a FileIO
         picture = self._picture
         view = memoryview(picture)
@@ -310,10 +320,14 @@ class FfmpegCapture:
         if got < self._size:
             self.picture = None
             self._finish(got)
-            return False, None
+            return None
         self._frames += 1
         self.picture = bytes(picture)
-        return True, yuv.to_bgr(picture, self.info.width, self.info.height)
+        return self.picture
+
+    def to_image(self, picture: bytes) -> npt.NDArray[np.uint8]:
+        """A picture of this child's as a new BGR frame; any thread may call it (it reads only the size)."""
+        return yuv.to_bgr(picture, self.info.width, self.info.height)
 
     def _finish(self, partial: int) -> None:
         """Log how the child ended: quietly at a clean end, with its last words otherwise."""

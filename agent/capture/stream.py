@@ -99,6 +99,7 @@ class StreamSource(LiveSource):
         name: str | None = None,
         decoder: str = "auto",
         ca_file: Path | None = None,
+        sampled: bool = False,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in SCHEMES:
@@ -111,6 +112,7 @@ class StreamSource(LiveSource):
             read_timeout_s=read_timeout_s,
             stall_timeout_s=stall_timeout_s,
             reconnect_max_s=reconnect_max_s,
+            sampled=sampled,
         )
         ffmpeg.check_decoder(decoder, self.name)
         if decoder == "ffmpeg" and scheme not in ("rtsp", "rtsps"):

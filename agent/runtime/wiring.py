@@ -29,6 +29,7 @@ def make_source(config: AgentConfig) -> CaptureSource:
         loop=c.loop,
         decoder=c.decoder,
         ca_file=c.ca_file,
+        sampled=config.agent.sample_interval_s > 0,
         sim=SceneSettings(
             seed=sim.seed,
             width=sim.width,

@@ -129,6 +129,50 @@ def test_newest_frame_is_handed_to_a_slow_consumer(rtsp_source: StreamSource) ->
     )
 
 
+@needs_ffmpeg
+@pytest.mark.parametrize("sampled", [True, False])
+def test_a_sampled_camera_converts_only_the_pictures_taken(rtsp_server: ServerProcess, sampled: bool) -> None:
+    """A time-lapse takes one frame in many: its reader keeps the ffmpeg child's pictures as they come and
+    converts only those taken, in the taker's thread, with the clocks read when each came; a reader that is not
+    sampled converts every picture as it comes (the frames a consumer takes are then converted already)."""
+    source = StreamSource(
+        rtsp_server.url, open_timeout_s=5, read_timeout_s=5, decoder="ffmpeg", sampled=sampled
+    )
+    with source:
+        first = source.read(timeout_s=5)
+        time.sleep(1.5)  # at 10 fps, 15 pictures arrive meanwhile
+        later = source.read(timeout_s=5)
+        taken_ns = time.monotonic_ns()
+        stats = source.reader.stats
+    assert first is not None
+    assert later is not None
+    for frame in (first, later):
+        assert frame.picture is not None
+        assert np.array_equal(yuv.to_bgr(frame.picture, 640, 360), frame.image)
+    assert later.source_index - first.source_index >= 10
+    assert (taken_ns - later.monotonic_ns) / 1e9 < 0.5, "the newest picture was not the one handed out"
+    assert stats.frames >= 12
+    # open() waited for the first frame and read() handed out the same one: converted once.
+    assert stats.converted == (2 if sampled else 0)
+
+
+def test_a_sampled_agent_builds_a_sampled_camera(tmp_path: Path) -> None:
+    """The agent's time-lapse setting reaches the camera's reader; coding every frame keeps the reader's
+    conversions on its own thread."""
+    for interval, sampled in ((10.0, True), (0.0, False)):
+        config = parse_agent_config(
+            {
+                "agent": {"camera_id": "c", "sample_interval_s": interval},
+                "capture": {"kind": "rtsp", "url": "rtsp://127.0.0.1:1/cam"},
+            },
+            env={},
+            base_dir=tmp_path,
+        )
+        source = make_source(config)
+        assert isinstance(source, StreamSource)
+        assert source.sampled is sampled
+
+
 def test_a_frame_is_never_handed_out_twice(rtsp_source: StreamSource) -> None:
     indices = [f.source_index for f in (rtsp_source.read(timeout_s=5) for _ in range(8)) if f is not None]
     assert len(indices) == 8
