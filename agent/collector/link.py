@@ -141,12 +141,7 @@ class Link:
     def _configure(self) -> None:
         s = self.settings
         client = self._client
-        paho_log = logging.getLogger(f"{__name__}.paho")
-        # paho's thread may loop once more on the socket our disconnect closed, and call that an error
-        paho_log.addFilter(
-            lambda r: not (self._stopping and str(r.msg).startswith("Client is not connected"))
-        )
-        client.enable_logger(paho_log)
+        client.log_to(logging.getLogger(f"{__name__}.paho"))
         client.suppress_exceptions = True  # a bug in a callback must not end the network thread
         if s.username is not None:
             client.username_pw_set(s.username, s.password)

@@ -216,7 +216,7 @@ class Publisher:
     def _configure(self) -> None:
         s = self.settings
         client = self._client
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.log_to(logging.getLogger(f"{__name__}.paho"), on_error=self._paho_error)
         client.suppress_exceptions = True  # a bug in a callback must not end the network thread
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -239,7 +239,6 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        client.on_log = self._on_log
 
     def _publish_untracked(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
         if not self.connected():
@@ -395,9 +394,8 @@ class Publisher:
             log.warning("%s (retrying with back-off)", message)
         self._last_error = message
 
-    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR:
-            self._last_paho_error = buf
+    def _paho_error(self, line: str) -> None:
+        self._last_paho_error = line
 
 
 def _report(outcome: tuple[OnDone, int, DeliveryResult] | None) -> None:

@@ -131,6 +131,28 @@ def test_sigterm_ends_the_wait_for_a_slow_camera_s_next_frame(
     assert stopped_s < 5.0, f"the stop waited {stopped_s:.1f} s for the camera's next frame"
 
 
+def test_a_clean_stop_logs_no_error(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
+    """SIGTERM is how systemd stops the agent: an error in the journal at every stop would hide real ones. paho's
+    network thread logged "Client is not connected" as an error after the publisher's own disconnect on
+    nearly every stop (agent.transport.client.PahoClient.log_to)."""
+    config = write_config(
+        tmp_path / "agent.toml", port=mqtt_broker.port, spool=tmp_path / "spool", capture=SIMULATED
+    )
+    for run in range(3):
+        agent = AgentProcess(config, tmp_path / f"agent-{run}.log").start()
+        try:
+            agent.wait_for_log("connected to", 30)
+            time.sleep(1.0)
+            assert agent.terminate(30) == 0
+        finally:
+            agent.close()
+        text = agent.text()
+        assert "received SIGTERM: stopping" in text
+        assert "final: frames=" in text
+        errors = [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line]
+        assert not errors, errors
+
+
 def test_broker_down_mid_stream_loses_nothing(mqtt_broker_factory: BrokerFactory, tmp_path: Path) -> None:
     broker = mqtt_broker_factory(persistence=True)
     recorder = Recorder(broker.port).start()
