@@ -56,7 +56,7 @@ def open_source(
     """Build the source for ``kind``; it is *not* opened yet: use ``with`` or call ``open()``.
 
     ``sampled``: the caller takes one frame in many (a time-lapse), so a live camera decoded by the ``ffmpeg``
-    child converts only the pictures taken (``agent.capture.latest``).
+    child, or an HTTP MJPEG one, decodes only the frames taken (``agent.capture.latest``).
 
     Raises ``ConfigError`` naming the missing or unknown key. Keys a kind does not use are ignored
     (``width`` means nothing to an RTSP camera, whose stream decides its size).

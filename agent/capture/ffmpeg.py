@@ -281,7 +281,7 @@ class FfmpegCapture:
     def prime(self) -> None:
         """Wait for the first picture (kept for ``read()``), as OpenCV's open does; ``CaptureError`` with the
         child's own words when none comes (a refused password, a missing path, a silent camera)."""
-        picture = self.read_picture()
+        picture = self.read_raw()
         if picture is None:
             said = self.said()
             self.release()
@@ -291,14 +291,14 @@ class FfmpegCapture:
 
     def read(self) -> tuple[bool, npt.NDArray[np.uint8] | None]:
         """The next frame, or ``(False, None)`` at the end of the stream or when the child failed."""
-        picture = self.read_picture()
+        picture = self.read_raw()
         if picture is None:
             return False, None
-        return True, self.to_image(picture)
+        return True, self.decode(picture)[0]
 
-    def read_picture(self) -> bytes | None:
-        """The next yuv420p picture as it came from the child, not converted (``to_image`` does that), or None
-        at the end of the stream or when the child failed. Why apart from ``read()``: a live camera's reader
+    def read_raw(self) -> bytes | None:
+        """The next yuv420p picture as it came from the child, not converted (``decode`` does that), or None
+        at the end of the stream or when the child failed. Why apart from ``read()``: a time-lapse's reader
         takes every picture to keep only the newest, and converting each one cost a 1080p camera's reader 2 ms
         a picture here (several times that on a Raspberry Pi) for frames nobody used."""
         if self._pending is not None:
@@ -325,9 +325,10 @@ class FfmpegCapture:
         self.picture = bytes(picture)
         return self.picture
 
-    def to_image(self, picture: bytes) -> npt.NDArray[np.uint8]:
-        """A picture of this child's as a new BGR frame; any thread may call it (it reads only the size)."""
-        return yuv.to_bgr(picture, self.info.width, self.info.height)
+    def decode(self, raw: bytes) -> tuple[npt.NDArray[np.uint8], bytes]:
+        """A picture of this child's as a new BGR frame, and the picture itself (handed on with the frame: the
+        codec codes it); any thread may call it (it reads only the size)."""
+        return yuv.to_bgr(raw, self.info.width, self.info.height), raw
 
     def _finish(self, partial: int) -> None:
         """Log how the child ended: quietly at a clean end, with its last words otherwise."""

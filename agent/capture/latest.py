@@ -4,12 +4,13 @@ A camera produces frames whether or not anyone wants them; OpenCV and FFmpeg buf
 read. A consumer that samples one frame every 10 s would otherwise get a frame that is 10 s (or
 more) old. So a thread reads continuously and keeps only the newest frame; ``newest()`` hands out
 that frame, never one the consumer has already seen. A ``sampled`` reader serves a consumer that takes one
-frame in many (``agent.sample_interval_s``, a time-lapse): where the capture hands out pictures that still need
-converting to a frame (the ``ffmpeg`` child's yuv420p: ``PictureCapture``), it keeps the newest picture as it
-came, and only the ones the consumer takes are converted, in the consumer's thread. Why not always: a consumer
-that codes every frame it can would then convert in its own thread what the reader's converted on another core
-meanwhile, a 1080p frame's 2 ms added to its own; sampling one frame a second of a 25 fps camera, 24 in 25
-conversions were for frames nobody took.
+frame in many (``agent.sample_interval_s``, a time-lapse): where the capture can hand out each frame's bytes
+before decoding or converting them (``RawCapture``: the ``ffmpeg`` child's yuv420p pictures, an MJPEG stream's
+JPEGs), it keeps the newest as they came, and only the frames the consumer takes are decoded, in the
+consumer's thread; one that does not decode is skipped for the next. Why not always: a consumer that codes
+every frame it can would then decode in its own thread what the reader's thread decoded on another core
+meanwhile, a 1080p picture's 2 ms added to its own; sampling one frame a second of a 25 fps camera, 24 in 25
+were decoded for nobody.
 
 The same thread pair keeps the source alive: a stall watchdog reopens a source that has produced
 nothing for ``stall_timeout_s`` (a paused server keeps the TCP connection open and sends nothing),
@@ -28,7 +29,7 @@ Threads and who owns what:
   few RTSP sessions is not kept busy by an abandoned one while the next connects.
 * **Supervisor thread** (``_supervise``): owns ``_generation`` writes, starts sessions, runs the
   watchdog and the back-off. It holds ``_cond`` only to read or retire the generation.
-* **Consumer** (the caller of ``newest()``): only reads under ``_cond``; converts the picture it took, if
+* **Consumer** (the caller of ``newest()``): only reads under ``_cond``; decodes the raw frame it took, if
   any, after releasing it.
 * ``_cond`` (a ``Condition`` over one lock) guards ``_live`` (the current session's capture, for
   interrupting it), ``_frame``, ``_seq``, ``_generation``,
@@ -73,44 +74,48 @@ class Interruptible(Protocol):
 
 
 @runtime_checkable
-class PictureCapture(Protocol):
-    """A capture that can hand out each picture before converting it to a frame (the ``ffmpeg`` child)."""
+class RawCapture(Protocol):
+    """A capture that can hand out each frame's bytes as they came and decode them later, in any thread."""
 
-    def read_picture(self) -> bytes | None: ...
+    def read_raw(self) -> bytes | None: ...
 
-    def to_image(self, picture: bytes) -> Image: ...
+    def decode(self, raw: bytes) -> tuple[Image | None, bytes | None]:
+        """The frame (None when the bytes do not decode) and the yuv420p picture to hand on with it, if any."""
+        ...
 
 
-class _Unconverted:
-    """A picture as the capture gave it, with the clocks read when it came; it becomes a ``Frame`` only when a
-    consumer takes it (then once, however often it is taken)."""
+class _Undecoded:
+    """A frame's bytes as the capture gave them, with the clocks read when they came; decoded only when a
+    consumer takes them (then once, however often they are taken)."""
 
-    __slots__ = ("_clock_synced", "_frame", "_index", "_monotonic_ns", "_picture", "_to_image", "_wall_ns")
+    __slots__ = ("_clock_synced", "_decode", "_done", "_index", "_monotonic_ns", "_raw", "_wall_ns", "size")
 
-    def __init__(
-        self, picture: bytes, to_image: Callable[[bytes], Image], clock_synced: bool, index: int
-    ) -> None:
-        self._picture = picture
-        self._to_image = to_image
+    def __init__(self, raw: bytes, capture: RawCapture, clock_synced: bool, index: int) -> None:
+        self._raw = raw
+        self._decode = capture.decode
         self._wall_ns = time.time_ns()
         self._monotonic_ns = time.monotonic_ns()
         self._clock_synced = clock_synced
         self._index = index
-        self._frame: Frame | None = None
+        self._done: tuple[Frame | None] | None = None
+        self.size = len(raw)
 
     @property
     def monotonic_ns(self) -> int:
         return self._monotonic_ns
 
-    def frame(self) -> tuple[Frame, bool]:
-        """The frame, and whether this call converted it."""
-        if self._frame is not None:
-            return self._frame, False
-        image = self._to_image(self._picture)
-        self._frame = Frame(
-            image, self._wall_ns, self._monotonic_ns, self._clock_synced, self._index, self._picture
+    def frame(self) -> tuple[Frame | None, bool]:
+        """The frame (None: the bytes do not decode), and whether this call decoded it."""
+        if self._done is not None:
+            return self._done[0], False
+        image, picture = self._decode(self._raw)
+        frame = (
+            None
+            if image is None
+            else Frame(image, self._wall_ns, self._monotonic_ns, self._clock_synced, self._index, picture)
         )
-        return self._frame, True
+        self._done = (frame,)
+        return frame, True
 
 
 Opener = Callable[[], Capture]
@@ -129,9 +134,11 @@ class ReaderStats:
     """Times the watchdog gave up on a silent connection."""
     frames: int = 0
     """Frames received in total, kept or not."""
-    converted: int = 0
-    """Pictures converted to frames because the consumer took them (a ``sampled`` reader of a ``PictureCapture``;
-    elsewhere every frame comes converted)."""
+    decoded: int = 0
+    """Frames decoded because the consumer took them (a ``sampled`` reader of a ``RawCapture``; elsewhere every
+    frame comes decoded)."""
+    undecodable: int = 0
+    """Of those, the ones whose bytes did not decode (skipped for the next frame)."""
 
 
 class LatestFrameReader:
@@ -162,7 +169,7 @@ class LatestFrameReader:
         self._sampled = sampled
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._frame: Frame | _Unconverted | None = None
+        self._frame: Frame | _Undecoded | None = None
         self._live: Capture | None = None
         self._seq = 0
         self._generation = 0
@@ -183,28 +190,35 @@ class LatestFrameReader:
     def newest(self, after_seq: int, timeout_s: float | None = None) -> tuple[int, Frame] | None:
         """The newest frame with a sequence number above ``after_seq``, waiting for one if needed.
 
-        Returns ``(seq, frame)``, or ``None`` when stopped or when ``timeout_s`` passed first. A picture is
-        converted here, outside the lock, so the reader goes on reading meanwhile.
+        Returns ``(seq, frame)``, or ``None`` when stopped or when ``timeout_s`` passed first. Raw bytes are
+        decoded here, outside the lock, so the reader goes on reading meanwhile; a frame that does not decode
+        is skipped, and the next one waited for.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                if self._stop.is_set():
-                    return None
-                if self._frame is not None and self._seq > after_seq:
-                    seq, held = self._seq, self._frame
-                    break
-                wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-                if wait <= 0:
-                    return None
-                self._cond.wait(wait)
-        if isinstance(held, Frame):
-            return seq, held
-        frame, converted = held.frame()
-        if converted:
+        while True:
             with self._cond:
-                self.stats.converted += 1
-        return seq, frame
+                while True:
+                    if self._stop.is_set():
+                        return None
+                    if self._frame is not None and self._seq > after_seq:
+                        seq, held = self._seq, self._frame
+                        break
+                    wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+                    if wait <= 0:
+                        return None
+                    self._cond.wait(wait)
+            if isinstance(held, Frame):
+                return seq, held
+            frame, decoded = held.frame()
+            if decoded:
+                with self._cond:
+                    self.stats.decoded += 1
+                    self.stats.undecodable += frame is None
+                if frame is None:
+                    log.warning("%s: skipped an undecodable frame (%d bytes)", self.name, held.size)
+            if frame is not None:
+                return seq, frame
+            after_seq = seq
 
     @property
     def stopped(self) -> bool:
@@ -317,14 +331,14 @@ class LatestFrameReader:
             cap.release()
             return
         log.info("%s: connected", self.name)
-        pictures = cap if self._sampled and isinstance(cap, PictureCapture) else None
+        raw_capture = cap if self._sampled and isinstance(cap, RawCapture) else None
         try:
             while not (cancel.is_set() or self._stop.is_set()):
                 image: Image | None = None
-                picture: bytes | None = None
-                if pictures is not None:
-                    picture = pictures.read_picture()
-                    ok = picture is not None
+                raw: bytes | None = None
+                if raw_capture is not None:
+                    raw = raw_capture.read_raw()
+                    ok = raw is not None
                 else:
                     ok, image = cap.read()
                     ok = ok and image is not None
@@ -335,7 +349,7 @@ class LatestFrameReader:
                 with self._cond:
                     if generation != self._generation:
                         return
-                    held: Frame | _Unconverted
+                    held: Frame | _Undecoded
                     if image is not None:
                         held = Frame.now(
                             image,
@@ -343,8 +357,8 @@ class LatestFrameReader:
                             source_index=self.stats.frames,
                             picture=ffmpeg.picture_of(cap),
                         )
-                    elif pictures is not None and picture is not None:
-                        held = _Unconverted(picture, pictures.to_image, synced, self.stats.frames)
+                    elif raw_capture is not None and raw is not None:
+                        held = _Undecoded(raw, raw_capture, synced, self.stats.frames)
                     else:  # pragma: no cover - ``ok`` says that one of the two came
                         return
                     self.stats.frames += 1

@@ -55,7 +55,8 @@ _CORRUPT_IN_A_ROW = 3
 
 
 class _JpegCapture:
-    """A raw-mode capture of an MJPEG stream, decoding each JPEG at its own size."""
+    """A raw-mode capture of an MJPEG stream, decoding each JPEG at its own size (a time-lapse's reader decodes
+    only the JPEGs taken: ``read_raw`` and ``decode``, as ``agent.capture.latest.RawCapture``)."""
 
     def __init__(self, cap: Capture, name: str) -> None:
         self._cap = cap
@@ -63,14 +64,25 @@ class _JpegCapture:
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         for _ in range(_CORRUPT_IN_A_ROW):
-            ok, data = self._cap.read()
-            if not ok or data is None:
+            data = self.read_raw()
+            if data is None:
                 return False, None
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            image, _ = self.decode(data)
             if image is not None:
                 return True, image
-            log.warning("%s: skipped an undecodable JPEG (%d bytes)", self._name, data.size)
+            log.warning("%s: skipped an undecodable JPEG (%d bytes)", self._name, len(data))
         return False, None
+
+    def read_raw(self) -> bytes | None:
+        """The next JPEG's bytes, not decoded; None when the stream ended or failed."""
+        ok, data = self._cap.read()
+        return None if not ok or data is None else bytes(data)
+
+    @staticmethod
+    def decode(raw: bytes) -> tuple[np.ndarray | None, None]:
+        """The JPEG decoded (None when it does not decode), and no picture to hand on."""
+        image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+        return image, None
 
     def release(self) -> None:
         self._cap.release()

@@ -98,7 +98,7 @@ class AgentSection(_Validated):
     """How often a one-line summary (frames, keys, bytes, spool depth) is logged."""
     sample_interval_s: float = setting(0.0, lo=0)
     """0 = code every frame the source delivers; 10 = one frame every 10 s (time-lapse: an RTSP camera decoded by
-    the ffmpeg child then converts to BGR only the frames taken, not every one it receives)."""
+    the ffmpeg child or an HTTP MJPEG one then decodes only the frames taken, not every one it receives)."""
     preview: bool = False
     """Also publish a small JPEG of the newest frame, for people and dashboards (not archived)."""
     preview_interval_s: float = setting(10.0, check=checks.positive)

@@ -152,8 +152,32 @@ def test_a_sampled_camera_converts_only_the_pictures_taken(rtsp_server: ServerPr
     assert later.source_index - first.source_index >= 10
     assert (taken_ns - later.monotonic_ns) / 1e9 < 0.5, "the newest picture was not the one handed out"
     assert stats.frames >= 12
-    # open() waited for the first frame and read() handed out the same one: converted once.
-    assert stats.converted == (2 if sampled else 0)
+    # open() waited for the first frame (source index 0), decoding it; read() handed it out again if no newer
+    # one had come by then.
+    assert stats.decoded == ((2 + (first.source_index != 0)) if sampled else 0)
+    assert stats.undecodable == 0
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_a_sampled_mjpeg_camera_decodes_only_the_jpegs_taken(
+    mjpeg_server: ServerProcess, sampled: bool
+) -> None:
+    """The same for an HTTP MJPEG camera, whose JPEGs are decoded per frame (4.9 ms a 1080p JPEG here)."""
+    source = StreamSource(mjpeg_server.url, open_timeout_s=5, read_timeout_s=5, sampled=sampled)
+    with source:
+        first = source.read(timeout_s=5)
+        time.sleep(1.5)  # at 10 fps, 15 JPEGs arrive meanwhile
+        later = source.read(timeout_s=5)
+        stats = source.reader.stats
+    assert first is not None
+    assert later is not None
+    for frame in (first, later):
+        assert frame.image.shape == (360, 640, 3)
+        assert frame.picture is None  # a JPEG is no yuv420p picture for the codec
+    assert not np.array_equal(first.image, later.image)
+    assert later.source_index - first.source_index >= 10
+    assert stats.frames >= 12
+    assert stats.decoded == ((2 + (first.source_index != 0)) if sampled else 0)
 
 
 def test_a_sampled_agent_builds_a_sampled_camera(tmp_path: Path) -> None:
