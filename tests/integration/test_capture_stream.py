@@ -243,10 +243,19 @@ def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess, decoder: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(
+    ("decoder", "sampled"),
+    [
+        ("opencv", False),
+        pytest.param("ffmpeg", False, marks=needs_ffmpeg),
+        pytest.param("ffmpeg", True, marks=needs_ffmpeg),
+    ],
+)
 def test_reconnects_after_the_server_is_killed_and_restarted(
-    rtsp_server: ServerProcess, decoder: str
+    rtsp_server: ServerProcess, decoder: str, sampled: bool
 ) -> None:
+    """Sampled too: a picture of the dead connection, taken after it, still converts (and is skipped by
+    ``_drain``), and the new connection's pictures are decoded as they are taken."""
     source = StreamSource(
         rtsp_server.url,
         open_timeout_s=2,
@@ -254,6 +263,7 @@ def test_reconnects_after_the_server_is_killed_and_restarted(
         stall_timeout_s=5,
         reconnect_max_s=1,
         decoder=decoder,
+        sampled=sampled,
     )
     with source:
         assert source.read(timeout_s=5) is not None
@@ -268,6 +278,7 @@ def test_reconnects_after_the_server_is_killed_and_restarted(
         frame = source.read(timeout_s=15)
         assert frame is not None
         assert source.reader.stats.opens >= 2
+        assert (source.reader.stats.decoded > 0) is sampled
 
 
 @pytest.mark.slow
