@@ -55,8 +55,8 @@ def open_source(
 ) -> CaptureSource:
     """Build the source for ``kind``; it is *not* opened yet: use ``with`` or call ``open()``.
 
-    ``sampled``: the caller takes one frame in many (a time-lapse), so a live camera decoded by the ``ffmpeg``
-    child, or an HTTP MJPEG one, decodes only the frames taken (``agent.capture.latest``).
+    ``sampled``: the caller takes one frame in many (a time-lapse), so a live camera decodes only the frames
+    taken (``agent.capture.latest``).
 
     Raises ``ConfigError`` naming the missing or unknown key. Keys a kind does not use are ignored
     (``width`` means nothing to an RTSP camera, whose stream decides its size).
@@ -73,6 +73,7 @@ def open_source(
             height=height,
             fps=fps,
             fourcc=fourcc,
+            sampled=sampled,
             open_timeout_s=open_timeout_s,
             read_timeout_s=read_timeout_s,
             stall_timeout_s=stall_timeout_s,

@@ -7,7 +7,9 @@ that frame, never one the consumer has already seen. A ``sampled`` reader serves
 frame in many (``agent.sample_interval_s``, a time-lapse): where the capture can hand out each frame's bytes
 before decoding or converting them (``RawCapture``: the ``ffmpeg`` child's yuv420p pictures, an MJPEG stream's
 JPEGs), it keeps the newest as they came, and only the frames the consumer takes are decoded, in the
-consumer's thread; one that does not decode is skipped for the next. Why not always: a consumer that codes
+consumer's thread; one that does not decode is skipped for the next. Where only the reading thread may decode
+(``GrabCapture``: OpenCV's captures, a USB camera among them), it grabs every frame and decodes the first one
+grabbed while the consumer waits. Why not always: a consumer that codes
 every frame it can would then decode in its own thread what the reader's thread decoded on another core
 meanwhile, a 1080p picture's 2 ms added to its own; sampling one frame a second of a 25 fps camera, 24 in 25
 were decoded for nobody.
@@ -82,6 +84,17 @@ class RawCapture(Protocol):
     def decode(self, raw: bytes) -> tuple[Image | None, bytes | None]:
         """The frame (None when the bytes do not decode) and the yuv420p picture to hand on with it, if any."""
         ...
+
+
+@runtime_checkable
+class GrabCapture(Protocol):
+    """A capture whose reading and decoding are two calls (OpenCV's ``grab()`` and ``retrieve()``): a USB
+    camera's MJPEG is decoded in ``retrieve()``, an OpenCV-decoded stream's frame converted to BGR there. Both
+    calls must come from the thread that reads."""
+
+    def grab(self) -> bool: ...
+
+    def retrieve(self) -> tuple[bool, Any]: ...
 
 
 class _Undecoded:
@@ -167,6 +180,7 @@ class LatestFrameReader:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._sampled = sampled
+        self._waiting = 0  # consumers waiting in newest() (what a sampled GrabCapture's session decodes for)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._frame: Frame | _Undecoded | None = None
@@ -206,7 +220,11 @@ class LatestFrameReader:
                     wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
                     if wait <= 0:
                         return None
-                    self._cond.wait(wait)
+                    self._waiting += 1  # seen by a grabbing session only while this waits (the lock is free)
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._waiting -= 1
             if isinstance(held, Frame):
                 return seq, held
             frame, decoded = held.frame()
@@ -332,8 +350,13 @@ class LatestFrameReader:
             return
         log.info("%s: connected", self.name)
         raw_capture = cap if self._sampled and isinstance(cap, RawCapture) else None
+        grabbing = cap if self._sampled and raw_capture is None and isinstance(cap, GrabCapture) else None
         try:
             while not (cancel.is_set() or self._stop.is_set()):
+                if grabbing is not None:
+                    if not self._grab(generation, grabbing):
+                        return
+                    continue
                 image: Image | None = None
                 raw: bytes | None = None
                 if raw_capture is not None:
@@ -373,6 +396,38 @@ class LatestFrameReader:
                 if self._live is cap:
                     self._live = None
             cap.release()
+
+    def _grab(self, generation: int, cap: GrabCapture) -> bool:
+        """Grab the next frame, and decode it only while the consumer waits for one; False when the connection
+        failed or was retired. A frame decoded for a consumer that stopped waiting meanwhile is dropped: one
+        kept would be handed out stale at the next request."""
+        if not cap.grab():
+            self._fail(generation, f"{self.name}: read failed or timed out")
+            return False
+        synced = clock_synchronised()
+        wall_ns, monotonic_ns = time.time_ns(), time.monotonic_ns()
+        with self._cond:
+            if generation != self._generation:
+                return False
+            index = self.stats.frames
+            self.stats.frames += 1
+            self._last_frame_mono = monotonic_ns / 1e9
+            if not self._waiting:
+                return True
+        ok, image = cap.retrieve()
+        with self._cond:
+            if generation != self._generation:
+                return False
+            self.stats.decoded += 1
+            if not ok or image is None:
+                self.stats.undecodable += 1
+            elif self._waiting:
+                self._seq += 1
+                self._frame = Frame(image, wall_ns, monotonic_ns, synced, index)
+                self._cond.notify_all()
+        if not ok or image is None:
+            log.warning("%s: skipped a frame that did not decode", self.name)
+        return True
 
 
 class LiveSource(CaptureSource):

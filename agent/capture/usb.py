@@ -42,6 +42,7 @@ class UsbSource(LiveSource):
         read_timeout_s: float = 10.0,
         stall_timeout_s: float = 30.0,
         reconnect_max_s: float = 60.0,
+        sampled: bool = False,
     ) -> None:
         if fourcc is not None and len(fourcc) != 4:
             raise CaptureError(f"{device}: fourcc must be four characters, got {fourcc!r}")
@@ -51,6 +52,7 @@ class UsbSource(LiveSource):
             read_timeout_s=read_timeout_s,
             stall_timeout_s=stall_timeout_s,
             reconnect_max_s=reconnect_max_s,
+            sampled=sampled,
         )
         self.device = _device(device)
         self.width = width

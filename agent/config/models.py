@@ -97,8 +97,8 @@ class AgentSection(_Validated):
     stats_interval_s: float = setting(60.0, check=checks.positive)
     """How often a one-line summary (frames, keys, bytes, spool depth) is logged."""
     sample_interval_s: float = setting(0.0, lo=0)
-    """0 = code every frame the source delivers; 10 = one frame every 10 s (time-lapse: an RTSP camera decoded by
-    the ffmpeg child or an HTTP MJPEG one then decodes only the frames taken, not every one it receives)."""
+    """0 = code every frame the source delivers; 10 = one frame every 10 s (time-lapse: a live camera, RTSP, HTTP
+    MJPEG or USB, then decodes only the frames taken, not every one it receives)."""
     preview: bool = False
     """Also publish a small JPEG of the newest frame, for people and dashboards (not archived)."""
     preview_interval_s: float = setting(10.0, check=checks.positive)

@@ -159,6 +159,35 @@ def test_a_sampled_camera_converts_only_the_pictures_taken(rtsp_server: ServerPr
 
 
 @pytest.mark.parametrize("sampled", [True, False])
+def test_a_sampled_opencv_camera_decodes_only_while_the_agent_waits(
+    rtsp_server: ServerProcess, sampled: bool
+) -> None:
+    """OpenCV's captures decode in the reading thread only (a USB camera's MJPEG in ``retrieve()``, here an RTSP
+    stream's conversion to BGR): a sampled reader grabs every frame and decodes the one grabbed while the agent
+    waits, which is the one handed out, fresh, and the scene's at that index."""
+    source = StreamSource(
+        rtsp_server.url, open_timeout_s=5, read_timeout_s=5, decoder="opencv", sampled=sampled
+    )
+    scene = Scene(CLIP_SETTINGS)
+    with source:
+        first = source.read(timeout_s=5)
+        time.sleep(1.5)  # at 10 fps, 15 frames arrive meanwhile
+        later = source.read(timeout_s=5)
+        taken_ns = time.monotonic_ns()
+        stats = source.reader.stats
+    assert first is not None
+    assert later is not None
+    for frame in (first, later):
+        assert frame.image.shape == (360, 640, 3)
+        assert cv2.PSNR(frame.image, scene.frame(frame.source_index)) > 28
+    assert later.source_index - first.source_index >= 10
+    assert (taken_ns - later.monotonic_ns) / 1e9 < 0.5, "the frame handed out was not a fresh one"
+    assert stats.frames >= 12
+    # open() and the first read() may share a frame or not; the later read() waits for one of its own.
+    assert (2 <= stats.decoded <= 3) if sampled else (stats.decoded == 0)
+
+
+@pytest.mark.parametrize("sampled", [True, False])
 def test_a_sampled_mjpeg_camera_decodes_only_the_jpegs_taken(
     mjpeg_server: ServerProcess, sampled: bool
 ) -> None:

@@ -1,8 +1,8 @@
 """agent.capture.latest: a sampled reader decodes only the frames its consumer takes, and skips undecodable ones.
 
-The camera here is a stand-in at the reader's own interface (``RawCapture``), fed by the test frame by frame, so
-that what is read, decoded and handed out is known exactly; the real RTSP and MJPEG servers are in
-tests/integration/test_capture_stream.py.
+The cameras here are stand-ins at the reader's own interfaces (``RawCapture``, ``GrabCapture``), fed by the test
+frame by frame, so that what is read, decoded and handed out is known exactly; the real RTSP and MJPEG servers
+are in tests/integration/test_capture_stream.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from agent.capture.base import Image
 from agent.capture.latest import LatestFrameReader
 
 
-class FedCamera:
-    """Hands out the bytes the test feeds it; ``decode`` makes a 2x2 frame of their first byte, and refuses
+class _Fed:
+    """Hands out the bytes the test feeds it; decoding makes a 2x2 frame of their first byte, and refuses
     bytes that start with ``b"bad"``. Counts its decodes."""
 
     def __init__(self) -> None:
@@ -28,7 +28,7 @@ class FedCamera:
         self.closed = threading.Event()
         self.decodes = 0
 
-    def read_raw(self) -> bytes | None:
+    def _next(self) -> bytes | None:
         while not self.closed.is_set():
             try:
                 return self.feed.get(timeout=0.05)
@@ -36,18 +36,26 @@ class FedCamera:
                 continue
         return None
 
-    def decode(self, raw: bytes) -> tuple[Image | None, bytes | None]:
+    def _decode(self, raw: bytes) -> Image | None:
         self.decodes += 1
-        if raw.startswith(b"bad"):
-            return None, None
-        return np.full((2, 2, 3), raw[0], dtype=np.uint8), None
-
-    def read(self) -> tuple[bool, Image | None]:
-        raw = self.read_raw()
-        return (False, None) if raw is None else (True, self.decode(raw)[0])
+        return None if raw.startswith(b"bad") else np.full((2, 2, 3), raw[0], dtype=np.uint8)
 
     def release(self) -> None:
         self.closed.set()
+
+
+class FedCamera(_Fed):
+    """A ``RawCapture``, as the ffmpeg child and an MJPEG stream are."""
+
+    def read_raw(self) -> bytes | None:
+        return self._next()
+
+    def decode(self, raw: bytes) -> tuple[Image | None, bytes | None]:
+        return self._decode(raw), None
+
+    def read(self) -> tuple[bool, Image | None]:
+        raw = self.read_raw()
+        return (False, None) if raw is None else (True, self._decode(raw))
 
 
 @pytest.fixture
@@ -57,13 +65,13 @@ def camera() -> Iterator[FedCamera]:
     cam.closed.set()
 
 
-def _reader(camera: FedCamera, *, sampled: bool) -> LatestFrameReader:
+def _reader(camera: _Fed, *, sampled: bool) -> LatestFrameReader:
     reader = LatestFrameReader("fed", lambda: camera, sampled=sampled)
     reader.start()
     return reader
 
 
-def _feed_and_wait(reader: LatestFrameReader, camera: FedCamera, *raws: bytes) -> None:
+def _feed_and_wait(reader: LatestFrameReader, camera: _Fed, *raws: bytes) -> None:
     before = reader.stats.frames
     for raw in raws:
         camera.feed.put(raw)
@@ -115,4 +123,83 @@ def test_an_undecodable_frame_is_skipped_for_the_next(
         assert reader.newest(2, timeout_s=0.3) is None
     finally:
         camera.closed.set()
+        reader.stop()
+
+
+class FedGrabCamera(_Fed):
+    """A ``GrabCapture``, as OpenCV's captures are: ``grab()`` takes the next frame, ``retrieve()`` decodes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grabbed: bytes | None = None
+
+    def grab(self) -> bool:
+        self._grabbed = self._next()
+        return self._grabbed is not None
+
+    def retrieve(self) -> tuple[bool, Image | None]:
+        assert self._grabbed is not None
+        image = self._decode(self._grabbed)
+        return image is not None, image
+
+    def read(self) -> tuple[bool, Image | None]:
+        return self.retrieve() if self.grab() else (False, None)
+
+
+@pytest.fixture
+def grab_camera() -> Iterator[FedGrabCamera]:
+    cam = FedGrabCamera()
+    yield cam
+    cam.closed.set()
+
+
+def _later(camera: _Fed, *raws: bytes) -> threading.Timer:
+    """Feed ``raws`` in 0.2 s, while the test waits in newest()."""
+
+    def feed() -> None:
+        for raw in raws:
+            camera.feed.put(raw)
+
+    timer = threading.Timer(0.2, feed)
+    timer.start()
+    return timer
+
+
+def test_a_grabbing_reader_decodes_only_while_the_consumer_waits(grab_camera: FedGrabCamera) -> None:
+    """Frames grabbed while nobody waits are not decoded; the one grabbed while the consumer waits is, and it is
+    the one handed out (fresh, not one grabbed before the request)."""
+    reader = _reader(grab_camera, sampled=True)
+    try:
+        _feed_and_wait(reader, grab_camera, b"\x01", b"\x02", b"\x03")
+        assert grab_camera.decodes == 0
+        timer = _later(grab_camera, b"\x04")
+        got = reader.newest(0, timeout_s=5)
+        timer.join()
+        assert got is not None
+        assert got[1].image[0, 0, 0] == 4
+        assert got[1].source_index == 3
+        assert grab_camera.decodes == 1
+        assert (reader.stats.frames, reader.stats.decoded) == (4, 1)
+        timer = _later(grab_camera, b"bad", b"\x06")  # one that does not decode: the next is decoded instead
+        got = reader.newest(got[0], timeout_s=5)
+        timer.join()
+        assert got is not None
+        assert got[1].image[0, 0, 0] == 6
+        assert (reader.stats.decoded, reader.stats.undecodable) == (3, 1)
+    finally:
+        grab_camera.closed.set()
+        reader.stop()
+
+
+def test_an_unsampled_reader_decodes_every_grab(grab_camera: FedGrabCamera) -> None:
+    reader = _reader(grab_camera, sampled=False)
+    try:
+        _feed_and_wait(reader, grab_camera, b"\x01", b"\x02", b"\x03")
+        assert grab_camera.decodes == 3  # read() decodes as it reads
+        got = reader.newest(0, timeout_s=5)
+        assert got is not None
+        assert got[1].image[0, 0, 0] == 3
+        assert reader.stats.decoded == 0
+    finally:
+        grab_camera.closed.set()
         reader.stop()
