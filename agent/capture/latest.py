@@ -290,7 +290,10 @@ class LatestFrameReader:
             if self._stop.is_set():
                 break
             backoff = self._reconnect_min_s if delivered else min(2 * backoff, self._reconnect_max_s)
-            log.warning("%s: %s; reconnecting in %.1f s", self.name, self.last_error, backoff)
+            said = self.last_error or reason
+            if not said.startswith(f"{self.name}: "):  # the session's and the opener's errors name it already
+                said = f"{self.name}: {said}"
+            log.warning("%s; reconnecting in %.1f s", said, backoff)
             self._sleep(backoff)
 
     def _interrupt_live(self) -> None:

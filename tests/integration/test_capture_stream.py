@@ -281,7 +281,7 @@ def test_watchdog_reopens_a_frozen_server(rtsp_server: ServerProcess, decoder: s
     ],
 )
 def test_reconnects_after_the_server_is_killed_and_restarted(
-    rtsp_server: ServerProcess, decoder: str, sampled: bool
+    rtsp_server: ServerProcess, decoder: str, sampled: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Sampled too: a picture of the dead connection, taken after it, still converts (and is skipped by
     ``_drain``), and the new connection's pictures are decoded as they are taken."""
@@ -308,6 +308,10 @@ def test_reconnects_after_the_server_is_killed_and_restarted(
         assert frame is not None
         assert source.reader.stats.opens >= 2
         assert (source.reader.stats.decoded > 0) is sampled
+    reconnecting = [r.getMessage() for r in caplog.records if "reconnecting in" in r.getMessage()]
+    assert reconnecting, "the outage was not logged"
+    name = f"{source.name}: "
+    assert all(m.startswith(name) and not m.startswith(name * 2) for m in reconnecting), reconnecting
 
 
 @pytest.mark.slow
