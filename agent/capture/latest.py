@@ -9,10 +9,9 @@ before decoding or converting them (``RawCapture``: the ``ffmpeg`` child's yuv42
 JPEGs), it keeps the newest as they came, and only the frames the consumer takes are decoded, in the
 consumer's thread; one that does not decode is skipped for the next. Where only the reading thread may decode
 (``GrabCapture``: OpenCV's captures, a USB camera among them), it grabs every frame and decodes the first one
-grabbed while the consumer waits. Why not always: a consumer that codes
-every frame it can would then decode in its own thread what the reader's thread decoded on another core
-meanwhile, a 1080p picture's 2 ms added to its own; sampling one frame a second of a 25 fps camera, 24 in 25
-were decoded for nobody.
+grabbed while the consumer waits. Why not always: a consumer that codes every frame it can would then
+decode in its own thread what the reader's thread decoded on another core meanwhile, a 1080p picture's 2 ms
+added to its own; sampling one frame a second of a 25 fps camera, 24 in 25 were decoded for nobody.
 
 The same thread pair keeps the source alive: a stall watchdog reopens a source that has produced
 nothing for ``stall_timeout_s`` (a paused server keeps the TCP connection open and sends nothing),
@@ -31,10 +30,10 @@ Threads and who owns what:
   few RTSP sessions is not kept busy by an abandoned one while the next connects.
 * **Supervisor thread** (``_supervise``): owns ``_generation`` writes, starts sessions, runs the
   watchdog and the back-off. It holds ``_cond`` only to read or retire the generation.
-* **Consumer** (the caller of ``newest()``): only reads under ``_cond``; decodes the raw frame it took, if
-  any, after releasing it.
+* **Consumer** (the caller of ``newest()``): reads under ``_cond``, and counts itself in ``_waiting`` while
+  it waits there; decodes the raw frame it took, if any, after releasing it.
 * ``_cond`` (a ``Condition`` over one lock) guards ``_live`` (the current session's capture, for
-  interrupting it), ``_frame``, ``_seq``, ``_generation``,
+  interrupting it), ``_frame``, ``_seq``, ``_generation``, ``_waiting``,
   ``_last_frame_mono`` and ``stats``/``last_error``. A session publishes under it only while its
   generation is current, so an abandoned session can never overwrite a newer connection's frame.
 * ``_stop`` (an ``Event``) may be set from any thread; everyone polls it at least once a second.
