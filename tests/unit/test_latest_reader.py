@@ -109,10 +109,9 @@ def test_an_undecodable_frame_is_skipped_for_the_next(
     reader = _reader(camera, sampled=True)
     try:
         _feed_and_wait(reader, camera, b"bad jpeg")
-        timer = threading.Timer(0.3, camera.feed.put, args=(b"\x07",))
-        timer.start()
-        got = reader.newest(0, timeout_s=5)  # decodes the bad one, then waits for the next
-        timer.join()
+        feeder = _once_waiting(reader, camera, b"\x07")  # once the bad one is decoded and newest() waits
+        got = reader.newest(0, timeout_s=5)
+        feeder.join()
         assert got is not None
         assert got[0] == 2
         assert got[1].image[0, 0, 0] == 7
@@ -153,16 +152,20 @@ def grab_camera() -> Iterator[FedGrabCamera]:
     cam.closed.set()
 
 
-def _later(camera: _Fed, *raws: bytes) -> threading.Timer:
-    """Feed ``raws`` in 0.2 s, while the test waits in newest()."""
+def _once_waiting(reader: LatestFrameReader, camera: _Fed, *raws: bytes) -> threading.Thread:
+    """Feed ``raws`` once the test waits in newest() (the reader counts it in ``_waiting``): a timer could fire
+    before the wait begins on a loaded machine, and the frames would then be read while nobody waits."""
 
     def feed() -> None:
+        deadline = time.monotonic() + 5.0
+        while not reader._waiting and time.monotonic() < deadline:
+            time.sleep(0.002)
         for raw in raws:
             camera.feed.put(raw)
 
-    timer = threading.Timer(0.2, feed)
-    timer.start()
-    return timer
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    return feeder
 
 
 def test_a_grabbing_reader_decodes_only_while_the_consumer_waits(grab_camera: FedGrabCamera) -> None:
@@ -172,17 +175,17 @@ def test_a_grabbing_reader_decodes_only_while_the_consumer_waits(grab_camera: Fe
     try:
         _feed_and_wait(reader, grab_camera, b"\x01", b"\x02", b"\x03")
         assert grab_camera.decodes == 0
-        timer = _later(grab_camera, b"\x04")
+        feeder = _once_waiting(reader, grab_camera, b"\x04")
         got = reader.newest(0, timeout_s=5)
-        timer.join()
+        feeder.join()
         assert got is not None
         assert got[1].image[0, 0, 0] == 4
         assert got[1].source_index == 3
         assert grab_camera.decodes == 1
         assert (reader.stats.frames, reader.stats.decoded) == (4, 1)
-        timer = _later(grab_camera, b"bad", b"\x06")  # one that does not decode: the next is decoded instead
+        feeder = _once_waiting(reader, grab_camera, b"bad", b"\x06")  # the next is decoded instead
         got = reader.newest(got[0], timeout_s=5)
-        timer.join()
+        feeder.join()
         assert got is not None
         assert got[1].image[0, 0, 0] == 6
         assert (reader.stats.decoded, reader.stats.undecodable) == (3, 1)
