@@ -100,7 +100,9 @@ class _Undecoded:
     """A frame's bytes as the capture gave them, with the clocks read when they came; decoded only when a
     consumer takes them (then once, however often they are taken)."""
 
-    __slots__ = ("_clock_synced", "_decode", "_done", "_index", "_monotonic_ns", "_raw", "_wall_ns", "size")
+    __slots__ = (
+        "_clock_synced", "_decode", "_decoded", "_frame", "_index", "_monotonic_ns", "_raw", "_wall_ns", "size"
+    )  # fmt: skip
 
     def __init__(self, raw: bytes, capture: RawCapture, clock_synced: bool, index: int) -> None:
         self._raw = raw
@@ -109,7 +111,8 @@ class _Undecoded:
         self._monotonic_ns = time.monotonic_ns()
         self._clock_synced = clock_synced
         self._index = index
-        self._done: tuple[Frame | None] | None = None
+        self._decoded = False
+        self._frame: Frame | None = None
         self.size = len(raw)
 
     @property
@@ -118,16 +121,15 @@ class _Undecoded:
 
     def frame(self) -> tuple[Frame | None, bool]:
         """The frame (None: the bytes do not decode), and whether this call decoded it."""
-        if self._done is not None:
-            return self._done[0], False
+        if self._decoded:
+            return self._frame, False
         image, picture = self._decode(self._raw)
-        frame = (
-            None
-            if image is None
-            else Frame(image, self._wall_ns, self._monotonic_ns, self._clock_synced, self._index, picture)
-        )
-        self._done = (frame,)
-        return frame, True
+        if image is not None:
+            self._frame = Frame(
+                image, self._wall_ns, self._monotonic_ns, self._clock_synced, self._index, picture
+            )
+        self._decoded = True
+        return self._frame, True
 
 
 Opener = Callable[[], Capture]
@@ -208,34 +210,41 @@ class LatestFrameReader:
         is skipped, and the next one waited for.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._cond:
-                while True:
-                    if self._stop.is_set():
-                        return None
-                    if self._frame is not None and self._seq > after_seq:
-                        seq, held = self._seq, self._frame
-                        break
-                    wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-                    if wait <= 0:
-                        return None
-                    self._waiting += 1  # seen by a grabbing session only while this waits (the lock is free)
-                    try:
-                        self._cond.wait(wait)
-                    finally:
-                        self._waiting -= 1
-            if isinstance(held, Frame):
-                return seq, held
-            frame, decoded = held.frame()
-            if decoded:
-                with self._cond:
-                    self.stats.decoded += 1
-                    self.stats.undecodable += frame is None
-                if frame is None:
-                    log.warning("%s: skipped an undecodable frame (%d bytes)", self.name, held.size)
+        while (got := self._newer(after_seq, deadline)) is not None:
+            seq, held = got
+            frame = held if isinstance(held, Frame) else self._decoded(held)
             if frame is not None:
                 return seq, frame
             after_seq = seq
+        return None
+
+    def _newer(self, after_seq: int, deadline: float | None) -> tuple[int, Frame | _Undecoded] | None:
+        """The newest frame, decoded or not, with a sequence number above ``after_seq``, once there is one;
+        None when stopped or past ``deadline``."""
+        with self._cond:
+            while not self._stop.is_set():
+                if self._frame is not None and self._seq > after_seq:
+                    return self._seq, self._frame
+                wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+                self._waiting += 1  # seen by a grabbing session only while this waits (the lock is free)
+                try:
+                    self._cond.wait(wait)
+                finally:
+                    self._waiting -= 1
+        return None
+
+    def _decoded(self, held: _Undecoded) -> Frame | None:
+        """``held`` decoded (counted the first time), or None when it does not decode."""
+        frame, decoded = held.frame()
+        if decoded:
+            with self._cond:
+                self.stats.decoded += 1
+                self.stats.undecodable += frame is None
+            if frame is None:
+                log.warning("%s: skipped an undecodable frame (%d bytes)", self.name, held.size)
+        return frame
 
     @property
     def stopped(self) -> bool:
