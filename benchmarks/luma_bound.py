@@ -139,20 +139,26 @@ def bound(video: Path, frames: int | None, tolerance: int) -> Bound:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def video_arguments(description: str, argv: Sequence[str] | None) -> tuple[list[Path], int | None, int]:
+    """The videos (default: the public ones), ``--frames`` and ``--tolerance`` of a script that weighs T on
+    videos' pictures (this one, ``picture_tolerance.py``)."""
+    parser = argparse.ArgumentParser(description=description.split("\n", 1)[0])
     parser.add_argument("videos", nargs="*", type=Path, help="video files (default: the public videos)")
     parser.add_argument("--frames", type=int, default=None, help="frames of each (default: 150)")
     parser.add_argument("--tolerance", type=int, default=2, help="T (default 2)")
     args = parser.parse_args(argv)
     if args.tolerance < 1:
         parser.error("--tolerance must be at least 1")
-    videos = args.videos or [s for s in shared_sets() if s.is_file()]
+    return args.videos or [s for s in shared_sets() if s.is_file()], args.frames, args.tolerance
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    videos, frames, tolerance = video_arguments(__doc__, argv)
     for video in videos:
-        b = bound(video, args.frames, args.tolerance)
+        b = bound(video, frames, tolerance)
         print(
             f"{Path(b.video).name}: {b.frames} frames; exact, modelled: {b.exact_bits / 8e6:.3f} MB "
-            f"(Y {b.exact_y_bits / 8e6:.3f}, chroma {b.exact_chroma_bits / 8e6:.3f}); T = {args.tolerance} "
+            f"(Y {b.exact_y_bits / 8e6:.3f}, chroma {b.exact_chroma_bits / 8e6:.3f}); T = {tolerance} "
             f"at best {b.exact_bits / b.per_sample_bits:.2f}x the exact stream per sample, "
             f"{b.exact_bits / b.per_context_bits:.2f}x per context; the codec: {b.codec_gain:.2f}x"
         )

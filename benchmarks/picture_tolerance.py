@@ -26,7 +26,6 @@ other; the codec's own T ratio over its exact one (records, keys and headers inc
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ if str(REPO) not in sys.path:  # run as a script: make `agent` and `benchmarks` 
 from agent.codec import native, yuv  # noqa: E402
 from agent.codec.pipeline import pixel_stages  # noqa: E402
 from agent.codec.wire import Stage  # noqa: E402
-from benchmarks.compare import load, shared_sets  # noqa: E402
-from benchmarks.luma_bound import codec_ratio  # noqa: E402
+from benchmarks.compare import load  # noqa: E402
+from benchmarks.luma_bound import codec_ratio, video_arguments  # noqa: E402
 
 Planes = npt.NDArray[np.uint8]
 
@@ -137,22 +136,14 @@ def measure(video: Path, frames: int | None, tolerance: int) -> Outcome:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("videos", nargs="*", type=Path, help="video files (default: the public videos)")
-    parser.add_argument("--frames", type=int, default=None, help="frames of each (default: 150)")
-    parser.add_argument("--tolerance", type=int, default=2, help="T (default 2)")
-    args = parser.parse_args(argv)
-    if args.tolerance < 1:
-        parser.error("--tolerance must be at least 1")
-    videos = args.videos or [s for s in shared_sets() if s.is_file()]
-    t = args.tolerance
+    videos, frames, t = video_arguments(__doc__, argv)
     print(
         f"T = {t}, each against the exact residuals: | video | frames | Y on its lattice, chroma exact (the "
         f"codec: its own records) | Y on its lattice, chroma free | picture samples within T (its largest "
         f"picture / BGR error) |"
     )
     for video in videos:
-        o = measure(video, args.frames, t)
+        o = measure(video, frames, t)
         print(
             f"| {Path(o.video).name} | {o.frames} | {o.exact / o.lattice:.2f}x ({o.codec_gain:.2f}x) | "
             f"{o.exact / o.chroma_free:.2f}x | {o.exact / o.picture:.2f}x ({o.picture_error} / {o.bgr_error}) |"
