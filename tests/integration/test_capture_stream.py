@@ -129,6 +129,26 @@ def test_newest_frame_is_handed_to_a_slow_consumer(rtsp_source: StreamSource) ->
     )
 
 
+def _two_takes(source: StreamSource, sampled: bool) -> tuple[Frame, Frame, int]:
+    """Take a frame, let 1.5 s of frames arrive (15 at 10 fps), take the newest; both frames and when the second
+    was taken. Checks what every sampled or unsampled camera must show: the second is 10+ frames on, and a
+    sampled reader decoded 2-3 frames of the 12+ it read (both taken; open() waited for one too, which read()
+    handed out again unless a newer one had come), an unsampled one none on request (it decodes as it reads)."""
+    with source:
+        first = source.read(timeout_s=5)
+        time.sleep(1.5)
+        later = source.read(timeout_s=5)
+        taken_ns = time.monotonic_ns()
+        stats = source.reader.stats
+    assert first is not None
+    assert later is not None
+    assert later.source_index - first.source_index >= 10
+    assert stats.frames >= 12
+    assert (2 <= stats.decoded <= 3) if sampled else (stats.decoded == 0)
+    assert stats.undecodable == 0
+    return first, later, taken_ns
+
+
 @needs_ffmpeg
 @pytest.mark.parametrize("sampled", [True, False])
 def test_a_sampled_camera_converts_only_the_pictures_taken(rtsp_server: ServerProcess, sampled: bool) -> None:
@@ -138,24 +158,11 @@ def test_a_sampled_camera_converts_only_the_pictures_taken(rtsp_server: ServerPr
     source = StreamSource(
         rtsp_server.url, open_timeout_s=5, read_timeout_s=5, decoder="ffmpeg", sampled=sampled
     )
-    with source:
-        first = source.read(timeout_s=5)
-        time.sleep(1.5)  # at 10 fps, 15 pictures arrive meanwhile
-        later = source.read(timeout_s=5)
-        taken_ns = time.monotonic_ns()
-        stats = source.reader.stats
-    assert first is not None
-    assert later is not None
+    first, later, taken_ns = _two_takes(source, sampled)
     for frame in (first, later):
         assert frame.picture is not None
         assert np.array_equal(yuv.to_bgr(frame.picture, 640, 360), frame.image)
-    assert later.source_index - first.source_index >= 10
     assert (taken_ns - later.monotonic_ns) / 1e9 < 0.5, "the newest picture was not the one handed out"
-    assert stats.frames >= 12
-    # Both frames handed out were decoded; open() waited for a frame too, which read() handed out again unless a
-    # newer one had come by then.
-    assert (2 <= stats.decoded <= 3) if sampled else (stats.decoded == 0)
-    assert stats.undecodable == 0
 
 
 @pytest.mark.parametrize("sampled", [True, False])
@@ -168,23 +175,12 @@ def test_a_sampled_opencv_camera_decodes_only_while_the_agent_waits(
     source = StreamSource(
         rtsp_server.url, open_timeout_s=5, read_timeout_s=5, decoder="opencv", sampled=sampled
     )
+    first, later, taken_ns = _two_takes(source, sampled)
     scene = Scene(CLIP_SETTINGS)
-    with source:
-        first = source.read(timeout_s=5)
-        time.sleep(1.5)  # at 10 fps, 15 frames arrive meanwhile
-        later = source.read(timeout_s=5)
-        taken_ns = time.monotonic_ns()
-        stats = source.reader.stats
-    assert first is not None
-    assert later is not None
     for frame in (first, later):
         assert frame.image.shape == (360, 640, 3)
         assert cv2.PSNR(frame.image, scene.frame(frame.source_index)) > 28
-    assert later.source_index - first.source_index >= 10
     assert (taken_ns - later.monotonic_ns) / 1e9 < 0.5, "the frame handed out was not a fresh one"
-    assert stats.frames >= 12
-    # open() and the first read() may share a frame or not; the later read() waits for one of its own.
-    assert (2 <= stats.decoded <= 3) if sampled else (stats.decoded == 0)
 
 
 @pytest.mark.parametrize("sampled", [True, False])
@@ -193,20 +189,11 @@ def test_a_sampled_mjpeg_camera_decodes_only_the_jpegs_taken(
 ) -> None:
     """The same for an HTTP MJPEG camera, whose JPEGs are decoded per frame (4.9 ms a 1080p JPEG here)."""
     source = StreamSource(mjpeg_server.url, open_timeout_s=5, read_timeout_s=5, sampled=sampled)
-    with source:
-        first = source.read(timeout_s=5)
-        time.sleep(1.5)  # at 10 fps, 15 JPEGs arrive meanwhile
-        later = source.read(timeout_s=5)
-        stats = source.reader.stats
-    assert first is not None
-    assert later is not None
+    first, later, _taken_ns = _two_takes(source, sampled)
     for frame in (first, later):
         assert frame.image.shape == (360, 640, 3)
         assert frame.picture is None  # a JPEG is no yuv420p picture for the codec
     assert not np.array_equal(first.image, later.image)
-    assert later.source_index - first.source_index >= 10
-    assert stats.frames >= 12
-    assert (2 <= stats.decoded <= 3) if sampled else (stats.decoded == 0)
 
 
 def test_a_sampled_agent_builds_a_sampled_camera(tmp_path: Path) -> None:
